@@ -1,0 +1,36 @@
+"""Atelier's single-user side: a jupyter-server extension loaded in every instance.
+
+It keeps an instance from looking idle while one of its kernels is busy running a cell, so
+the idle culler never stops running work (jupyterhub/jupyterhub#1498).
+"""
+
+from datetime import UTC, datetime
+
+from tornado.ioloop import PeriodicCallback
+
+BUSY_CHECK_SECONDS = 30
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "atelier.extensions"}]
+
+
+def busy_kernels(kernel_manager) -> list[str]:
+    """Ids of the kernels that are running code now."""
+    return [
+        kernel_id
+        for kernel_id in kernel_manager.list_kernel_ids()
+        if getattr(kernel_manager.get_kernel(kernel_id), "execution_state", None) == "busy"
+    ]
+
+
+def _load_jupyter_server_extension(server_app):
+    settings = server_app.web_app.settings
+
+    def mark_busy_kernels_active():
+        if busy_kernels(server_app.kernel_manager):
+            # jupyter-server counts every setting ending in `_last_activity` as activity
+            settings["atelier_busy_kernels_last_activity"] = datetime.now(UTC)
+
+    PeriodicCallback(mark_busy_kernels_active, BUSY_CHECK_SECONDS * 1000).start()
+    server_app.log.info("Atelier: busy kernels count as activity")

@@ -1,0 +1,1 @@
+"""Atelier's hub side: CLI, configuration, store, pages and hub-managed services."""

@@ -1,0 +1,82 @@
+"""AtelierHub: JupyterHub with Atelier's checks in front of its server API and spawn page,
+and the first admin account created at first run."""
+
+from __future__ import annotations
+
+import secrets
+from functools import partial
+from pathlib import Path
+
+import bcrypt
+from jupyterhub.app import JupyterHub
+from nativeauthenticator.orm import UserInfo
+
+from atelier.hub.context import Context
+from atelier.hub.handlers import HANDLERS
+from atelier.hub.hubconfig import settings_from_environment
+from atelier.hub.pages import home_view
+
+PASSWORD_FILE = "admin-password"
+
+
+def ensure_admin_account(db, username: str, data_dir: Path) -> str | None:
+    """Create the admin's sign-in on first run; returns the new password, once, or None."""
+    if UserInfo.find(db, username) is not None:
+        return None
+    password = secrets.token_urlsafe(12)
+    db.add(
+        UserInfo(
+            username=username,
+            password=bcrypt.hashpw(password.encode(), bcrypt.gensalt()),
+            is_authorized=True,
+        )
+    )
+    db.commit()
+    path = data_dir / PASSWORD_FILE
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(password + "\n")
+    return password
+
+
+class AtelierHub(JupyterHub):
+    name = "atelier"
+    description = "Atelier: JupyterLab instances from a curated image catalog"
+
+    def init_handlers(self):
+        super().init_handlers()
+        self.handlers[:0] = self.add_url_prefix(self.hub_prefix, HANDLERS)
+
+    def init_tornado_settings(self):
+        """Share one Context (store, devices) with handlers and pages; the spawners reach the
+        same store and allocator through `shared_store` / `shared_allocator`."""
+        self.atelier = Context.from_settings(settings_from_environment())
+        self.atelier.store.seed(*self.atelier.settings.initial_catalog())
+        self.tornado_settings["atelier"] = self.atelier
+        self.template_vars["atelier"] = partial(home_view, self.atelier)
+        super().init_tornado_settings()
+
+    async def initialize(self, *args, **kwargs):
+        await super().initialize(*args, **kwargs)
+        context = self.atelier
+        admin = context.settings.admin_user
+        data_dir = context.settings.data_dir.absolute()
+        password = ensure_admin_account(self.db, admin, data_dir)
+        url = f"http://{self.ip or '127.0.0.1'}:{self.port}{self.base_url}"
+        if password:
+            self.sign_in_line = (
+                f"Atelier is at {url} - sign in as {admin!r} with password {password} "
+                f"(shown once; kept in {data_dir / PASSWORD_FILE}, mode 0600)"
+            )
+        else:
+            self.sign_in_line = (
+                f"Atelier is at {url} - sign in as {admin!r} "
+                f"(password in {data_dir / PASSWORD_FILE})"
+            )
+
+    async def start(self):
+        await super().start()
+        print(self.sign_in_line, flush=True)
+
+
+main = AtelierHub.launch_instance

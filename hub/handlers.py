@@ -1,0 +1,108 @@
+"""JupyterHub's own server API and spawn page, with Atelier's checks before anything is stored.
+
+The hub's `POST/PUT/PATCH /hub/api/users/{user}/servers/{name}` would save any options and
+fail later in the spawner; these subclasses validate with the same core as the form first,
+so a bad request answers 400 naming the field and the hub's state does not change.
+"""
+
+from __future__ import annotations
+
+from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.handlers.pages import SpawnHandler
+from jupyterhub.scopes import needs_scope
+from tornado import web
+
+from atelier.hub.pages import status_of
+from atelier.spawner import core
+from atelier.spawner.devices import DevicesUnavailable, choose_devices
+
+
+class InstanceChecks:
+    @property
+    def context(self):
+        return self.settings["atelier"]
+
+    def check_name(self, name: str) -> None:
+        try:
+            core.validate_instance_name(name, self.context.limits)
+        except core.OptionsError as error:
+            raise web.HTTPError(400, str(error)) from None
+
+    def check_options(self, user_name: str, name: str, raw: dict | None) -> None:
+        """Validate options for instance `name` (None: reuse its stored options)."""
+        user = self.find_user(user_name)
+        if user is None:
+            raise web.HTTPError(404)
+        self.check_name(name)
+        context = self.context
+        orm_spawner = user.orm_spawners.get(name)
+        stored = orm_spawner.user_options if orm_spawner is not None else None
+        try:
+            options = core.parse_options((stored or {}) if raw is None else raw, context.limits)
+            plan = core.plan_instance(user.name, name, options, context.catalog(), context.limits)
+            if stored and raw is not None:
+                old = core.InstanceOptions(**{k: stored.get(k) for k in core.OPTION_FIELDS})
+                core.check_change(old, options, status_of(user.get_spawner(name)))
+            self.check_devices(f"{user.name}:{name}", plan)
+        except (core.OptionsError, DevicesUnavailable) as error:
+            raise web.HTTPError(400, str(error)) from None
+
+    def check_devices(self, holder: str, plan: core.InstancePlan) -> None:
+        if plan.accelerator_type:
+            allocator = self.context.allocator
+            held = {d for d, h in allocator.holders.items() if h != holder}
+            choose_devices(
+                allocator.inventory,
+                held,
+                plan.spec.name,
+                plan.accelerator_type,
+                plan.accelerator_count,
+            )
+
+
+class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
+    @needs_scope("start:servers")
+    async def post(self, user_name, server_name=""):
+        self.check_options(user_name, server_name, self.get_server_json_body()["user_options"])
+        await super().post(user_name, server_name)
+
+    @needs_scope("start:servers")
+    async def put(self, user_name, server_name=""):
+        self.check_options(user_name, server_name, self.get_server_json_body()["user_options"])
+        await super().put(user_name, server_name)
+        self.context.store.instance_created(user_name, server_name)
+
+    @needs_scope("start:servers")
+    async def patch(self, user_name, server_name=""):
+        body = self.get_json_body() or {}
+        if isinstance(body, dict) and "name" in body:
+            self.check_name(str(body["name"]))
+        if isinstance(body, dict) and isinstance(body.get("user_options"), dict):
+            self.check_options(user_name, server_name, body["user_options"])
+        await super().patch(user_name, server_name)
+
+    @needs_scope("delete:servers")
+    async def delete(self, user_name, server_name=""):
+        await super().delete(user_name, server_name)
+        if (self.get_json_body() or {}).get("remove"):
+            self.context.store.forget_instance(user_name, server_name)
+
+
+class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
+    """/hub/spawn/<user>/<name>: refuse a bad instance name before a server record exists."""
+
+    @web.authenticated
+    def get(self, user_name=None, server_name=""):
+        self.check_name(server_name)
+        return super().get(user_name, server_name)
+
+    @web.authenticated
+    def post(self, user_name=None, server_name="", display_name=""):
+        self.check_name(server_name)
+        return super().post(user_name, server_name, display_name)
+
+
+HANDLERS = [
+    (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),
+    (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),
+]

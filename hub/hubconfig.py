@@ -1,0 +1,135 @@
+"""atelier.yaml -> JupyterHub configuration (what config/jupyterhub_config.py applies)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+from atelier.hub.context import inventory, store_url
+from atelier.hub.pages import TEMPLATES
+from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
+
+PROXY = "configurable-http-proxy"
+
+
+def settings_from_environment() -> Settings:
+    """atelier.yaml with the overrides `atelier run` passes through the environment."""
+    return load_settings(
+        data_dir=os.environ.get("ATELIER_DATA_DIR"),
+        port=os.environ.get("ATELIER_PORT"),
+        hub_port=os.environ.get("ATELIER_HUB_PORT"),
+        proxy_api_port=os.environ.get("ATELIER_PROXY_API_PORT"),
+    )
+
+
+def proxy_command() -> str:
+    for root in (Path.cwd(), PROJECT_ROOT):
+        local = root / "node_modules" / ".bin" / PROXY
+        if local.exists():
+            return str(local)
+    found = shutil.which(PROXY)
+    if found is None:
+        raise ConfigError(f"{PROXY} not found: run `npm install` in the project (make does)")
+    return found
+
+
+def check_reachable(path: Path) -> None:
+    """Instances run as other accounts: every parent of `path` must let them through."""
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            raise ConfigError(
+                f"{path}: instances run as per-user accounts and cannot pass {parent} "
+                f"(mode {stat.filemode(parent.stat().st_mode)}); choose a data_dir and envs_dir "
+                "outside it, or `chmod o+x` it"
+            )
+
+
+def prepare_data_dir(settings: Settings) -> Path:
+    data_dir = settings.data_dir.absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o711)
+    if os.geteuid() == 0:
+        check_reachable(data_dir)
+        check_reachable(settings.resolved_envs_dir)
+    return data_dir
+
+
+def configure(c, settings: Settings | None = None) -> None:
+    settings = settings or settings_from_environment()
+    data_dir = prepare_data_dir(settings)
+
+    c.JupyterHub.ip = settings.ip
+    c.JupyterHub.port = settings.port
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = settings.hub_port
+    c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
+    c.ConfigurableHTTPProxy.command = [proxy_command()]
+    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = settings.limits.instances_per_user
+    c.JupyterHub.default_url = "/hub/home"
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
+
+    c.JupyterHub.authenticator_class = "native"
+    c.NativeAuthenticator.open_signup = False  # sign-up waits for an admin's approval
+    c.NativeAuthenticator.minimum_password_length = 8
+    c.Authenticator.admin_users = {settings.admin_user}
+    c.Authenticator.allow_all = True  # NativeAuthenticator lets in only approved accounts
+
+    c.JupyterHub.spawner_class = "atelier-local"
+    c.LocalInstanceSpawner.data_dir = str(data_dir)
+    c.LocalInstanceSpawner.envs_dir = str(settings.resolved_envs_dir)
+    c.LocalInstanceSpawner.store_url = store_url(settings)
+    c.LocalInstanceSpawner.limits = settings.limits.model_dump()
+    c.LocalInstanceSpawner.devices = [d.to_json() for d in inventory(settings)]
+    c.Spawner.default_url = "/lab"
+    c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "60"}
+
+    services, roles = [], []
+    if settings.culling.idle_minutes:
+        services.append(
+            {
+                "name": "idle-culler",
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "jupyterhub_idle_culler",
+                    f"--timeout={settings.culling.idle_minutes * 60}",
+                    f"--cull-every={settings.culling.every_seconds}",
+                ],
+            }
+        )
+        roles.append(
+            {
+                "name": "idle-culler",
+                "services": ["idle-culler"],
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            }
+        )
+    services.append(
+        {
+            "name": "autostop",
+            "command": [
+                sys.executable,
+                "-m",
+                "atelier.hub.autostop",
+                f"--every={settings.autostop_every_seconds}",
+            ],
+        }
+    )
+    roles.append(
+        {
+            "name": "autostop",
+            "services": ["autostop"],
+            "scopes": ["list:users", "read:servers", "delete:servers"],
+        }
+    )
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles

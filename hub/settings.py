@@ -1,0 +1,151 @@
+"""atelier.yaml: the one schema for Atelier's configuration, validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from atelier.spawner import core
+from atelier.spawner.devices import Device
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "atelier.yaml"
+
+
+class ConfigError(ValueError):
+    """atelier.yaml is missing, unreadable or breaks the schema."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageConfig(Strict):
+    name: str
+    display_name: str = ""
+    description: str = ""
+    status: Literal["active", "deprecated", "disabled"] = "active"
+    successor: str | None = None
+    accelerator_types: list[str] = []
+
+    @field_validator("name")
+    @classmethod
+    def _image_name(cls, name: str) -> str:
+        try:
+            return core.validate_image_name(name)
+        except core.OptionsError as error:
+            raise ValueError(error.message) from None
+
+    def to_image(self) -> core.Image:
+        return core.Image(
+            **{**self.model_dump(), "accelerator_types": tuple(self.accelerator_types)}
+        )
+
+
+class SpecConfig(Strict):
+    name: str
+    display_name: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _spec_name(cls, name: str) -> str:
+        try:
+            return core.validate_spec_name(name)
+        except core.OptionsError as error:
+            raise ValueError(error.message) from None
+
+    def to_spec(self) -> core.Spec:
+        return core.Spec(self.name, self.display_name)
+
+
+class LimitsConfig(Strict):
+    instances_per_user: int = Field(10, ge=1, le=1000)
+    tags_per_instance: int = Field(20, ge=0, le=100)
+    tag_key_length: int = Field(36, ge=1, le=256)
+    tag_value_length: int = Field(43, ge=0, le=256)
+
+    def to_limits(self) -> core.Limits:
+        return core.Limits(**self.model_dump())
+
+
+class CullingConfig(Strict):
+    idle_minutes: int = Field(60, ge=0, description="stop instances idle this long; 0: never")
+    every_seconds: int = Field(60, ge=5, le=3600)
+
+
+class DeviceConfig(Strict):
+    kind: Literal["gpu", "ascend"]
+    type: str = Field(pattern=r"^[a-z0-9]+$")
+    index: int = Field(ge=0)
+
+    def to_device(self) -> Device:
+        return Device(self.kind, self.type, self.index)
+
+
+class Settings(Strict):
+    backend: Literal["local"] = "local"
+    data_dir: Path = Path(".atelier")
+    envs_dir: Path | None = Field(
+        None, description="local image environments; default data_dir/envs"
+    )
+    ip: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    hub_port: int = Field(8081, ge=0, le=65535)
+    proxy_api_port: int = Field(8001, ge=1, le=65535)
+    admin_user: str = Field("admin", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    devices: list[DeviceConfig] | None = Field(
+        None, description="null: detect with nvidia-smi/npu-smi"
+    )
+    limits: LimitsConfig = LimitsConfig()
+    culling: CullingConfig = CullingConfig()
+    autostop_every_seconds: int = Field(60, ge=1, le=3600)
+    images: list[ImageConfig] = Field(min_length=1)
+    specs: list[SpecConfig] = Field(min_length=1)
+
+    @field_validator("images", "specs")
+    @classmethod
+    def _unique_names(cls, entries: list) -> list:
+        names = [entry.name for entry in entries]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"names must be unique; repeated: {', '.join(duplicates)}")
+        return entries
+
+    def initial_catalog(self) -> tuple[list[core.Image], list[core.Spec]]:
+        """The images and specs that seed the store at first start."""
+        return [i.to_image() for i in self.images], [s.to_spec() for s in self.specs]
+
+    @property
+    def resolved_envs_dir(self) -> Path:
+        return (self.envs_dir or self.data_dir / "envs").absolute()
+
+
+def describe(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        value = item.get("input")
+        lines.append(f"  {key}: {item['msg']} (got {value!r})")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None, **overrides) -> Settings:
+    """Read and validate atelier.yaml (ATELIER_CONFIG, or the default in config/)."""
+    path = Path(path or os.environ.get("ATELIER_CONFIG") or DEFAULT_CONFIG)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read configuration: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(describe(error, path)) from None

@@ -1,0 +1,212 @@
+"""Atelier's store: the image catalog, specs and instance records (SQLAlchemy).
+
+The catalog is seeded from atelier.yaml once; afterwards the admin owns it (CLI), and every
+reader sees changes at once because each read is a fresh query.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, String, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from atelier.spawner import core
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    successor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    accelerator_types: Mapped[list] = mapped_column(JSON, default=list)
+
+    def to_image(self) -> core.Image:
+        return core.Image(
+            self.name,
+            self.display_name,
+            self.description,
+            self.status,
+            self.successor,
+            tuple(self.accelerator_types or ()),
+        )
+
+
+class SpecRecord(Base):
+    __tablename__ = "specs"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def to_spec(self) -> core.Spec:
+        return core.Spec(self.name, self.display_name, self.disabled)
+
+
+class InstanceRecord(Base):
+    __tablename__ = "instances"
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CatalogError(ValueError):
+    """A refused catalog change; `field` names the bad input."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+IMAGE_FIELDS = ("display_name", "description", "status", "successor", "accelerator_types")
+SPEC_FIELDS = ("display_name", "disabled")
+
+
+class Store:
+    def __init__(self, url: str):
+        self.engine = create_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # catalog -----------------------------------------------------------------------------
+    def seed(self, images: list[core.Image], specs: list[core.Spec]) -> None:
+        """Add configured images and specs the store does not know yet."""
+        with self.session() as db, db.begin():
+            for image in images:
+                if db.get(ImageRecord, image.name) is None:
+                    db.add(_image_record(image))
+            for spec in specs:
+                if db.get(SpecRecord, spec.name) is None:
+                    db.add(SpecRecord(name=spec.name, display_name=spec.display_name))
+
+    def images(self) -> list[core.Image]:
+        with self.session() as db:
+            return [
+                r.to_image() for r in db.scalars(select(ImageRecord).order_by(ImageRecord.name))
+            ]
+
+    def specs(self) -> list[core.Spec]:
+        with self.session() as db:
+            return [r.to_spec() for r in db.scalars(select(SpecRecord).order_by(SpecRecord.name))]
+
+    def catalog(self, accelerators: dict[str, int], arch: str | None) -> core.Catalog:
+        return core.Catalog(
+            {i.name: i for i in self.images()},
+            {s.name: s for s in self.specs()},
+            accelerators,
+            arch,
+        )
+
+    def add_image(self, image: core.Image) -> core.Image:
+        _check_image(image, self.images())
+        with self.session() as db, db.begin():
+            if db.get(ImageRecord, image.name) is not None:
+                raise CatalogError("name", f"image {image.name} already exists")
+            db.add(_image_record(image))
+        return image
+
+    def update_image(self, name: str, **changes) -> core.Image:
+        with self.session() as db, db.begin():
+            record = _get(db, ImageRecord, name, "image")
+            updated = core.Image(**{**_image_dict(record.to_image()), **changes})
+            _check_image(updated, self.images())
+            for key in IMAGE_FIELDS:
+                setattr(record, key, getattr(updated, key))
+            record.accelerator_types = list(updated.accelerator_types)
+        return updated
+
+    def delete_image(self, name: str) -> None:
+        with self.session() as db, db.begin():
+            db.delete(_get(db, ImageRecord, name, "image"))
+
+    def add_spec(self, spec: core.Spec) -> core.Spec:
+        try:
+            core.validate_spec_name(spec.name)
+        except core.OptionsError as error:
+            raise CatalogError("name", error.message) from None
+        with self.session() as db, db.begin():
+            if db.get(SpecRecord, spec.name) is not None:
+                raise CatalogError("name", f"spec {spec.name} already exists")
+            db.add(
+                SpecRecord(name=spec.name, display_name=spec.display_name, disabled=spec.disabled)
+            )
+        return spec
+
+    def update_spec(self, name: str, **changes) -> core.Spec:
+        with self.session() as db, db.begin():
+            record = _get(db, SpecRecord, name, "spec")
+            for key, value in changes.items():
+                setattr(record, key, value)
+            return record.to_spec()
+
+    def delete_spec(self, name: str) -> None:
+        with self.session() as db, db.begin():
+            db.delete(_get(db, SpecRecord, name, "spec"))
+
+    # instances ---------------------------------------------------------------------------
+    def instance_created(self, owner: str, name: str) -> datetime:
+        """When the instance was first defined, recording it now if it is new."""
+        with self.session() as db, db.begin():
+            record = db.get(InstanceRecord, (owner, name))
+            if record is None:
+                record = InstanceRecord(owner=owner, name=name, created=utcnow())
+                db.add(record)
+            return record.created
+
+    def created_times(self, owner: str) -> dict[str, datetime]:
+        with self.session() as db:
+            rows = db.scalars(select(InstanceRecord).where(InstanceRecord.owner == owner))
+            return {row.name: row.created for row in rows}
+
+    def forget_instance(self, owner: str, name: str) -> None:
+        with self.session() as db, db.begin():
+            record = db.get(InstanceRecord, (owner, name))
+            if record is not None:
+                db.delete(record)
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _get(db: Session, model: type, name: str, what: str):
+    record = db.get(model, name)
+    if record is None:
+        raise CatalogError("name", f"no {what} named {name!r}")
+    return record
+
+
+def _image_dict(image: core.Image) -> dict:
+    return {"name": image.name, **{key: getattr(image, key) for key in IMAGE_FIELDS}}
+
+
+def _image_record(image: core.Image) -> ImageRecord:
+    return ImageRecord(**{**_image_dict(image), "accelerator_types": list(image.accelerator_types)})
+
+
+def _check_image(image: core.Image, existing: list[core.Image]) -> None:
+    try:
+        core.validate_image_name(image.name)
+    except core.OptionsError as error:
+        raise CatalogError("name", error.message) from None
+    if image.status not in core.IMAGE_STATUSES:
+        raise CatalogError("status", f"must be one of {', '.join(core.IMAGE_STATUSES)}")
+    names = {other.name for other in existing}
+    if image.successor is not None and (
+        image.successor == image.name or image.successor not in names
+    ):
+        raise CatalogError("successor", f"{image.successor!r} is not another image in the catalog")

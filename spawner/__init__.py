@@ -1,0 +1,1 @@
+"""Atelier's spawners: one backend-neutral core (`atelier.spawner.core`) and thin backends."""

@@ -1,0 +1,106 @@
+"""What the local backend does to the host: system accounts, instance homes and cgroups."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+ACCOUNT_PREFIX = "atelier-"
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,22}$")
+CGROUP_ROOTS = (
+    # (hierarchy, file that marks it, memory limit file): cgroup v1's memory controller, then v2
+    (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.limit_in_bytes"),
+    (Path("/sys/fs/cgroup"), "cgroup.controllers", "memory.max"),
+)
+
+
+def account_name(hub_user: str) -> str:
+    """The system account of a hub user: `atelier-<name>`, hashed when the name cannot be one."""
+    if ACCOUNT_NAME.match(hub_user):
+        return ACCOUNT_PREFIX + hub_user
+    return ACCOUNT_PREFIX + "u" + hashlib.sha256(hub_user.encode()).hexdigest()[:12]
+
+
+def hub_account() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def ensure_account(name: str) -> None:
+    """Create a locked system account without a login password, like The Littlest JupyterHub."""
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    result = subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/bin/bash",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode not in (0, 9):  # 9: created meanwhile by a concurrent spawn
+        raise RuntimeError(f"useradd {name} failed: {result.stderr.strip()}")
+
+
+def prepare_home(home: Path, account: str | None) -> None:
+    """Create the instance directory, private to its account (0700); parents only traversable."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    for parent in (home.parent, home.parent.parent):
+        parent.chmod(0o711)
+    home.mkdir(mode=0o700, exist_ok=True)
+    home.chmod(0o700)
+    if account is not None:
+        entry = pwd.getpwnam(account)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+
+
+def memory_cgroup(key: str, limit_bytes: int) -> Path | None:
+    """A cgroup capping memory at `limit_bytes`, or None where the kernel does not let us."""
+    if os.geteuid() != 0:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+    for root, marker, limit_file in CGROUP_ROOTS:
+        if not (root / marker).exists():
+            continue
+        group = root / "atelier" / slug
+        try:
+            group.mkdir(parents=True, exist_ok=True)
+            if marker == "cgroup.controllers":
+                (root / "cgroup.subtree_control").write_text("+memory")
+                (group.parent / "cgroup.subtree_control").write_text("+memory")
+            (group / limit_file).write_text(str(limit_bytes))
+            return group
+        except OSError:
+            continue
+    return None
+
+
+def remove_cgroup(group: Path) -> None:
+    """Kill whatever is left in the cgroup (kernels, terminals) and remove it."""
+    for _ in range(50):
+        try:
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)

@@ -1,0 +1,336 @@
+"""The backend-neutral core: catalog words, option validation and the instance plan.
+
+Everything here is pure: values in, values (or an `OptionsError`) out, no I/O. Backends
+realise an `InstancePlan`; the hub's API and form call the same validation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+IMAGE_NAME = re.compile(
+    r"^(?P<engine>[a-z][a-z0-9]*)_(?P<engine_version>\d+(?:\.\d+)*)"
+    r"-(?P<stack>cpu|cuda_\d+(?:\.\d+)*|cann_\d+(?:\.\d+)*(?:\.[a-z0-9]+)?)"
+    r"-py_(?P<python>\d+\.\d+(?:\.\d+)?)"
+    r"-(?P<os>[a-z]+)_(?P<os_version>\d+(?:\.\d+)*)"
+    r"-(?P<arch>x86_64|aarch64)$"
+)
+IMAGE_NAME_FORMAT = "<engine>_<ver>-<cpu|cuda_X|cann_X>-py_<ver>-<os>_<ver>-<x86_64|aarch64>"
+SPEC_NAME = re.compile(
+    r"^(?:cpu|(?P<flavor>gpu|ascend)\.(?P<count>[1-9]\d*)x(?P<type>[a-z0-9]+))"
+    r"\.(?P<cpu>[1-9]\d*)u(?P<memory>[1-9]\d*)g$"
+)
+SPEC_NAME_FORMAT = "cpu.<C>u<M>g, gpu.<N>x<type>.<C>u<M>g or ascend.<N>x<type>.<C>u<M>g"
+INSTANCE_NAME = re.compile(r"^[a-z0-9-]+$")
+FLAVORS = ("cpu", "gpu", "ascend")
+IMAGE_STATUSES = ("active", "deprecated", "disabled")
+OPTION_FIELDS = ("image", "spec", "tags", "autostop_hours")
+MAX_AUTOSTOP_HOURS = 24 * 7
+
+
+class OptionsError(ValueError):
+    """A refused input: names the field, says what was wrong and what is allowed."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    instances_per_user: int = 10
+    tags_per_instance: int = 20
+    tag_key_length: int = 36
+    tag_value_length: int = 43
+    instance_name_length: int = 64
+
+
+@dataclass(frozen=True)
+class Image:
+    """A catalog image; engine, flavor, python, OS and architecture come from its name."""
+
+    name: str
+    display_name: str = ""
+    description: str = ""
+    status: str = "active"
+    successor: str | None = None
+    accelerator_types: tuple[str, ...] = ()
+
+    @property
+    def parts(self) -> dict[str, str]:
+        match = IMAGE_NAME.match(self.name)
+        if match is None:
+            raise OptionsError("name", f"{self.name!r} does not follow {IMAGE_NAME_FORMAT}")
+        return match.groupdict()
+
+    @property
+    def flavor(self) -> str:
+        stack = self.parts["stack"]
+        return "cpu" if stack == "cpu" else "gpu" if stack.startswith("cuda") else "ascend"
+
+    @property
+    def engine(self) -> str:
+        return f"{self.parts['engine']} {self.parts['engine_version']}"
+
+    @property
+    def arch(self) -> str:
+        return self.parts["arch"]
+
+    @property
+    def title(self) -> str:
+        return self.display_name or self.name
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A compute spec; cores, memory and accelerators come from its name."""
+
+    name: str
+    display_name: str = ""
+    disabled: bool = False
+
+    @property
+    def parts(self) -> dict[str, str | None]:
+        match = SPEC_NAME.match(self.name)
+        if match is None:
+            raise OptionsError("name", f"{self.name!r} does not follow {SPEC_NAME_FORMAT}")
+        return match.groupdict()
+
+    @property
+    def flavor(self) -> str:
+        return self.parts["flavor"] or "cpu"
+
+    @property
+    def accelerator_type(self) -> str | None:
+        return self.parts["type"]
+
+    @property
+    def accelerator_count(self) -> int:
+        return int(self.parts["count"] or 0)
+
+    @property
+    def cpu(self) -> int:
+        return int(self.parts["cpu"])
+
+    @property
+    def memory_gb(self) -> int:
+        return int(self.parts["memory"])
+
+    @property
+    def title(self) -> str:
+        return self.display_name or self.name
+
+
+def validate_image_name(name: str) -> str:
+    Image(name).parts  # noqa: B018 - raises OptionsError when malformed
+    return name
+
+
+def validate_spec_name(name: str) -> str:
+    Spec(name).parts  # noqa: B018 - raises OptionsError when malformed
+    return name
+
+
+def spec_fits_image(image: Image, spec: Spec) -> bool:
+    """The flavor rule: CPU images on CPU specs, GPU and Ascend images on their own kind,
+    restricted to the image's accelerator types when it names any."""
+    if image.flavor != spec.flavor:
+        return False
+    return not image.accelerator_types or spec.accelerator_type in image.accelerator_types
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What can be chosen: images and specs by name, and the accelerators a backend has."""
+
+    images: dict[str, Image]
+    specs: dict[str, Spec]
+    accelerators: dict[str, int] = field(default_factory=dict)  # type -> how many exist
+    arch: str | None = None  # the only architecture a backend runs, when it has one
+
+    def available_specs(self, image: Image) -> list[Spec]:
+        """Specs this image may run on and this backend can ever satisfy."""
+        return [
+            spec
+            for spec in self.specs.values()
+            if not spec.disabled and spec_fits_image(image, spec) and self.can_satisfy(spec)
+        ]
+
+    def can_satisfy(self, spec: Spec) -> bool:
+        """Whether this backend has enough accelerators for the spec at all."""
+        if spec.accelerator_type is None:
+            return True
+        return spec.accelerator_count <= self.accelerators.get(spec.accelerator_type, 0)
+
+    def offered_images(self) -> list[Image]:
+        """Images the create form offers: active, runnable here, with at least one spec."""
+        return [
+            image
+            for image in self.images.values()
+            if image.status == "active"
+            and (self.arch is None or image.arch == self.arch)
+            and self.available_specs(image)
+        ]
+
+
+@dataclass(frozen=True)
+class InstanceOptions:
+    """What the user chose for an instance (stored as JupyterHub's `user_options`)."""
+
+    image: str
+    spec: str
+    tags: dict[str, str] = field(default_factory=dict)
+    autostop_hours: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "image": self.image,
+            "spec": self.spec,
+            "tags": dict(self.tags),
+            "autostop_hours": self.autostop_hours,
+        }
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """Everything a backend needs to run one instance, decided before any I/O."""
+
+    owner: str
+    name: str
+    image: Image
+    spec: Spec
+    options: InstanceOptions
+    environment: dict[str, str]
+
+    @property
+    def accelerator_type(self) -> str | None:
+        return self.spec.accelerator_type
+
+    @property
+    def accelerator_count(self) -> int:
+        return self.spec.accelerator_count
+
+
+def validate_instance_name(name: str, limits: Limits) -> str:
+    if not 1 <= len(name) <= limits.instance_name_length:
+        raise OptionsError(
+            "name", f"must be 1 to {limits.instance_name_length} characters, got {len(name)}"
+        )
+    if not INSTANCE_NAME.match(name):
+        raise OptionsError("name", f"{name!r} may contain only a-z, 0-9 and '-'")
+    return name
+
+
+def parse_tags(raw: object, limits: Limits) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise OptionsError("tags", "must be an object of key: value strings")
+    if len(raw) > limits.tags_per_instance:
+        raise OptionsError(
+            "tags", f"at most {limits.tags_per_instance} tags per instance, got {len(raw)}"
+        )
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise OptionsError(f"tags.{key}", "value must be a string")
+        if not 1 <= len(key) <= limits.tag_key_length or not key.isprintable():
+            raise OptionsError(
+                "tags", f"key {key!r} must be 1 to {limits.tag_key_length} printable characters"
+            )
+        if len(value) > limits.tag_value_length or not value.isprintable():
+            raise OptionsError(
+                f"tags.{key}",
+                f"value must be at most {limits.tag_value_length} printable characters",
+            )
+    return dict(raw)
+
+
+def parse_autostop(raw: object) -> float | None:
+    if raw in (None, "", 0):
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise OptionsError("autostop_hours", "must be a number of hours")
+    if not 0 < raw <= MAX_AUTOSTOP_HOURS:
+        raise OptionsError(
+            "autostop_hours", f"must be more than 0 and at most {MAX_AUTOSTOP_HOURS} hours"
+        )
+    return float(raw)
+
+
+def parse_options(raw: object, limits: Limits) -> InstanceOptions:
+    """Turn a JSON body (or form) into checked options; unknown fields are refused."""
+    if not isinstance(raw, dict):
+        raise OptionsError("user_options", "must be an object with image and spec")
+    unknown = sorted(set(raw) - set(OPTION_FIELDS))
+    if unknown:
+        raise OptionsError(unknown[0], f"unknown field; allowed: {', '.join(OPTION_FIELDS)}")
+    for required in ("image", "spec"):
+        if not isinstance(raw.get(required), str) or not raw[required]:
+            raise OptionsError(required, "is required (a name from the catalog)")
+    return InstanceOptions(
+        image=raw["image"],
+        spec=raw["spec"],
+        tags=parse_tags(raw.get("tags"), limits),
+        autostop_hours=parse_autostop(raw.get("autostop_hours")),
+    )
+
+
+def choose(options: InstanceOptions, catalog: Catalog) -> tuple[Image, Spec]:
+    """Look up image and spec and apply the lifecycle and flavor rules."""
+    image = catalog.images.get(options.image)
+    if image is None:
+        raise OptionsError("image", f"no image named {options.image!r} in the catalog")
+    if image.status == "disabled":
+        raise OptionsError("image", f"image {image.name} is disabled; choose another image")
+    spec = catalog.specs.get(options.spec)
+    if spec is None or spec.disabled:
+        raise OptionsError("spec", f"no spec named {options.spec!r} in the catalog")
+    if not spec_fits_image(image, spec):
+        raise OptionsError(
+            "spec",
+            f"{image.flavor} image {image.name} cannot run on {spec.flavor} spec {spec.name}",
+        )
+    if not catalog.can_satisfy(spec):
+        raise OptionsError(
+            "spec",
+            f"spec {spec.name} needs {spec.accelerator_count} {spec.accelerator_type} devices; "
+            f"this deployment has {catalog.accelerators.get(spec.accelerator_type or '', 0)}",
+        )
+    if catalog.arch is not None and image.arch != catalog.arch:
+        raise OptionsError("image", f"image {image.name} is built for {image.arch}, not here")
+    return image, spec
+
+
+def check_change(old: InstanceOptions, new: InstanceOptions, status: str) -> bool:
+    """Apply the change rules; return True when the change needs a restart."""
+    if new.image != old.image and status not in ("stopped", "failed"):
+        raise OptionsError(
+            "image", f"can change only while the instance is stopped, it is {status}"
+        )
+    return status == "running" and new.spec != old.spec
+
+
+def plan_instance(
+    owner: str, name: str, options: InstanceOptions, catalog: Catalog, limits: Limits
+) -> InstancePlan:
+    """The plan for one instance; raises `OptionsError` naming the first bad field."""
+    validate_instance_name(name, limits)
+    image, spec = choose(options, catalog)
+    environment = {
+        "MEM_LIMIT": str(spec.memory_gb * 1024**3),
+        "CPU_LIMIT": str(spec.cpu),
+        "ATELIER_INSTANCE": name,
+        "ATELIER_IMAGE": image.name,
+        "ATELIER_SPEC": spec.name,
+    }
+    return InstancePlan(owner, name, image, spec, options, environment)
+
+
+def autostop_at(started: datetime | None, hours: float | None) -> datetime | None:
+    """When an instance started at `started` stops by itself, if it does."""
+    if started is None or not hours:
+        return None
+    return started + timedelta(hours=hours)

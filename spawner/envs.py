@@ -1,0 +1,98 @@
+"""Local image environments: the local backend's realisation of a catalog image.
+
+Each image folder in `images/` holds a `requirements.txt`; its environment is a virtual
+environment built from the system Python (readable by every instance account) plus
+Atelier's jupyter-server extension. A stamp of the requirements makes rebuilds no-ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import atelier.extensions
+import atelier.images
+
+IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
+EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))
+STAMP = ".atelier-requirements.sha256"
+
+
+def base_python() -> str:
+    """The system Python when there is one: a Python under /root is unreadable to instances."""
+    return shutil.which("python3", path="/usr/bin:/usr/local/bin") or sys.executable
+
+
+def env_python_bin(envs_dir: Path, image: str) -> Path:
+    return envs_dir / image / "bin"
+
+
+def requirements_file(image: str) -> Path:
+    return IMAGES_DIR / image / "requirements.txt"
+
+
+def has_definition(image: str) -> bool:
+    return requirements_file(image).is_file()
+
+
+def requirements_digest(path: Path) -> str:
+    """SHA-256 of a requirements file and every file it includes with `-r`."""
+    digest = hashlib.sha256()
+    for line in path.read_text().splitlines():
+        digest.update(line.encode())
+        if line.startswith("-r "):
+            digest.update(requirements_digest(path.parent / line[3:].strip()).encode())
+    return digest.hexdigest()
+
+
+def is_built(envs_dir: Path, image: str) -> bool:
+    stamp = envs_dir / image / STAMP
+    return stamp.exists() and stamp.read_text() == requirements_digest(requirements_file(image))
+
+
+def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) -> Path:
+    """Build (or refresh) the environment of one image; returns its directory."""
+    target = envs_dir / image
+    if not is_built(envs_dir, image):
+        log(f"Building the local environment of {image} (this takes a few minutes once)")
+        shutil.rmtree(target, ignore_errors=True)
+        envs_dir.mkdir(parents=True, exist_ok=True)
+        run([base_python(), "-m", "venv", str(target)])
+        run(
+            [
+                str(target / "bin" / "pip"),
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(requirements_file(image)),
+            ]
+        )
+        (target / STAMP).write_text(requirements_digest(requirements_file(image)))
+    install_extension(target)
+    envs_dir.chmod(0o755)
+    return target
+
+
+def install_extension(env: Path) -> None:
+    """Copy Atelier's jupyter-server extension into the environment and enable it."""
+    site = next((env / "lib").glob("python3*/site-packages"))
+    shutil.copytree(
+        EXTENSION_DIR,
+        site / "atelier" / "extensions",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    config_dir = env / "etc" / "jupyter" / "jupyter_server_config.d"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXTENSION_DIR / "atelier.json", config_dir / "atelier.json")
+
+
+def run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")

@@ -1,0 +1,252 @@
+"""The local backend: each instance is a JupyterLab process from its image's environment.
+
+It realises an `InstancePlan`: allocates devices, prepares the instance directory, limits
+memory with a cgroup where the kernel allows it, and (when the hub runs as root) runs the
+server as the hub user's own system account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+from functools import cache
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
+from traitlets import Bool, Dict, List, Unicode, default
+
+from atelier.spawner import accounts, core
+from atelier.spawner.devices import (
+    Allocator,
+    Device,
+    DevicesUnavailable,
+    count_by_type,
+    visible_devices_environment,
+)
+from atelier.spawner.envs import env_python_bin
+
+
+@cache
+def shared_store(url: str):
+    """One store per URL and process, shared by every spawner and the hub's handlers."""
+    from atelier.hub.store import Store
+
+    return Store(url)
+
+
+@cache
+def shared_allocator(inventory: tuple[Device, ...]) -> Allocator:
+    """One allocator per inventory and process: the hub's single view of held devices."""
+    return Allocator(list(inventory))
+
+
+def local_catalog(store, allocator: Allocator) -> core.Catalog:
+    """The catalog as this machine can run it: its accelerators and its architecture."""
+    return store.catalog(count_by_type(allocator.inventory), platform.machine())
+
+
+class LocalInstanceSpawner(LocalProcessSpawner):
+    """Run Atelier instances as local JupyterLab processes."""
+
+    data_dir = Unicode(help="Atelier's data dir; instances live under data_dir/instances").tag(
+        config=True
+    )
+    envs_dir = Unicode(help="Where the local image environments are built").tag(config=True)
+    store_url = Unicode(help="SQLAlchemy URL of Atelier's store (catalog)").tag(config=True)
+    limits = Dict(help="Limits, as atelier.yaml's `limits` block").tag(config=True)
+    devices = List(help="The accelerator inventory: [{kind, type, index}, ...]").tag(config=True)
+    isolate_users = Bool(
+        help="Run each hub user's instances as their own system account (needs root)"
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._events: list[dict] = []
+        self.held_devices: list[Device] = []
+        self.account = ""
+        self.cgroup: Path | None = None
+
+    @default("isolate_users")
+    def _isolate_default(self):
+        return os.geteuid() == 0
+
+    @default("env_keep")
+    def _env_keep_default(self):
+        return ["LANG", "LC_ALL"]
+
+    # the pieces every backend shares --------------------------------------------------------
+    @property
+    def store(self):
+        return shared_store(self.store_url)
+
+    @property
+    def allocator(self) -> Allocator:
+        return shared_allocator(tuple(Device(**d) for d in self.devices))
+
+    @property
+    def core_limits(self) -> core.Limits:
+        return core.Limits(**self.limits)
+
+    def catalog(self) -> core.Catalog:
+        return local_catalog(self.store, self.allocator)
+
+    def plan(self, user_options: dict | None = None) -> core.InstancePlan:
+        options = core.parse_options(
+            self.user_options if user_options is None else user_options, self.core_limits
+        )
+        return core.plan_instance(
+            self.user.name, self.name, options, self.catalog(), self.core_limits
+        )
+
+    @property
+    def holder(self) -> str:
+        return f"{self.user.name}:{self.name}"
+
+    # the options form ---------------------------------------------------------------------------
+    def _options_form_default(self):
+        from atelier.hub.pages import render_options_form
+
+        return render_options_form
+
+    def options_from_form(self, formdata: dict) -> dict:
+        from atelier.hub.pages import options_from_form
+
+        options = options_from_form(formdata)
+        try:
+            self.plan(options)
+        except core.OptionsError as error:
+            raise SpawnException(str(error), reason="options", status_code=400) from None
+        return options
+
+    # the lifecycle ------------------------------------------------------------------------------
+    def _report(self, progress: int, message: str) -> None:
+        self.log.info("%s: %s", self._log_name, message)
+        self._events.append({"progress": progress, "message": message})
+
+    async def progress(self):
+        sent = 0
+        while True:
+            for event in self._events[sent:]:
+                yield event
+                sent += 1
+            await asyncio.sleep(0.2)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.data_dir, "instances", self.user.name, self.name)
+
+    async def start(self):
+        self._events = []
+        self._report(10, "Planning the instance")
+        try:
+            plan = self.plan()
+        except core.OptionsError as error:
+            raise SpawnException(str(error), reason="options", status_code=400) from None
+
+        self.store.instance_created(self.user.name, self.name)
+        self._report(25, f"Allocating devices for {plan.spec.name}")
+        try:
+            held = self.allocator.acquire(
+                self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
+            )
+        except DevicesUnavailable as error:
+            raise SpawnException(str(error), reason="devices", status_code=400) from None
+        self.held_devices = held
+        try:
+            self._report(45, "Preparing the work directory")
+            self.account = await self._prepare_account()
+            accounts.prepare_home(self.home, self.account if self.isolate_users else None)
+            self.cgroup = accounts.memory_cgroup(self.holder, plan.spec.memory_gb * 1024**3)
+
+            self._report(70, f"Starting JupyterLab on {plan.image.name}")
+            bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
+            if not (bin_dir / "jupyterhub-singleuser").exists():
+                raise SpawnException(
+                    f"image {plan.image.name} has no local environment; "
+                    "the admin can build it with `atelier images build`",
+                    reason="image",
+                    status_code=400,
+                )
+            self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
+            self.notebook_dir = str(self.home)
+            self._plan_environment = {
+                **plan.environment,
+                **visible_devices_environment(held),
+                "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                "VIRTUAL_ENV": str(bin_dir.parent),
+                "SHELL": "/bin/bash",
+            }
+            return await super().start()
+        except BaseException:
+            self._release()
+            raise
+
+    async def _prepare_account(self) -> str:
+        if not self.isolate_users:
+            return accounts.hub_account()
+        name = accounts.account_name(self.user.name)
+        await asyncio.to_thread(accounts.ensure_account, name)
+        return name
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(getattr(self, "_plan_environment", {}))
+        return env
+
+    def user_env(self, env):
+        env["USER"] = self.account
+        env["HOME"] = str(self.home)
+        return env
+
+    def make_preexec_fn(self, name):
+        setuid = set_user_setuid(self.account, chdir=False) if self.isolate_users else None
+        cgroup_procs = self.cgroup / "cgroup.procs" if self.cgroup else None
+        home = str(self.home)
+
+        def preexec():
+            if cgroup_procs is not None:
+                cgroup_procs.write_text(str(os.getpid()))
+            if setuid is not None:
+                setuid()
+            os.chdir(home)
+
+        return preexec
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None:
+            self._release()
+        return status
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        self._release()
+
+    def _release(self) -> None:
+        self.allocator.release(self.holder)
+        self.held_devices = []
+        if self.cgroup is not None:
+            accounts.remove_cgroup(self.cgroup)
+            self.cgroup = None
+
+    # hub restarts ---------------------------------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            state["devices"] = [d.to_json() for d in self.held_devices]
+            state["account"] = self.account
+            state["cgroup"] = str(self.cgroup) if self.cgroup else None
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.held_devices = [Device(**d) for d in state.get("devices", [])]
+        self.account = state.get("account", "")
+        self.cgroup = Path(state["cgroup"]) if state.get("cgroup") else None
+        if self.pid and self.held_devices:
+            self.allocator.restore(self.holder, self.held_devices)
+
+    def clear_state(self):
+        super().clear_state()
+        self.held_devices = []
