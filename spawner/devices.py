@@ -37,10 +37,12 @@ class DevicesUnavailable(RuntimeError):
 
 
 def device_type(product_name: str) -> str:
-    """'NVIDIA A100-SXM4-80GB' -> 'a100'; 'Ascend 910B3' -> '910b'."""
-    words = product_name.lower().replace("nvidia", "").replace("ascend", "").split()
-    match = re.match(r"[a-z]*\d+[a-z]?", words[0] if words else "")
-    return match.group(0) if match else "unknown"
+    """'NVIDIA A100-SXM4-80GB' -> 'a100'; 'Tesla V100-PCIE' -> 'v100'; 'Ascend 910B3' -> '910b'."""
+    for token in re.split(r"[\s-]+", product_name.lower()):
+        match = re.match(r"[a-z]*\d+[a-z]?", token)
+        if match:
+            return match.group(0)
+    return "unknown"
 
 
 def parse_nvidia_smi(output: str) -> list[Device]:

@@ -1,0 +1,41 @@
+# Two commands: `make run` starts Atelier, `make test` checks it. Everything they need is
+# installed here, inside the project (.venv, node_modules), plus Debian's python3-venv.
+VENV := .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: run test test-fast lint install system clean
+
+run: install
+	$(BIN)/atelier run
+
+test: install lint
+	$(BIN)/pytest -ra
+
+test-fast: install
+	$(BIN)/pytest -ra -m "not e2e"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+install: system $(BIN)/.installed node_modules/.installed
+
+# The local backend builds image environments from the system Python, which every
+# instance account can read (a Python under /root is not readable by them).
+system:
+	@/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq python3-venv)
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf $(VENV) node_modules
