@@ -4,11 +4,10 @@ It keeps an instance from looking idle while one of its kernels is busy running 
 the idle culler never stops running work (jupyterhub/jupyterhub#1498).
 """
 
-from datetime import UTC, datetime
+import os
+from datetime import datetime, timezone
 
 from tornado.ioloop import PeriodicCallback
-
-BUSY_CHECK_SECONDS = 30
 
 
 def _jupyter_server_extension_points():
@@ -30,7 +29,8 @@ def _load_jupyter_server_extension(server_app):
     def mark_busy_kernels_active():
         if busy_kernels(server_app.kernel_manager):
             # jupyter-server counts every setting ending in `_last_activity` as activity
-            settings["atelier_busy_kernels_last_activity"] = datetime.now(UTC)
+            settings["atelier_busy_kernels_last_activity"] = datetime.now(timezone.utc)  # noqa: UP017 - images may run Python 3.9
 
-    PeriodicCallback(mark_busy_kernels_active, BUSY_CHECK_SECONDS * 1000).start()
+    every = float(os.environ.get("ATELIER_BUSY_CHECK_SECONDS", "30"))
+    PeriodicCallback(mark_busy_kernels_active, every * 1000).start()
     server_app.log.info("Atelier: busy kernels count as activity")

@@ -80,6 +80,11 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         if isinstance(body, dict) and isinstance(body.get("user_options"), dict):
             self.check_options(user_name, server_name, body["user_options"])
         await super().patch(user_name, server_name)
+        # JupyterHub saves the new options in the database only; show them in the model too
+        user = self.find_user(user_name)
+        name = body.get("name", server_name) if isinstance(body, dict) else server_name
+        if name in user.spawners and name in user.orm_spawners:
+            user.spawners[name].user_options = user.orm_spawners[name].user_options
 
     @needs_scope("delete:servers")
     async def delete(self, user_name, server_name=""):

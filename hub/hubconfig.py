@@ -90,7 +90,11 @@ def configure(c, settings: Settings | None = None) -> None:
     c.LocalInstanceSpawner.limits = settings.limits.model_dump()
     c.LocalInstanceSpawner.devices = [d.to_json() for d in inventory(settings)]
     c.Spawner.default_url = "/lab"
-    c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "60"}
+    interval = str(settings.culling.activity_interval_seconds)
+    c.Spawner.environment = {
+        "JUPYTERHUB_ACTIVITY_INTERVAL": interval,
+        "ATELIER_BUSY_CHECK_SECONDS": interval,
+    }
 
     services, roles = [], []
     if settings.culling.idle_minutes:
@@ -101,7 +105,7 @@ def configure(c, settings: Settings | None = None) -> None:
                     sys.executable,
                     "-m",
                     "jupyterhub_idle_culler",
-                    f"--timeout={settings.culling.idle_minutes * 60}",
+                    f"--timeout={round(settings.culling.idle_minutes * 60)}",
                     f"--cull-every={settings.culling.every_seconds}",
                 ],
             }

@@ -73,8 +73,11 @@ class LimitsConfig(Strict):
 
 
 class CullingConfig(Strict):
-    idle_minutes: int = Field(60, ge=0, description="stop instances idle this long; 0: never")
-    every_seconds: int = Field(60, ge=5, le=3600)
+    idle_minutes: float = Field(60, ge=0, description="stop instances idle this long; 0: never")
+    every_seconds: int = Field(60, ge=1, le=3600)
+    activity_interval_seconds: int = Field(
+        60, ge=1, le=3600, description="how often instances report activity (and busy kernels)"
+    )
 
 
 class DeviceConfig(Strict):

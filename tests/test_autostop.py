@@ -13,13 +13,16 @@ def server(started, hours, ready=True):
 
 def test_due_instances():
     users = [
-        {"name": "alice", "servers": {
-            "late": server("2026-01-01T09:00:00Z", 2),          # 11:00 < 12:00: due
-            "exact": server("2026-01-01T10:00:00.000000Z", 2),  # 12:00: due
-            "early": server("2026-01-01T11:00:00Z", 2),         # 13:00: not yet
-            "never": server("2026-01-01T01:00:00Z", None),      # no auto-stop
-            "starting": server("2026-01-01T01:00:00Z", 1, ready=False),
-        }},
+        {
+            "name": "alice",
+            "servers": {
+                "late": server("2026-01-01T09:00:00Z", 2),  # 11:00 < 12:00: due
+                "exact": server("2026-01-01T10:00:00.000000Z", 2),  # 12:00: due
+                "early": server("2026-01-01T11:00:00Z", 2),  # 13:00: not yet
+                "never": server("2026-01-01T01:00:00Z", None),  # no auto-stop
+                "starting": server("2026-01-01T01:00:00Z", 1, ready=False),
+            },
+        },
         {"name": "bob", "servers": {"x": server("2026-01-01T11:30:00Z", 0.25)}},
         {"name": "carol", "servers": {}},
     ]

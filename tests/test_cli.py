@@ -13,7 +13,11 @@ TORCH = "pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64"
 @pytest.fixture
 def atelier(tmp_path, capsys):
     def run(*argv):
-        code = main([*argv[:1], "--data-dir", str(tmp_path), *argv[1:]] if argv[0] != "--config" else list(argv))
+        code = main(
+            [*argv[:1], "--data-dir", str(tmp_path), *argv[1:]]
+            if argv[0] != "--config"
+            else list(argv)
+        )
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -59,9 +63,15 @@ def test_add_update_deprecate_disable_delete_an_image(atelier):
     [
         (("images", "add", "tensorflow-latest"), "name: 'tensorflow-latest' does not follow"),
         (("images", "add", TORCH), f"name: image {TORCH} already exists"),
-        (("images", "update", "nope_1-cpu-py_3.11-debian_12-x86_64", "--display-name", "x"), "no image named"),
+        (
+            ("images", "update", "nope_1-cpu-py_3.11-debian_12-x86_64", "--display-name", "x"),
+            "no image named",
+        ),
         (("images", "update", BASE, "--successor", BASE), "successor: 'python_3.11"),
-        (("images", "update", BASE, "--successor", "missing"), "is not another image in the catalog"),
+        (
+            ("images", "update", BASE, "--successor", "missing"),
+            "is not another image in the catalog",
+        ),
         (("specs", "add", "gpu.a100"), "name: 'gpu.a100' does not follow"),
         (("specs", "add", "cpu.2u8g"), "spec cpu.2u8g already exists"),
         (("specs", "delete", "cpu.1u1g"), "no spec named 'cpu.1u1g'"),

@@ -10,7 +10,9 @@ from atelier.spawner.core import Catalog, Image, InstanceOptions, Limits, Option
 CPU = Image("pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64", "PyTorch")
 BASE = Image("python_3.11-cpu-py_3.11-debian_12-x86_64")
 CUDA = Image("pytorch_2.4.0-cuda_12.4-py_3.11-ubuntu_22.04-x86_64")
-CUDA_H100 = Image("tensorflow_2.16-cuda_12.3-py_3.11-ubuntu_22.04-x86_64", accelerator_types=("h100",))
+CUDA_H100 = Image(
+    "tensorflow_2.16-cuda_12.3-py_3.11-ubuntu_22.04-x86_64", accelerator_types=("h100",)
+)
 ASCEND = Image("pytorch_2.1.0-cann_8.0.rc1-py_3.9-euleros_2.10-aarch64")
 OLD = Image("python_3.10-cpu-py_3.10-debian_12-x86_64", status="deprecated", successor=BASE.name)
 OFF = Image("python_3.9-cpu-py_3.9-debian_11-x86_64", status="disabled")
@@ -27,7 +29,9 @@ LIMITS = Limits()
 
 def catalog(accelerators=None, arch=None) -> Catalog:
     images = [CPU, BASE, CUDA, CUDA_H100, ASCEND, OLD, OFF]
-    return Catalog({i.name: i for i in images}, {s.name: s for s in SPECS}, accelerators or {}, arch)
+    return Catalog(
+        {i.name: i for i in images}, {s.name: s for s in SPECS}, accelerators or {}, arch
+    )
 
 
 def plan(options: dict, name="exp-1", cat=None):
@@ -42,7 +46,10 @@ def plan(options: dict, name="exp-1", cat=None):
         (CPU.name, ("pytorch 2.13.0", "cpu", "x86_64")),
         (CUDA.name, ("pytorch 2.4.0", "gpu", "x86_64")),
         (ASCEND.name, ("pytorch 2.1.0", "ascend", "aarch64")),
-        ("mindspore_2.3.0-cann_8.0-py_3.9-euleros_2.10-aarch64", ("mindspore 2.3.0", "ascend", "aarch64")),
+        (
+            "mindspore_2.3.0-cann_8.0-py_3.9-euleros_2.10-aarch64",
+            ("mindspore 2.3.0", "ascend", "aarch64"),
+        ),
     ],
 )
 def test_image_name_gives_engine_flavor_and_arch(name, parts):
@@ -78,11 +85,17 @@ def test_malformed_image_names_are_refused_with_the_format(name):
 )
 def test_spec_name_gives_resources(name, flavor, accelerator, count, cpu, memory):
     spec = Spec(name)
-    assert (spec.flavor, spec.accelerator_type, spec.accelerator_count) == (flavor, accelerator, count)
+    assert (spec.flavor, spec.accelerator_type, spec.accelerator_count) == (
+        flavor,
+        accelerator,
+        count,
+    )
     assert (spec.cpu, spec.memory_gb) == (cpu, memory)
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu.a100.8u64g", "cpu.0u8g", "tpu.1xv4.8u64g", "gpu.0xa100.8u8g"])
+@pytest.mark.parametrize(
+    "name", ["cpu", "gpu.a100.8u64g", "cpu.0u8g", "tpu.1xv4.8u64g", "gpu.0xa100.8u8g"]
+)
 def test_malformed_spec_names_are_refused(name):
     with pytest.raises(OptionsError, match="does not follow"):
         core.validate_spec_name(name)
@@ -154,9 +167,21 @@ def test_gpu_plan_asks_for_devices():
         ({"image": CPU.name, "spec": "cpu.2u8g", "tags": {"": "v"}}, "tags", "1 to 36"),
         ({"image": CPU.name, "spec": "cpu.2u8g", "tags": {"k": "v" * 44}}, "tags.k", "at most 43"),
         ({"image": CPU.name, "spec": "cpu.2u8g", "tags": {"k": "a\nb"}}, "tags.k", "printable"),
-        ({"image": CPU.name, "spec": "cpu.2u8g", "autostop_hours": -1}, "autostop_hours", "more than 0"),
-        ({"image": CPU.name, "spec": "cpu.2u8g", "autostop_hours": 500}, "autostop_hours", "at most 168"),
-        ({"image": CPU.name, "spec": "cpu.2u8g", "autostop_hours": "2"}, "autostop_hours", "number"),
+        (
+            {"image": CPU.name, "spec": "cpu.2u8g", "autostop_hours": -1},
+            "autostop_hours",
+            "more than 0",
+        ),
+        (
+            {"image": CPU.name, "spec": "cpu.2u8g", "autostop_hours": 500},
+            "autostop_hours",
+            "at most 168",
+        ),
+        (
+            {"image": CPU.name, "spec": "cpu.2u8g", "autostop_hours": "2"},
+            "autostop_hours",
+            "number",
+        ),
     ],
 )
 def test_every_bad_option_names_its_field(options, field, message):
@@ -170,7 +195,14 @@ def test_tag_count_limit():
     tags = {f"k{i}": "v" for i in range(21)}
     with pytest.raises(OptionsError, match="at most 20 tags per instance, got 21"):
         plan({"image": CPU.name, "spec": "cpu.2u8g", "tags": tags})
-    assert len(plan({"image": CPU.name, "spec": "cpu.2u8g", "tags": dict(list(tags.items())[:20])}).options.tags) == 20
+    assert (
+        len(
+            plan(
+                {"image": CPU.name, "spec": "cpu.2u8g", "tags": dict(list(tags.items())[:20])}
+            ).options.tags
+        )
+        == 20
+    )
 
 
 def test_deprecated_images_still_run_existing_instances():
@@ -204,7 +236,12 @@ def test_image_cannot_change_while_running():
 
 def test_spec_change_while_running_restarts():
     assert core.check_change(OLD_OPTIONS, InstanceOptions(CPU.name, "cpu.8u32g"), "running") is True
-    assert core.check_change(OLD_OPTIONS, OLD_OPTIONS.__class__(CPU.name, "cpu.2u8g", {"a": "b"}), "running") is False
+    assert (
+        core.check_change(
+            OLD_OPTIONS, OLD_OPTIONS.__class__(CPU.name, "cpu.2u8g", {"a": "b"}), "running"
+        )
+        is False
+    )
 
 
 def test_autostop_time():

@@ -32,18 +32,45 @@ def test_atelier_config_environment_variable_picks_the_file(tmp_path, monkeypatc
     [
         (lambda d: d.update(colour="blue"), "colour: Extra inputs are not permitted (got 'blue')"),
         (lambda d: d.update(port="eighty"), "port: Input should be a valid integer"),
-        (lambda d: d.update(port=70000), "port: Input should be less than or equal to 65535 (got 70000)"),
+        (
+            lambda d: d.update(port=70000),
+            "port: Input should be less than or equal to 65535 (got 70000)",
+        ),
         (lambda d: d.update(backend="nomad"), "backend: Input should be 'local' (got 'nomad')"),
-        (lambda d: d["limits"].update(instances_per_user=0), "limits.instances_per_user: Input should be greater than or equal to 1"),
-        (lambda d: d["limits"].update(tag_limit=3), "limits.tag_limit: Extra inputs are not permitted"),
-        (lambda d: d["images"][0].update(name="pytorch-latest"), "images.0.name: Value error, 'pytorch-latest' does not follow <engine>_<ver>-"),
-        (lambda d: d["images"][1].update(status="retired"), "images.1.status: Input should be 'active', 'deprecated' or 'disabled' (got 'retired')"),
-        (lambda d: d["specs"].append({"name": "gpu.a100"}), "specs.7.name: Value error, 'gpu.a100' does not follow"),
-        (lambda d: d["specs"].append({"name": "cpu.2u8g"}), "specs: Value error, names must be unique; repeated: cpu.2u8g"),
+        (
+            lambda d: d["limits"].update(instances_per_user=0),
+            "limits.instances_per_user: Input should be greater than or equal to 1",
+        ),
+        (
+            lambda d: d["limits"].update(tag_limit=3),
+            "limits.tag_limit: Extra inputs are not permitted",
+        ),
+        (
+            lambda d: d["images"][0].update(name="pytorch-latest"),
+            "images.0.name: Value error, 'pytorch-latest' does not follow <engine>_<ver>-",
+        ),
+        (
+            lambda d: d["images"][1].update(status="retired"),
+            "images.1.status: Input should be 'active', 'deprecated' or 'disabled' (got 'retired')",
+        ),
+        (
+            lambda d: d["specs"].append({"name": "gpu.a100"}),
+            "specs.7.name: Value error, 'gpu.a100' does not follow",
+        ),
+        (
+            lambda d: d["specs"].append({"name": "cpu.2u8g"}),
+            "specs: Value error, names must be unique; repeated: cpu.2u8g",
+        ),
         (lambda d: d.update(images=[]), "images: List should have at least 1 item"),
         (lambda d: d.pop("specs"), "specs: Field required"),
-        (lambda d: d.update(devices=[{"kind": "tpu", "type": "v4", "index": 0}]), "devices.0.kind: Input should be 'gpu' or 'ascend' (got 'tpu')"),
-        (lambda d: d["culling"].update(idle_minutes=-5), "culling.idle_minutes: Input should be greater than or equal to 0"),
+        (
+            lambda d: d.update(devices=[{"kind": "tpu", "type": "v4", "index": 0}]),
+            "devices.0.kind: Input should be 'gpu' or 'ascend' (got 'tpu')",
+        ),
+        (
+            lambda d: d["culling"].update(idle_minutes=-5),
+            "culling.idle_minutes: Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_each_mistake_names_key_value_and_expectation(tmp_path, change, expected):

@@ -1,0 +1,174 @@
+"""Fixtures that run a real Atelier hub: `atelier run` with its proxy and JupyterLab servers."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from atelier.hub.settings import DEFAULT_CONFIG
+from atelier.spawner.envs import build_env
+
+ROOT = Path(__file__).resolve().parents[1]
+# Instances run as per-user accounts: their files must live where those accounts can reach.
+WORK = Path(os.environ.get("ATELIER_TEST_DIR", "/var/tmp/atelier-tests"))
+BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
+TORCH = "pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64"
+# A GPU image for the fake-GPU inventory; its local environment is the CPU base one.
+FAKE_GPU = "python_3.11-cuda_12.4-py_3.11-debian_12-x86_64"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def envs_dir() -> Path:
+    envs = WORK / "envs"
+    WORK.mkdir(parents=True, exist_ok=True)
+    WORK.chmod(0o711)
+    for image in (BASE, TORCH):
+        build_env(envs, image)
+    fake = envs / FAKE_GPU
+    if not fake.exists():
+        fake.symlink_to(envs / BASE)
+    return envs
+
+
+class Hub:
+    """One `atelier run` process on free loopback ports, with its own data dir."""
+
+    def __init__(self, envs: Path, **overrides):
+        self.dir = WORK / f"hub-{secrets.token_hex(4)}"
+        self.dir.mkdir(mode=0o711)
+        self.port = free_port()
+        config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+        config.update(
+            data_dir=str(self.dir / "data"),
+            envs_dir=str(envs),
+            port=self.port,
+            hub_port=free_port(),
+            proxy_api_port=free_port(),
+            devices=[{"kind": "gpu", "type": "a100", "index": i} for i in (0, 1)],
+            culling={"idle_minutes": 0},
+            autostop_every_seconds=1,
+        )
+        config["images"].append({"name": FAKE_GPU, "display_name": "Test GPU image"})
+        config["limits"]["instances_per_user"] = 4
+        for key, value in overrides.items():
+            config[key] = value
+        self.config = self.dir / "atelier.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "atelier.hub.cli",
+                "--config",
+                str(self.config),
+                "run",
+                "--no-build",
+            ],
+            cwd=self.dir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ATELIER_CONFIG": str(self.config)},
+        )
+        try:
+            self.sign_in_line = self.wait_for(self.sign_in, 60, "the hub to start")
+        except AssertionError:
+            self.stop()
+            raise RuntimeError(f"hub did not start:\n{self.log_text()[-3000:]}") from None
+        self.admin_password = (self.dir / "data" / "admin-password").read_text().strip()
+        self.admin_token = self.cli("token", "admin").strip()
+
+    def cli(self, *argv: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "atelier.hub.cli", "--config", str(self.config), *argv],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
+    def api(self, method: str, path: str, token: str | None = None, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"token {token or self.admin_token}"}
+        return requests.request(
+            method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, **kwargs
+        )
+
+    def add_user(self, name: str) -> str:
+        """Create a hub user and return an API token of theirs."""
+        assert self.api("POST", f"/users/{name}").status_code in (201, 409)
+        response = self.api("POST", f"/users/{name}/tokens", json={"note": "tests"})
+        assert response.status_code == 201, response.text
+        return response.json()["token"]
+
+    def servers(self, user: str) -> dict:
+        """The user's instances (named servers), running or stopped."""
+        response = self.api("GET", f"/users/{user}?include_stopped_servers")
+        return {name: s for name, s in response.json()["servers"].items() if name}
+
+    def wait_for(self, predicate, timeout: float = 60, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def sign_in(self) -> str | None:
+        if self.process.poll() is not None:
+            raise AssertionError("the hub exited")
+        return next(
+            (line for line in self.log_text().splitlines() if "Atelier is at" in line), None
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+    def log_text(self) -> str:
+        return (self.dir / "hub.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def hub(envs_dir):
+    hub = Hub(envs_dir)
+    yield hub
+    hub.stop()
+
+
+def pid_of(hub: Hub, user: str, name: str) -> int:
+    return hub.servers(user)[name]["state"]["pid"]
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def owner_of(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
+    import pwd
+
+    return pwd.getpwuid(uid).pw_name

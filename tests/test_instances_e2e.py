@@ -1,0 +1,228 @@
+"""Instances end to end: a real hub, proxy and JupyterLab servers on loopback."""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import BASE, FAKE_GPU, TORCH, environ_of, owner_of, pid_of
+
+pytestmark = pytest.mark.e2e
+CPU_OPTIONS = {"image": BASE, "spec": "cpu.2u4g", "tags": {"team": "vision"}, "autostop_hours": 8}
+
+
+def lab_status(hub, user, name, token):
+    return requests.get(
+        f"{hub.url}/user/{user}/{name}/api/status",
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+
+
+def test_sign_in_line_and_admin_password_file(hub):
+    assert hub.url in hub.sign_in_line and "admin" in hub.sign_in_line
+    password_file = hub.dir / "data" / "admin-password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert len(hub.admin_password) >= 12
+
+
+def test_create_reach_stop_restart_delete(hub):
+    token = hub.add_user("alice")
+    created = hub.api("POST", "/users/alice/servers/lab", token, json=CPU_OPTIONS)
+    assert created.status_code in (201, 202), created.text
+    hub.wait_for(lambda: hub.servers("alice")["lab"]["ready"], what="lab ready")
+    assert lab_status(hub, "alice", "lab", token).status_code == 200
+
+    pid = pid_of(hub, "alice", "lab")
+    environment = environ_of(pid)
+    assert environment["MEM_LIMIT"] == str(4 * 1024**3) and environment["CPU_LIMIT"] == "2"
+    assert environment["ATELIER_IMAGE"] == BASE and "CUDA_VISIBLE_DEVICES" not in environment
+    if os.geteuid() == 0:
+        assert owner_of(pid) == "atelier-alice"
+        home = hub.dir / "data" / "instances" / "alice" / "lab"
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700 and home.owner() == "atelier-alice"
+        cgroup = Path(hub.servers("alice")["lab"]["state"]["cgroup"])
+        limit = cgroup / "memory.limit_in_bytes"
+        if limit.exists():
+            assert int(limit.read_text()) == 4 * 1024**3
+
+    assert hub.api("DELETE", "/users/alice/servers/lab", token).status_code in (202, 204)
+    hub.wait_for(lambda: not hub.servers("alice")["lab"]["ready"], what="lab stopped")
+    assert not Path(f"/proc/{pid}").exists()
+
+    # restart without options: the same image, spec and tags
+    assert hub.api("POST", "/users/alice/servers/lab", token).status_code in (201, 202)
+    hub.wait_for(lambda: hub.servers("alice")["lab"]["ready"], what="lab restarted")
+    assert hub.servers("alice")["lab"]["user_options"] == CPU_OPTIONS
+    assert lab_status(hub, "alice", "lab", token).status_code == 200
+
+    response = hub.api("DELETE", "/users/alice/servers/lab", token, json={"remove": True})
+    assert response.status_code in (202, 204)
+    hub.wait_for(lambda: "lab" not in hub.servers("alice"), what="lab deleted")
+
+
+def test_torch_image_runs_torch(envs_dir):
+    import subprocess
+
+    python = envs_dir / TORCH / "bin" / "python"
+    result = subprocess.run(
+        [python, "-c", "import torch, ipywidgets, jupyterlab; print(torch.ones(2).sum().item())"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.strip() == "2.0", result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, body, message",
+    [
+        ("Bad_Name", CPU_OPTIONS, "name: 'Bad_Name' may contain only a-z, 0-9 and '-'"),
+        ("x" * 65, CPU_OPTIONS, "name: must be 1 to 64 characters, got 65"),
+        ("ok", {"spec": "cpu.2u4g"}, "image: is required"),
+        ("ok", {**CPU_OPTIONS, "image": "nope"}, "image: no image named 'nope' in the catalog"),
+        ("ok", {**CPU_OPTIONS, "spec": "gpu.1xa100.8u64g"}, "cannot run on gpu spec"),
+        ("ok", {**CPU_OPTIONS, "spec": "cpu.1u1g"}, "spec: no spec named 'cpu.1u1g'"),
+        (
+            "ok",
+            {"image": FAKE_GPU, "spec": "gpu.1xh100.16u128g"},
+            "needs 1 h100 devices; this deployment has 0",
+        ),
+        ("ok", {**CPU_OPTIONS, "cores": 4}, "cores: unknown field"),
+        (
+            "ok",
+            {**CPU_OPTIONS, "tags": {f"k{i}": "v" for i in range(21)}},
+            "tags: at most 20 tags per instance, got 21",
+        ),
+        ("ok", {**CPU_OPTIONS, "tags": {"k" * 37: "v"}}, "must be 1 to 36 printable characters"),
+        ("ok", {**CPU_OPTIONS, "tags": {"k": "v" * 44}}, "tags.k: value must be at most 43"),
+        (
+            "ok",
+            {**CPU_OPTIONS, "autostop_hours": 0.0001 - 1},
+            "autostop_hours: must be more than 0",
+        ),
+    ],
+)
+def test_bad_requests_answer_400_and_change_nothing(hub, name, body, message):
+    token = hub.add_user("bob")
+    before = hub.servers("bob")
+    response = hub.api("POST", f"/users/bob/servers/{name}", token, json=body)
+    assert response.status_code == 400
+    assert message in response.json()["message"]
+    assert hub.servers("bob") == before
+    assert (
+        hub.api("PUT", f"/users/bob/servers/{name}", token, json={"user_options": body}).status_code
+        == 400
+    )
+    assert hub.servers("bob") == before
+
+
+def test_instance_limit_and_changes_of_a_defined_instance(hub):
+    token = hub.add_user("carol")
+    for n in range(4):
+        response = hub.api(
+            "PUT", f"/users/carol/servers/n{n}", token, json={"user_options": CPU_OPTIONS}
+        )
+        assert response.status_code == 201, response.text
+    fifth = hub.api("PUT", "/users/carol/servers/n4", token, json={"user_options": CPU_OPTIONS})
+    assert fifth.status_code == 400 and "maximum of 4" in fifth.json()["message"]
+    assert sorted(hub.servers("carol")) == ["n0", "n1", "n2", "n3"]
+
+    # a stopped instance may change image and spec; a bad change is refused and changes nothing
+    changed = {**CPU_OPTIONS, "image": TORCH, "spec": "cpu.2u8g"}
+    assert (
+        hub.api(
+            "PATCH", "/users/carol/servers/n0", token, json={"user_options": changed}
+        ).status_code
+        == 200
+    )
+    assert hub.servers("carol")["n0"]["user_options"] == changed
+    bad = {**changed, "spec": "gpu.1xa100.8u64g"}
+    response = hub.api("PATCH", "/users/carol/servers/n0", token, json={"user_options": bad})
+    assert response.status_code == 400 and "spec:" in response.json()["message"]
+    assert hub.servers("carol")["n0"]["user_options"] == changed
+    response = hub.api("PATCH", "/users/carol/servers/n0", token, json={"name": "Not OK"})
+    assert response.status_code == 400 and "name:" in response.json()["message"]
+
+
+def test_users_cannot_touch_each_others_instances(hub):
+    dave, erin = hub.add_user("dave"), hub.add_user("erin")
+    assert (
+        hub.api(
+            "PUT", "/users/dave/servers/mine", dave, json={"user_options": CPU_OPTIONS}
+        ).status_code
+        == 201
+    )
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        response = hub.api(
+            method, "/users/dave/servers/mine", erin, json={"user_options": CPU_OPTIONS}
+        )
+        assert response.status_code in (403, 404), (method, response.status_code)
+    assert hub.api("GET", "/users/dave", erin).status_code in (403, 404)
+    assert list(hub.servers("dave")) == ["mine"]
+    assert hub.servers("dave")["mine"]["user_options"] == CPU_OPTIONS
+
+
+def test_devices_are_exclusive_released_and_refused_when_exhausted(hub):
+    token = hub.add_user("gpu-user")
+    one = {"image": FAKE_GPU, "spec": "gpu.1xa100.8u64g"}
+
+    def start(name, options=one):
+        return hub.api("POST", f"/users/gpu-user/servers/{name}", token, json=options)
+
+    def visible(name):
+        hub.wait_for(lambda: hub.servers("gpu-user")[name]["ready"], what=f"{name} ready")
+        return environ_of(pid_of(hub, "gpu-user", name))["CUDA_VISIBLE_DEVICES"]
+
+    assert start("g1").status_code in (201, 202)
+    assert start("g2").status_code in (201, 202)
+    assert {visible("g1"), visible("g2")} == {"0", "1"}
+    refused = start("g3")
+    assert refused.status_code == 400
+    assert refused.json()["message"] == (
+        "spec gpu.1xa100.8u64g needs 1 A100 GPUs; 0 are free. "
+        "Stop another instance or choose a smaller spec."
+    )
+    assert "g3" not in hub.servers("gpu-user")
+    two = start("g4", {"image": FAKE_GPU, "spec": "gpu.2xa100.16u128g"})
+    assert two.status_code == 400 and "needs 2 A100 GPUs; 0 are free" in two.json()["message"]
+
+    released = visible("g1")
+    hub.api("DELETE", "/users/gpu-user/servers/g1", token)
+    hub.wait_for(lambda: not hub.servers("gpu-user")["g1"]["ready"], what="g1 stopped")
+    assert start("g3").status_code in (201, 202)
+    assert visible("g3") == released
+    for name in ("g2", "g3"):
+        hub.api("DELETE", f"/users/gpu-user/servers/{name}", token, json={"remove": True})
+
+
+def test_catalog_changes_take_effect_without_restart(hub):
+    token = hub.add_user("frank")
+    hub.cli("images", "disable", TORCH)
+    try:
+        response = hub.api(
+            "POST", "/users/frank/servers/t", token, json={"image": TORCH, "spec": "cpu.2u4g"}
+        )
+        assert response.status_code == 400
+        assert f"image {TORCH} is disabled" in response.json()["message"]
+    finally:
+        hub.cli("images", "update", TORCH, "--status", "active")
+    response = hub.api(
+        "PUT",
+        "/users/frank/servers/t",
+        token,
+        json={"user_options": {"image": TORCH, "spec": "cpu.2u4g"}},
+    )
+    assert response.status_code == 201
+
+
+def test_autostop_stops_the_instance_on_time(hub):
+    token = hub.add_user("gina")
+    options = {**CPU_OPTIONS, "autostop_hours": 0.002}  # 7.2 seconds
+    assert hub.api("POST", "/users/gina/servers/short", token, json=options).status_code in (
+        201,
+        202,
+    )
+    hub.wait_for(lambda: hub.servers("gina")["short"]["ready"], what="ready")
+    hub.wait_for(lambda: not hub.servers("gina")["short"]["ready"], timeout=40, what="auto-stop")
+    assert "Auto-stopping gina:short" in hub.log_text()
