@@ -33,7 +33,7 @@ class Context:
         return self.settings.limits.to_limits()
 
     def catalog(self) -> core.Catalog:
-        return local_catalog(self.store, self.allocator)
+        return local_catalog(self.store, self.allocator, self.settings.resolved_envs_dir)
 
 
 def store_url(settings: Settings) -> str:

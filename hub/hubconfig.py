@@ -77,9 +77,9 @@ def configure(c, settings: Settings | None = None) -> None:
     c.JupyterHub.default_url = "/hub/home"
     c.JupyterHub.template_paths = [str(TEMPLATES)]
 
-    c.JupyterHub.authenticator_class = "native"
-    c.NativeAuthenticator.open_signup = False  # sign-up waits for an admin's approval
-    c.NativeAuthenticator.minimum_password_length = 8
+    c.JupyterHub.authenticator_class = "atelier.hub.auth.AtelierAuthenticator"
+    c.AtelierAuthenticator.open_signup = False  # sign-up waits for an admin's approval
+    c.AtelierAuthenticator.minimum_password_length = 8
     c.Authenticator.admin_users = {settings.admin_user}
     c.Authenticator.allow_all = True  # NativeAuthenticator lets in only approved accounts
 

@@ -100,13 +100,11 @@ class Store:
         with self.session() as db:
             return [r.to_spec() for r in db.scalars(select(SpecRecord).order_by(SpecRecord.name))]
 
-    def catalog(self, accelerators: dict[str, int], arch: str | None) -> core.Catalog:
-        return core.Catalog(
-            {i.name: i for i in self.images()},
-            {s.name: s for s in self.specs()},
-            accelerators,
-            arch,
-        )
+    def catalog(
+        self, accelerators: dict[str, int], arch: str | None, realised: frozenset[str] | None
+    ) -> core.Catalog:
+        images = {i.name: i for i in self.images()}
+        return core.Catalog(images, {s.name: s for s in self.specs()}, accelerators, arch, realised)
 
     def add_image(self, image: core.Image) -> core.Image:
         _check_image(image, self.images())

@@ -150,6 +150,7 @@ class Catalog:
     specs: dict[str, Spec]
     accelerators: dict[str, int] = field(default_factory=dict)  # type -> how many exist
     arch: str | None = None  # the only architecture a backend runs, when it has one
+    realised: frozenset[str] | None = None  # images the backend has ready; None: all
 
     def available_specs(self, image: Image) -> list[Spec]:
         """Specs this image may run on and this backend can ever satisfy."""
@@ -172,6 +173,7 @@ class Catalog:
             for image in self.images.values()
             if image.status == "active"
             and (self.arch is None or image.arch == self.arch)
+            and (self.realised is None or image.name in self.realised)
             and self.available_specs(image)
         ]
 
@@ -301,6 +303,11 @@ def choose(options: InstanceOptions, catalog: Catalog) -> tuple[Image, Spec]:
         )
     if catalog.arch is not None and image.arch != catalog.arch:
         raise OptionsError("image", f"image {image.name} is built for {image.arch}, not here")
+    if catalog.realised is not None and image.name not in catalog.realised:
+        raise OptionsError(
+            "image",
+            f"image {image.name} is not available on this hub yet; ask the admin to build it",
+        )
     return image, spec
 
 

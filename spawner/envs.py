@@ -31,6 +31,15 @@ def env_python_bin(envs_dir: Path, image: str) -> Path:
     return envs_dir / image / "bin"
 
 
+def built_envs(envs_dir: Path) -> frozenset[str]:
+    """Images whose environment can start a JupyterLab server."""
+    if not envs_dir.is_dir():
+        return frozenset()
+    return frozenset(
+        env.name for env in envs_dir.iterdir() if (env / "bin" / "jupyterhub-singleuser").exists()
+    )
+
+
 def requirements_file(image: str) -> Path:
     return IMAGES_DIR / image / "requirements.txt"
 

@@ -24,7 +24,7 @@ from atelier.spawner.devices import (
     count_by_type,
     visible_devices_environment,
 )
-from atelier.spawner.envs import env_python_bin
+from atelier.spawner.envs import built_envs, env_python_bin
 
 
 @cache
@@ -41,9 +41,12 @@ def shared_allocator(inventory: tuple[Device, ...]) -> Allocator:
     return Allocator(list(inventory))
 
 
-def local_catalog(store, allocator: Allocator) -> core.Catalog:
-    """The catalog as this machine can run it: its accelerators and its architecture."""
-    return store.catalog(count_by_type(allocator.inventory), platform.machine())
+def local_catalog(store, allocator: Allocator, envs_dir: Path) -> core.Catalog:
+    """The catalog as this machine can run it: its accelerators, architecture and built
+    image environments."""
+    return store.catalog(
+        count_by_type(allocator.inventory), platform.machine(), built_envs(envs_dir)
+    )
 
 
 class LocalInstanceSpawner(LocalProcessSpawner):
@@ -89,7 +92,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         return core.Limits(**self.limits)
 
     def catalog(self) -> core.Catalog:
-        return local_catalog(self.store, self.allocator)
+        return local_catalog(self.store, self.allocator, Path(self.envs_dir))
 
     def plan(self, user_options: dict | None = None) -> core.InstancePlan:
         options = core.parse_options(
@@ -112,8 +115,8 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     def options_from_form(self, formdata: dict) -> dict:
         from atelier.hub.pages import options_from_form
 
-        options = options_from_form(formdata)
         try:
+            options = options_from_form(formdata)
             self.plan(options)
         except core.OptionsError as error:
             raise SpawnException(str(error), reason="options", status_code=400) from None
@@ -161,13 +164,6 @@ class LocalInstanceSpawner(LocalProcessSpawner):
 
             self._report(70, f"Starting JupyterLab on {plan.image.name}")
             bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
-            if not (bin_dir / "jupyterhub-singleuser").exists():
-                raise SpawnException(
-                    f"image {plan.image.name} has no local environment; "
-                    "the admin can build it with `atelier images build`",
-                    reason="image",
-                    status_code=400,
-                )
             self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
             self.notebook_dir = str(self.home)
             self._plan_environment = {

@@ -1,0 +1,35 @@
+"""Sign-in on the embedded default: NativeAuthenticator (hashed passwords, sign-up with admin
+approval), with its login handler made to run on JupyterHub 6.
+
+NativeAuthenticator 1.3.0's LoginHandler.post times the login with `self.statsd`, which
+JupyterHub 5 removed; every sign-in then fails with a 500. The subclass below gives the
+handler a timer that does nothing; all else is NativeAuthenticator's own.
+"""
+
+from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import LoginHandler
+
+
+class _NullTimer:
+    def start(self):
+        return self
+
+    def stop(self, send=True):
+        return self
+
+
+class _NullStatsd:
+    def timer(self, name):
+        return _NullTimer()
+
+
+class SignInHandler(LoginHandler):
+    statsd = _NullStatsd()
+
+
+class AtelierAuthenticator(NativeAuthenticator):
+    def get_handlers(self, app):
+        return [
+            (path, SignInHandler if path == r"/login" else handler)
+            for path, handler in super().get_handlers(app)
+        ]

@@ -1,0 +1,147 @@
+"""The hub's pages as a browser meets them: sign-in, sign-up approval, home, create form."""
+
+import re
+
+import pytest
+import requests
+from conftest import BASE, FAKE_GPU, TORCH
+
+pytestmark = pytest.mark.e2e
+
+
+def sign_in(hub, username, password) -> requests.Session:
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login", timeout=30)
+    session.last = session.post(
+        f"{hub.url}/hub/login",
+        data={"username": username, "password": password, "_xsrf": session.cookies["_xsrf"]},
+        timeout=30,
+    )
+    return session
+
+
+def home(hub, session) -> str:
+    response = session.get(f"{hub.url}/hub/home", timeout=30)
+    assert response.status_code == 200
+    return response.text
+
+
+def test_admin_signs_in_with_the_generated_password(hub):
+    assert "Your instances" in home(hub, sign_in(hub, "admin", hub.admin_password))
+    wrong = sign_in(hub, "admin", "not-the-password")
+    assert "Invalid username or password." in wrong.last.text
+    assert "/hub/login" in wrong.get(f"{hub.url}/hub/home", timeout=30).url
+
+
+def test_sign_up_waits_for_admin_approval(hub):
+    visitor = requests.Session()
+    visitor.get(f"{hub.url}/hub/signup", timeout=30)
+    password = "correct-horse-battery"
+    visitor.post(
+        f"{hub.url}/hub/signup",
+        data={
+            "username": "hank",
+            "signup_password": password,
+            "signup_password_confirmation": password,
+            "email": "hank@example.org",
+            "_xsrf": visitor.cookies["_xsrf"],
+        },
+        timeout=30,
+    )
+    waiting = sign_in(hub, "hank", password)
+    assert "User hank has not been authorized by an administrator yet." in waiting.last.text
+    assert "/hub/login" in waiting.get(f"{hub.url}/hub/home", timeout=30).url
+    admin = sign_in(hub, "admin", hub.admin_password)
+    admin.get(f"{hub.url}/hub/authorize/hank", timeout=30)
+    assert "Your instances" in home(hub, sign_in(hub, "hank", password))
+
+
+def test_create_form_groups_images_and_filters_specs(hub):
+    page = home(hub, sign_in(hub, "admin", hub.admin_password))
+    groups = re.findall(r'<optgroup label="([^"]+)">', page)
+    assert groups == ["CPU", "GPU (CUDA)"]  # no Ascend NPUs on this machine: no Ascend images
+    assert "pytorch_2.4.0-cuda_12.4" not in page  # its environment is not built here
+    option = re.search(rf'<option value="{TORCH}"\s+data-specs="([^"]*)"', page)
+    assert option and set(option.group(1).split()) == {"cpu.2u4g", "cpu.2u8g", "cpu.8u32g"}
+    gpu = re.search(rf'<option value="{FAKE_GPU}"\s+data-specs="([^"]*)"', page)
+    assert gpu and set(gpu.group(1).split()) == {"gpu.1xa100.8u64g", "gpu.2xa100.16u128g"}
+    assert "ascend.1x910b" not in page  # specs this machine cannot satisfy are not offered
+
+
+def test_create_from_the_form_then_list_and_open(hub):
+    session = sign_in(hub, "admin", hub.admin_password)
+    home(hub, session)
+    response = session.post(
+        f"{hub.url}/hub/spawn/admin/web-1",
+        data={
+            "image": BASE,
+            "spec": "cpu.2u4g",
+            "tags": "project=atlas\nstage=dev",
+            "autostop_hours": "3",
+            "_xsrf": session.cookies["_xsrf"],
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200
+    hub.wait_for(lambda: hub.servers("admin")["web-1"]["ready"], what="web-1 ready")
+    assert hub.servers("admin")["web-1"]["user_options"] == {
+        "image": BASE,
+        "spec": "cpu.2u4g",
+        "tags": {"project": "atlas", "stage": "dev"},
+        "autostop_hours": 3.0,
+    }
+    page = home(hub, session)
+    row = re.search(r'<tr data-instance="web-1">(.*?)</tr>', page, re.S).group(1)
+    for text in (
+        "running",
+        BASE,
+        "cpu.2u4g",
+        "project=atlas",
+        "stage=dev",
+        "UTC",
+        "/user/admin/web-1/",
+    ):
+        assert text in row, text
+    assert "at 20" in row  # the auto-stop time is shown
+    lab = session.get(f"{hub.url}/user/admin/web-1/lab", timeout=60)
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
+    hub.api("DELETE", "/users/admin/servers/web-1", json={"remove": True})
+
+
+def test_form_errors_are_shown_and_nothing_is_created(hub):
+    session = sign_in(hub, "admin", hub.admin_password)
+    home(hub, session)
+    response = session.post(
+        f"{hub.url}/hub/spawn/admin/bad-1",
+        data={
+            "image": BASE,
+            "spec": "cpu.2u4g",
+            "tags": "no equals sign",
+            "_xsrf": session.cookies["_xsrf"],
+        },
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert "tags: line 1 must be key=value" in response.text
+    response = session.post(
+        f"{hub.url}/hub/spawn/admin/Bad_Name",
+        data={"image": BASE, "spec": "cpu.2u4g", "_xsrf": session.cookies["_xsrf"]},
+        timeout=60,
+    )
+    assert response.status_code == 400 and "may contain only a-z, 0-9" in response.text
+    assert "Bad_Name" not in hub.servers("admin")
+
+
+def test_deprecated_image_notice_names_the_successor(hub):
+    options = {"image": BASE, "spec": "cpu.2u4g"}
+    assert (
+        hub.api("PUT", "/users/admin/servers/old", json={"user_options": options}).status_code
+        == 201
+    )
+    hub.cli("images", "update", BASE, "--status", "deprecated", "--successor", TORCH)
+    try:
+        page = home(hub, sign_in(hub, "admin", hub.admin_password))
+        assert f"image {BASE} is deprecated; its successor is {TORCH}" in page
+        assert f'<option value="{BASE}"' not in page  # no longer offered for new instances
+    finally:
+        hub.cli("images", "update", BASE, "--status", "active")
