@@ -226,3 +226,53 @@ def test_autostop_stops_the_instance_on_time(hub):
     hub.wait_for(lambda: hub.servers("gina")["short"]["ready"], what="ready")
     hub.wait_for(lambda: not hub.servers("gina")["short"]["ready"], timeout=40, what="auto-stop")
     assert "Auto-stopping gina:short" in hub.log_text()
+
+
+def test_progress_says_what_is_happening(hub):
+    import json
+    import threading
+
+    token = hub.add_user("pat")
+    spawn = threading.Thread(
+        target=hub.api, args=("POST", "/users/pat/servers/p", token), kwargs={"json": CPU_OPTIONS}
+    )
+    spawn.start()
+    hub.wait_for(lambda: hub.servers("pat").get("p", {}).get("pending") == "spawn", what="pending")
+    stream = requests.get(
+        f"{hub.url}/hub/api/users/pat/servers/p/progress",
+        headers={"Authorization": f"token {token}"},
+        stream=True,
+        timeout=60,
+    )
+    events = [
+        json.loads(line[5:])
+        for line in stream.iter_lines(decode_unicode=True)
+        if line.startswith("data:")
+    ]
+    spawn.join()
+    messages = [event["message"] for event in events]
+    assert "Allocating devices for cpu.2u4g" in messages
+    assert f"Starting JupyterLab on {BASE}" in messages
+    assert events[-1]["ready"] is True
+    hub.api("DELETE", "/users/pat/servers/p", token, json={"remove": True})
+
+
+def test_interrupting_the_hub_stops_proxy_and_instances(envs_dir):
+    import signal
+
+    from conftest import Hub
+
+    hub = Hub(envs_dir)
+    token = hub.add_user("quinn")
+    assert hub.api("POST", "/users/quinn/servers/q", token, json=CPU_OPTIONS).status_code in (
+        201,
+        202,
+    )
+    hub.wait_for(lambda: hub.servers("quinn")["q"]["ready"], what="q ready")
+    instance = pid_of(hub, "quinn", "q")
+    proxy = int((hub.dir / "data" / "proxy.pid").read_text())
+    hub.process.send_signal(signal.SIGINT)  # what Ctrl-C in `make run` sends
+    hub.process.wait(60)
+    hub.stop()
+    for pid in (instance, proxy):
+        hub.wait_for(lambda p=pid: not Path(f"/proc/{p}").exists(), timeout=20, what=f"{pid} gone")
