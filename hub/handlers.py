@@ -28,8 +28,9 @@ class InstanceChecks:
         except core.OptionsError as error:
             raise web.HTTPError(400, str(error)) from None
 
-    def check_options(self, user_name: str, name: str, raw: dict | None) -> None:
-        """Validate options for instance `name` (None: reuse its stored options)."""
+    def check_options(self, user_name: str, name: str, raw: dict | None) -> bool:
+        """Validate options for instance `name` (None: reuse its stored options); True when
+        the change needs the running instance to restart."""
         user = self.find_user(user_name)
         if user is None:
             raise web.HTTPError(404)
@@ -40,12 +41,14 @@ class InstanceChecks:
         try:
             options = core.parse_options((stored or {}) if raw is None else raw, context.limits)
             plan = core.plan_instance(user.name, name, options, context.catalog(), context.limits)
+            restart = False
             if stored and raw is not None:
                 old = core.InstanceOptions(**{k: stored.get(k) for k in core.OPTION_FIELDS})
-                core.check_change(old, options, status_of(user.get_spawner(name)))
+                restart = core.check_change(old, options, status_of(user.get_spawner(name)))
             self.check_devices(f"{user.name}:{name}", plan)
         except (core.OptionsError, DevicesUnavailable) as error:
             raise web.HTTPError(400, str(error)) from None
+        return restart
 
     def check_devices(self, holder: str, plan: core.InstancePlan) -> None:
         if plan.accelerator_type:
@@ -77,14 +80,31 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         body = self.get_json_body() or {}
         if isinstance(body, dict) and "name" in body:
             self.check_name(str(body["name"]))
+        user = self.find_user(user_name)
+        spawner = user.spawners.get(server_name) if user else None
+        if spawner is not None and spawner.ready and set(body) == {"user_options"}:
+            await self.change_running(user, spawner, body["user_options"])
+            return
         if isinstance(body, dict) and isinstance(body.get("user_options"), dict):
             self.check_options(user_name, server_name, body["user_options"])
         await super().patch(user_name, server_name)
         # JupyterHub saves the new options in the database only; show them in the model too
-        user = self.find_user(user_name)
-        name = body.get("name", server_name) if isinstance(body, dict) else server_name
+        name = body.get("name", server_name)
         if name in user.spawners and name in user.orm_spawners:
             user.spawners[name].user_options = user.orm_spawners[name].user_options
+
+    async def change_running(self, user, spawner, options: dict) -> None:
+        """Tags and auto-stop change in place; a new spec restarts the instance."""
+        if not isinstance(options, dict):
+            raise web.HTTPError(400, "user_options: must be an object")
+        if self.check_options(user.name, spawner.name, options):
+            self.log.info("Restarting %s on spec %s", spawner._log_name, options["spec"])
+            await self.stop_single_user(user, spawner.name)
+            await self.spawn_single_user(user, spawner.name, options=options)
+        else:
+            spawner.user_options = spawner.orm_spawner.user_options = options
+            self.db.commit()
+        self.write(self.server_model(spawner, user=user))
 
     @needs_scope("delete:servers")
     async def delete(self, user_name, server_name=""):

@@ -276,3 +276,45 @@ def test_interrupting_the_hub_stops_proxy_and_instances(envs_dir):
     hub.stop()
     for pid in (instance, proxy):
         hub.wait_for(lambda p=pid: not Path(f"/proc/{p}").exists(), timeout=20, what=f"{pid} gone")
+
+
+def test_running_instance_changes_tags_in_place_and_restarts_for_a_new_spec(hub):
+    token = hub.add_user("rita")
+    assert hub.api("POST", "/users/rita/servers/r", token, json=CPU_OPTIONS).status_code in (
+        201,
+        202,
+    )
+    hub.wait_for(lambda: hub.servers("rita")["r"]["ready"], what="r ready")
+    first = pid_of(hub, "rita", "r")
+
+    retagged = {**CPU_OPTIONS, "tags": {"team": "nlp"}}
+    assert (
+        hub.api(
+            "PATCH", "/users/rita/servers/r", token, json={"user_options": retagged}
+        ).status_code
+        == 200
+    )
+    assert (
+        pid_of(hub, "rita", "r") == first and hub.servers("rita")["r"]["user_options"] == retagged
+    )
+
+    image = hub.api(
+        "PATCH", "/users/rita/servers/r", token, json={"user_options": {**retagged, "image": TORCH}}
+    )
+    assert image.status_code == 400
+    assert (
+        image.json()["message"]
+        == "image: can change only while the instance is stopped, it is running"
+    )
+
+    bigger = {**retagged, "spec": "cpu.2u8g"}
+    assert (
+        hub.api("PATCH", "/users/rita/servers/r", token, json={"user_options": bigger}).status_code
+        == 200
+    )
+    hub.wait_for(lambda: hub.servers("rita")["r"]["ready"], what="r restarted")
+    second = pid_of(hub, "rita", "r")
+    assert second != first and not Path(f"/proc/{first}").exists()
+    assert environ_of(second)["MEM_LIMIT"] == str(8 * 1024**3)
+    assert hub.servers("rita")["r"]["user_options"] == bigger
+    hub.api("DELETE", "/users/rita/servers/r", token, json={"remove": True})
