@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,8 +91,9 @@ class Hub:
         try:
             self.sign_in_line = self.wait_for(self.sign_in, 60, "the hub to start")
         except AssertionError:
+            log = self.log_text()
             self.stop()
-            raise RuntimeError(f"hub did not start:\n{self.log_text()[-3000:]}") from None
+            raise RuntimeError(f"hub did not start:\n{log[-3000:]}") from None
         self.admin_password = (self.dir / "data" / "admin-password").read_text().strip()
         self.admin_token = self.cli("token", "admin").strip()
 
@@ -116,6 +118,13 @@ class Hub:
         response = self.api("POST", f"/users/{name}/tokens", json={"note": "tests"})
         assert response.status_code == 201, response.text
         return response.json()["token"]
+
+    def start(self, user: str, name: str, token: str, options: dict | None = None) -> int:
+        """Start an instance and wait until it is ready; returns its JupyterLab's process id."""
+        response = self.api("POST", f"/users/{user}/servers/{name}", token, json=options)
+        assert response.status_code in (201, 202), response.text
+        self.wait_for(lambda: self.servers(user)[name]["ready"], what=f"{user}:{name} ready")
+        return self.servers(user)[name]["state"]["pid"]
 
     def servers(self, user: str) -> dict:
         """The user's instances (named servers), running or stopped."""
@@ -145,6 +154,8 @@ class Hub:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+        if not os.environ.get("ATELIER_KEEP_TEST_HUBS"):  # keep logs and data for debugging
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def log_text(self) -> str:
         return (self.dir / "hub.log").read_text()

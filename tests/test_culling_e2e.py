@@ -67,11 +67,7 @@ def test_idle_instance_is_culled_and_busy_kernel_is_not(culling_hub):
     hub = culling_hub
     token = hub.add_user("ivy")
     for name in ("busy", "idle"):
-        assert hub.api("POST", f"/users/ivy/servers/{name}", token, json=OPTIONS).status_code in (
-            201,
-            202,
-        )
-        hub.wait_for(lambda n=name: hub.servers("ivy")[n]["ready"], what=f"{name} ready")
+        hub.start("ivy", name, token, OPTIONS)
     asyncio.run(start_busy_cell(hub, "ivy", "busy", token, "import time; time.sleep(600)"))
 
     hub.wait_for(lambda: not hub.servers("ivy")["idle"]["ready"], timeout=90, what="idle culled")

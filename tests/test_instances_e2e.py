@@ -29,12 +29,8 @@ def test_sign_in_line_and_admin_password_file(hub):
 
 def test_create_reach_stop_restart_delete(hub):
     token = hub.add_user("alice")
-    created = hub.api("POST", "/users/alice/servers/lab", token, json=CPU_OPTIONS)
-    assert created.status_code in (201, 202), created.text
-    hub.wait_for(lambda: hub.servers("alice")["lab"]["ready"], what="lab ready")
+    pid = hub.start("alice", "lab", token, CPU_OPTIONS)
     assert lab_status(hub, "alice", "lab", token).status_code == 200
-
-    pid = pid_of(hub, "alice", "lab")
     environment = environ_of(pid)
     assert environment["MEM_LIMIT"] == str(4 * 1024**3) and environment["CPU_LIMIT"] == "2"
     assert environment["ATELIER_IMAGE"] == BASE and "CUDA_VISIBLE_DEVICES" not in environment
@@ -52,8 +48,7 @@ def test_create_reach_stop_restart_delete(hub):
     assert not Path(f"/proc/{pid}").exists()
 
     # restart without options: the same image, spec and tags
-    assert hub.api("POST", "/users/alice/servers/lab", token).status_code in (201, 202)
-    hub.wait_for(lambda: hub.servers("alice")["lab"]["ready"], what="lab restarted")
+    hub.start("alice", "lab", token)
     assert hub.servers("alice")["lab"]["user_options"] == CPU_OPTIONS
     assert lab_status(hub, "alice", "lab", token).status_code == 200
 
@@ -219,11 +214,7 @@ def test_catalog_changes_take_effect_without_restart(hub):
 def test_autostop_stops_the_instance_on_time(hub):
     token = hub.add_user("gina")
     options = {**CPU_OPTIONS, "autostop_hours": 0.002}  # 7.2 seconds
-    assert hub.api("POST", "/users/gina/servers/short", token, json=options).status_code in (
-        201,
-        202,
-    )
-    hub.wait_for(lambda: hub.servers("gina")["short"]["ready"], what="ready")
+    hub.start("gina", "short", token, options)
     hub.wait_for(lambda: not hub.servers("gina")["short"]["ready"], timeout=40, what="auto-stop")
     assert "Auto-stopping gina:short" in hub.log_text()
 
@@ -264,12 +255,7 @@ def test_interrupting_the_hub_stops_proxy_and_instances(envs_dir):
 
     hub = Hub(envs_dir)
     token = hub.add_user("quinn")
-    assert hub.api("POST", "/users/quinn/servers/q", token, json=CPU_OPTIONS).status_code in (
-        201,
-        202,
-    )
-    hub.wait_for(lambda: hub.servers("quinn")["q"]["ready"], what="q ready")
-    instance = pid_of(hub, "quinn", "q")
+    instance = hub.start("quinn", "q", token, CPU_OPTIONS)
     proxy = int((hub.dir / "data" / "proxy.pid").read_text())
     hub.process.send_signal(signal.SIGINT)  # what Ctrl-C in `make run` sends
     hub.process.wait(60)
@@ -280,12 +266,7 @@ def test_interrupting_the_hub_stops_proxy_and_instances(envs_dir):
 
 def test_running_instance_changes_tags_in_place_and_restarts_for_a_new_spec(hub):
     token = hub.add_user("rita")
-    assert hub.api("POST", "/users/rita/servers/r", token, json=CPU_OPTIONS).status_code in (
-        201,
-        202,
-    )
-    hub.wait_for(lambda: hub.servers("rita")["r"]["ready"], what="r ready")
-    first = pid_of(hub, "rita", "r")
+    first = hub.start("rita", "r", token, CPU_OPTIONS)
 
     retagged = {**CPU_OPTIONS, "tags": {"team": "nlp"}}
     assert (

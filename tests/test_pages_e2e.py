@@ -20,6 +20,12 @@ def sign_in(hub, username, password) -> requests.Session:
     return session
 
 
+def submit_form(hub, session, name: str, **fields) -> requests.Response:
+    """POST the create form, as the home page does, for instance `name`."""
+    data = {**fields, "_xsrf": session.cookies["_xsrf"]}
+    return session.post(f"{hub.url}/hub/spawn/admin/{name}", data=data, timeout=60)
+
+
 def home(hub, session) -> str:
     response = session.get(f"{hub.url}/hub/home", timeout=30)
     assert response.status_code == 200
@@ -71,16 +77,14 @@ def test_create_form_groups_images_and_filters_specs(hub):
 def test_create_from_the_form_then_list_and_open(hub):
     session = sign_in(hub, "admin", hub.admin_password)
     home(hub, session)
-    response = session.post(
-        f"{hub.url}/hub/spawn/admin/web-1",
-        data={
-            "image": BASE,
-            "spec": "cpu.2u4g",
-            "tags": "project=atlas\nstage=dev",
-            "autostop_hours": "3",
-            "_xsrf": session.cookies["_xsrf"],
-        },
-        timeout=60,
+    response = submit_form(
+        hub,
+        session,
+        "web-1",
+        image=BASE,
+        spec="cpu.2u4g",
+        tags="project=atlas\nstage=dev",
+        autostop_hours="3",
     )
     assert response.status_code == 200
     hub.wait_for(lambda: hub.servers("admin")["web-1"]["ready"], what="web-1 ready")
@@ -111,23 +115,10 @@ def test_create_from_the_form_then_list_and_open(hub):
 def test_form_errors_are_shown_and_nothing_is_created(hub):
     session = sign_in(hub, "admin", hub.admin_password)
     home(hub, session)
-    response = session.post(
-        f"{hub.url}/hub/spawn/admin/bad-1",
-        data={
-            "image": BASE,
-            "spec": "cpu.2u4g",
-            "tags": "no equals sign",
-            "_xsrf": session.cookies["_xsrf"],
-        },
-        timeout=60,
-    )
+    response = submit_form(hub, session, "bad-1", image=BASE, spec="cpu.2u4g", tags="no equals")
     assert response.status_code == 400
     assert "tags: line 1 must be key=value" in response.text
-    response = session.post(
-        f"{hub.url}/hub/spawn/admin/Bad_Name",
-        data={"image": BASE, "spec": "cpu.2u4g", "_xsrf": session.cookies["_xsrf"]},
-        timeout=60,
-    )
+    response = submit_form(hub, session, "Bad_Name", image=BASE, spec="cpu.2u4g")
     assert response.status_code == 400 and "may contain only a-z, 0-9" in response.text
     assert "Bad_Name" not in hub.servers("admin")
 
