@@ -22,6 +22,44 @@ class InstanceChecks:
     def context(self):
         return self.settings["atelier"]
 
+    def actor(self) -> tuple[str, str]:
+        """Who is asking and from where; the Atelier service speaks for the user it serves."""
+        user = self.current_user
+        if getattr(user, "kind", "user") == "service":
+            if user.name == ATELIER_SERVICE and self.request.headers.get("X-Atelier-Actor"):
+                return (
+                    self.request.headers["X-Atelier-Actor"],
+                    self.request.headers.get("X-Atelier-Source-IP", self.request.remote_ip),
+                )
+            return f"service:{user.name}", self.request.remote_ip
+        return (user.name if user else ""), self.request.remote_ip
+
+    async def audited(self, action: str, owner: str, name: str, work) -> None:
+        """Run `work` and record one audit event with its result."""
+        actor, source_ip = self.actor()
+        result, reason = "success", ""
+        try:
+            await work
+        except web.HTTPError as error:
+            result, reason = "failure", error.log_message or error.reason or ""
+            raise
+        finally:
+            self.context.store.record(
+                actor=actor,
+                source_ip=source_ip,
+                action=action,
+                resource_type="instance",
+                resource=f"{owner}/{name}",
+                owner=owner,
+                result=result,
+                reason=reason,
+            )
+
+    def lifecycle_action(self, user_name: str, name: str) -> str:
+        user = self.find_user(user_name)
+        known = user is not None and name in user.orm_spawners
+        return "startNotebook" if known else "createNotebook"
+
     def check_name(self, name: str) -> None:
         try:
             core.validate_instance_name(name, self.context.limits)
@@ -66,17 +104,31 @@ class InstanceChecks:
 class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
     @needs_scope("start:servers")
     async def post(self, user_name, server_name=""):
+        action = self.lifecycle_action(user_name, server_name)
+        await self.audited(action, user_name, server_name, self._post(user_name, server_name))
+
+    async def _post(self, user_name, server_name):
         self.check_options(user_name, server_name, self.get_server_json_body()["user_options"])
         await super().post(user_name, server_name)
 
     @needs_scope("start:servers")
     async def put(self, user_name, server_name=""):
+        await self.audited(
+            "createNotebook", user_name, server_name, self._put(user_name, server_name)
+        )
+
+    async def _put(self, user_name, server_name):
         self.check_options(user_name, server_name, self.get_server_json_body()["user_options"])
         await super().put(user_name, server_name)
         self.context.store.instance_created(user_name, server_name)
 
     @needs_scope("start:servers")
     async def patch(self, user_name, server_name=""):
+        await self.audited(
+            "updateNotebook", user_name, server_name, self._patch(user_name, server_name)
+        )
+
+    async def _patch(self, user_name, server_name):
         body = self.get_json_body() or {}
         if isinstance(body, dict) and "name" in body:
             self.check_name(str(body["name"]))
@@ -108,8 +160,10 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
 
     @needs_scope("delete:servers")
     async def delete(self, user_name, server_name=""):
-        await super().delete(user_name, server_name)
-        if (self.get_json_body() or {}).get("remove"):
+        remove = bool((self.get_json_body() or {}).get("remove"))
+        action = "deleteNotebook" if remove else "stopNotebook"
+        await self.audited(action, user_name, server_name, super().delete(user_name, server_name))
+        if remove:
             self.context.store.forget_instance(user_name, server_name)
 
 
@@ -122,11 +176,14 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
         return super().get(user_name, server_name)
 
     @web.authenticated
-    def post(self, user_name=None, server_name="", display_name=""):
+    async def post(self, user_name=None, server_name="", display_name=""):
         self.check_name(server_name)
-        return super().post(user_name, server_name, display_name)
+        action = self.lifecycle_action(user_name, server_name)
+        work = super().post(user_name, server_name, display_name)
+        await self.audited(action, user_name, server_name, work)
 
 
+ATELIER_SERVICE = "atelier"
 HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),
     (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),

@@ -1,4 +1,4 @@
-"""Atelier's store: the image catalog, specs and instance records (SQLAlchemy).
+"""Atelier's store: the image catalog, specs, instance records and audit events (SQLAlchemy).
 
 The catalog is seeded from atelier.yaml once; afterwards the admin owns it (CLI), and every
 reader sees changes at once because each read is a fresh query.
@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, String, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from atelier.spawner import core
@@ -57,6 +68,39 @@ class InstanceRecord(Base):
     owner: Mapped[str] = mapped_column(String(255), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what to which resource, when, from where, with what result. Append-only."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(255), index=True)
+    source_ip: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource: Mapped[str] = mapped_column(String(512), index=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    result: Mapped[str] = mapped_column(String(16))  # success | failure
+    reason: Mapped[str] = mapped_column(String(2000), default="")
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "time": self.time.replace(tzinfo=self.time.tzinfo or UTC).isoformat(),
+            "actor": self.actor,
+            "source_ip": self.source_ip,
+            "action": self.action,
+            "resource_type": self.resource_type,
+            "resource": self.resource,
+            "owner": self.owner,
+            "result": self.result,
+            "reason": self.reason,
+        }
+
+
+AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")
 
 
 class CatalogError(ValueError):
@@ -172,6 +216,43 @@ class Store:
             record = db.get(InstanceRecord, (owner, name))
             if record is not None:
                 db.delete(record)
+
+
+    # audit -------------------------------------------------------------------------------------
+    def record(self, **event) -> None:
+        with self.session() as db, db.begin():
+            db.add(AuditEvent(**event))
+
+    def audit(
+        self,
+        *,
+        visible_to: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        **filters: str,
+    ) -> tuple[int, list[dict]]:
+        """Events, newest first; `visible_to` limits them to one user's own (as actor or owner)."""
+        query = select(AuditEvent)
+        if visible_to is not None:
+            query = query.where(
+                (AuditEvent.actor == visible_to) | (AuditEvent.owner == visible_to)
+            )
+        for key, value in filters.items():
+            query = query.where(getattr(AuditEvent, key) == value)
+        if since is not None:
+            query = query.where(AuditEvent.time >= since)
+        if until is not None:
+            query = query.where(AuditEvent.time < until)
+        with self.session() as db:
+            total = db.scalar(select(func.count()).select_from(query.subquery()))
+            page = query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
+            return total, [event.to_json() for event in db.scalars(page)]
+
+    def expire_audit(self, older_than: datetime) -> int:
+        with self.session() as db, db.begin():
+            return db.execute(delete(AuditEvent).where(AuditEvent.time < older_than)).rowcount
 
 
 def _sqlite_pragmas(connection, _record) -> None:
