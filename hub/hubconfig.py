@@ -10,6 +10,7 @@ from pathlib import Path
 
 from atelier.hub.context import inventory, store_url
 from atelier.hub.pages import TEMPLATES
+from atelier.hub.service import ACCESS_SCOPE, API_PREFIX, SCOPES, SERVICE, USER_SCOPES
 from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
 
 PROXY = "configurable-http-proxy"
@@ -91,49 +92,65 @@ def configure(c, settings: Settings | None = None) -> None:
     c.LocalInstanceSpawner.devices = [d.to_json() for d in inventory(settings)]
     c.Spawner.default_url = "/lab"
     interval = str(settings.culling.activity_interval_seconds)
+    service_url = f"http://127.0.0.1:{settings.service_port}"
     c.Spawner.environment = {
         "JUPYTERHUB_ACTIVITY_INTERVAL": interval,
         "ATELIER_BUSY_CHECK_SECONDS": interval,
+        "ATELIER_API_URL": f"{service_url}{API_PREFIX}",
     }
+    # the instance's own token reaches the Atelier API (the SDK inside notebooks)
+    c.Spawner.server_token_scopes = [
+        "users:activity!user",
+        "access:servers!server",
+        ACCESS_SCOPE,
+        *USER_SCOPES,
+    ]
 
-    services, roles = [], []
+    c.JupyterHub.custom_scopes = {scope: {"description": text} for scope, text in SCOPES.items()}
+    c.JupyterHub.services, c.JupyterHub.load_roles = services_and_roles(settings, data_dir)
+
+
+def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[dict, dict]:
+    """A hub-managed service and the role that gives it exactly `scopes`."""
+    role = {"name": f"{name}-service", "services": [name], "scopes": scopes}
+    return {"name": name, "command": [sys.executable, "-m", *command], **more}, role
+
+
+def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], list[dict]]:
+    pairs = [
+        service(
+            SERVICE,
+            ["atelier.hub.service"],
+            ["list:users", "read:users", "admin:servers"],
+            url=f"http://127.0.0.1:{settings.service_port}",
+            environment={
+                **{k: v for k, v in os.environ.items() if k.startswith("ATELIER_")},
+                "ATELIER_DATA_DIR": str(data_dir),
+            },
+            oauth_no_confirm=True,
+            oauth_client_allowed_scopes=[*USER_SCOPES, "custom:atelier:images:admin"],
+        ),
+        service(
+            "autostop",
+            ["atelier.hub.autostop", f"--every={settings.autostop_every_seconds}"],
+            ["list:users", "read:servers", "delete:servers"],
+        ),
+    ]
     if settings.culling.idle_minutes:
-        services.append(
-            {
-                "name": "idle-culler",
-                "command": [
-                    sys.executable,
-                    "-m",
+        pairs.append(
+            service(
+                "idle-culler",
+                [
                     "jupyterhub_idle_culler",
                     f"--timeout={round(settings.culling.idle_minutes * 60)}",
                     f"--cull-every={settings.culling.every_seconds}",
                 ],
-            }
+                ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            )
         )
-        roles.append(
-            {
-                "name": "idle-culler",
-                "services": ["idle-culler"],
-                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-            }
-        )
-    services.append(
-        {
-            "name": "autostop",
-            "command": [
-                sys.executable,
-                "-m",
-                "atelier.hub.autostop",
-                f"--every={settings.autostop_every_seconds}",
-            ],
-        }
-    )
-    roles.append(
-        {
-            "name": "autostop",
-            "services": ["autostop"],
-            "scopes": ["list:users", "read:servers", "delete:servers"],
-        }
-    )
-    c.JupyterHub.services = services
-    c.JupyterHub.load_roles = roles
+    # every user may reach the Atelier service and use its API on their own resources
+    user_role = {
+        "name": "user",
+        "scopes": ["self", ACCESS_SCOPE, *USER_SCOPES],
+    }
+    return [s for s, _ in pairs], [r for _, r in pairs] + [user_role]

@@ -106,6 +106,8 @@ class Settings(Strict):
     limits: LimitsConfig = LimitsConfig()
     culling: CullingConfig = CullingConfig()
     autostop_every_seconds: int = Field(60, ge=1, le=3600)
+    service_port: int = Field(8002, ge=1, le=65535, description="the Atelier service, on loopback")
+    audit_retention_days: int = Field(7, ge=1, le=3650)
     images: list[ImageConfig] = Field(min_length=1)
     specs: list[SpecConfig] = Field(min_length=1)
 

@@ -217,7 +217,6 @@ class Store:
             if record is not None:
                 db.delete(record)
 
-
     # audit -------------------------------------------------------------------------------------
     def record(self, **event) -> None:
         with self.session() as db, db.begin():
@@ -236,9 +235,7 @@ class Store:
         """Events, newest first; `visible_to` limits them to one user's own (as actor or owner)."""
         query = select(AuditEvent)
         if visible_to is not None:
-            query = query.where(
-                (AuditEvent.actor == visible_to) | (AuditEvent.owner == visible_to)
-            )
+            query = query.where((AuditEvent.actor == visible_to) | (AuditEvent.owner == visible_to))
         for key, value in filters.items():
             query = query.where(getattr(AuditEvent, key) == value)
         if since is not None:

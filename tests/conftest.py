@@ -61,6 +61,7 @@ class Hub:
             port=self.port,
             hub_port=free_port(),
             proxy_api_port=free_port(),
+            service_port=free_port(),
             devices=[{"kind": "gpu", "type": "a100", "index": i} for i in (0, 1)],
             culling={"idle_minutes": 0},
             autostop_every_seconds=1,
@@ -112,10 +113,19 @@ class Hub:
             method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, **kwargs
         )
 
-    def add_user(self, name: str) -> str:
-        """Create a hub user and return an API token of theirs."""
+    def atelier(
+        self, method: str, path: str, token: str | None = None, **kwargs
+    ) -> requests.Response:
+        """A request to the Atelier service's API."""
+        headers = {"Authorization": f"token {token or self.admin_token}"}
+        url = f"{self.url}/services/atelier/api/v1{path}"
+        return requests.request(method, url, headers=headers, timeout=60, **kwargs)
+
+    def add_user(self, name: str, scopes: list[str] | None = None) -> str:
+        """Create a hub user and return an API token of theirs (with these scopes only)."""
         assert self.api("POST", f"/users/{name}").status_code in (201, 409)
-        response = self.api("POST", f"/users/{name}/tokens", json={"note": "tests"})
+        body = {"note": "tests", **({"scopes": scopes} if scopes else {})}
+        response = self.api("POST", f"/users/{name}/tokens", json=body)
         assert response.status_code == 201, response.text
         return response.json()["token"]
 

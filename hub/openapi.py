@@ -1,0 +1,318 @@
+"""The OpenAPI 3.1 document of the Atelier API, served at /services/atelier/api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from atelier.hub.service import API_PREFIX, SCOPES, BaseHandler
+
+STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
+NULLABLE_STRING = {"type": ["string", "null"]}
+TAGS = {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 20}
+
+
+def obj(properties: dict, required: tuple = (), open_: bool = False) -> dict:
+    schema = {"type": "object", "properties": properties, "additionalProperties": open_}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def listing(key: str, item: str) -> dict:
+    return obj({key: {"type": "array", "items": ref(item)}}, (key,))
+
+
+OPTIONS = {
+    "image": STRING,
+    "spec": STRING,
+    "tags": TAGS,
+    "autostop_hours": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 168},
+}
+IMAGE_CHANGE = {
+    "display_name": STRING,
+    "description": STRING,
+    "status": {"enum": ["active", "deprecated", "disabled"]},
+    "successor": NULLABLE_STRING,
+    "accelerator_types": {"type": "array", "items": STRING},
+}
+SCHEMAS = {
+    "Error": obj(
+        {
+            "error": obj(
+                {"code": STRING, "message": STRING, "field": NULLABLE_STRING}, ("code", "message")
+            )
+        },
+        ("error",),
+    ),
+    "Instance": obj(
+        {
+            "owner": STRING,
+            "name": STRING,
+            "status": {"enum": ["creating", "running", "stopping", "stopped"]},
+            "image": NULLABLE_STRING,
+            "spec": NULLABLE_STRING,
+            "tags": TAGS,
+            "autostop_hours": {"type": ["number", "null"]},
+            "autostop_at": NULLABLE_STRING,
+            "created": NULLABLE_STRING,
+            "started": NULLABLE_STRING,
+            "last_activity": NULLABLE_STRING,
+            "url": NULLABLE_STRING,
+        }
+    ),
+    "InstanceCreate": obj(
+        {"name": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"}, "owner": STRING, **OPTIONS},
+        ("name", "image", "spec"),
+    ),
+    "InstanceChange": obj(OPTIONS),
+    "InstanceList": listing("instances", "Instance"),
+    "Image": obj(
+        {
+            "name": STRING,
+            "display_name": STRING,
+            "description": STRING,
+            "flavor": {"enum": ["cpu", "gpu", "ascend"]},
+            "engine": STRING,
+            "engine_version": STRING,
+            "accelerator_stack": STRING,
+            "python": STRING,
+            "os": STRING,
+            "arch": {"enum": ["x86_64", "aarch64"]},
+            "status": STRING,
+            "successor": NULLABLE_STRING,
+            "accelerator_types": {"type": "array", "items": STRING},
+            "visibility": STRING,
+        }
+    ),
+    "ImageCreate": obj({"name": STRING, **IMAGE_CHANGE}, ("name",)),
+    "ImageChange": obj(IMAGE_CHANGE),
+    "ImageList": listing("images", "Image"),
+    "Spec": obj(
+        {
+            "name": STRING,
+            "display_name": STRING,
+            "flavor": {"enum": ["cpu", "gpu", "ascend"]},
+            "cpu": INTEGER,
+            "memory_gb": INTEGER,
+            "accelerator_type": NULLABLE_STRING,
+            "accelerator_count": INTEGER,
+            "disabled": BOOLEAN,
+        }
+    ),
+    "SpecCreate": obj({"name": STRING, "display_name": STRING, "disabled": BOOLEAN}, ("name",)),
+    "SpecChange": obj({"display_name": STRING, "disabled": BOOLEAN}),
+    "SpecList": listing("specs", "Spec"),
+    "Quotas": obj(
+        {
+            "user": STRING,
+            "instances": obj({"used": INTEGER, "allowed": INTEGER}),
+            "tags_per_instance": obj({"allowed": INTEGER}),
+        }
+    ),
+    "AuditEvent": obj(
+        {
+            "id": INTEGER,
+            "time": STRING,
+            "actor": STRING,
+            "source_ip": STRING,
+            "action": STRING,
+            "resource_type": STRING,
+            "resource": STRING,
+            "owner": STRING,
+            "result": {"enum": ["success", "failure"]},
+            "reason": STRING,
+        }
+    ),
+    "AuditPage": obj({"total": INTEGER, "events": {"type": "array", "items": ref("AuditEvent")}}),
+}
+
+OWNER = {"name": "owner", "in": "path", "required": True, "schema": STRING}
+NAME = {"name": "name", "in": "path", "required": True, "schema": STRING}
+
+
+def query(name: str, schema: dict, description: str) -> dict:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+AUDIT_QUERY = [
+    query("user", STRING, "who acted"),
+    query("resource_type", STRING, "instance, image, spec, ..."),
+    query("resource", STRING, "e.g. alice/lab"),
+    query("action", STRING, "e.g. createNotebook"),
+    query("since", {"type": "string", "format": "date-time"}, "from this time on"),
+    query("until", {"type": "string", "format": "date-time"}, "before this time"),
+    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
+    query("offset", {"type": "integer", "minimum": 0}, "events to skip"),
+]
+
+# (path, method): (summary, scope, parameters, request schema, status, response schema)
+OPERATIONS = {
+    ("/instances", "get"): (
+        "List your instances (admins: everyone's, or ?owner=)",
+        "instances:read",
+        [query("owner", STRING, "only this owner's")],
+        None,
+        200,
+        "InstanceList",
+    ),
+    ("/instances", "post"): (
+        "Create and start an instance",
+        "instances:create",
+        [],
+        "InstanceCreate",
+        201,
+        "Instance",
+    ),
+    ("/instances/{owner}/{name}", "get"): (
+        "Show an instance",
+        "instances:read",
+        [OWNER, NAME],
+        None,
+        200,
+        "Instance",
+    ),
+    ("/instances/{owner}/{name}", "patch"): (
+        "Change image (stopped only), spec (a running instance restarts), tags or auto-stop",
+        "instances:update",
+        [OWNER, NAME],
+        "InstanceChange",
+        200,
+        "Instance",
+    ),
+    ("/instances/{owner}/{name}", "delete"): (
+        "Stop and delete an instance",
+        "instances:delete",
+        [OWNER, NAME],
+        None,
+        204,
+        None,
+    ),
+    ("/instances/{owner}/{name}/start", "post"): (
+        "Start a stopped instance with its options",
+        "instances:update",
+        [OWNER, NAME],
+        None,
+        200,
+        "Instance",
+    ),
+    ("/instances/{owner}/{name}/stop", "post"): (
+        "Stop an instance",
+        "instances:update",
+        [OWNER, NAME],
+        None,
+        200,
+        "Instance",
+    ),
+    ("/images", "get"): ("List the image catalog", "images:read", [], None, 200, "ImageList"),
+    ("/images", "post"): ("Add an image (admin)", "images:admin", [], "ImageCreate", 201, "Image"),
+    ("/images/{name}", "get"): ("Show an image", "images:read", [NAME], None, 200, "Image"),
+    ("/images/{name}", "patch"): (
+        "Change an image: status, successor, ... (admin)",
+        "images:admin",
+        [NAME],
+        "ImageChange",
+        200,
+        "Image",
+    ),
+    ("/images/{name}", "delete"): (
+        "Delete an image (admin)",
+        "images:admin",
+        [NAME],
+        None,
+        204,
+        None,
+    ),
+    ("/specs", "get"): ("List the specs", "images:read", [], None, 200, "SpecList"),
+    ("/specs", "post"): ("Add a spec (admin)", "images:admin", [], "SpecCreate", 201, "Spec"),
+    ("/specs/{name}", "get"): ("Show a spec", "images:read", [NAME], None, 200, "Spec"),
+    ("/specs/{name}", "patch"): (
+        "Change a spec (admin)",
+        "images:admin",
+        [NAME],
+        "SpecChange",
+        200,
+        "Spec",
+    ),
+    ("/specs/{name}", "delete"): ("Delete a spec (admin)", "images:admin", [NAME], None, 204, None),
+    ("/quotas", "get"): ("Your usage and limits", "instances:read", [], None, 200, "Quotas"),
+    ("/audit", "get"): (
+        "Audit events (yours; admins: all), newest first",
+        "audit:read",
+        AUDIT_QUERY,
+        None,
+        200,
+        "AuditPage",
+    ),
+}
+ERRORS = {
+    "400": "a bad input: the message names the field and the limit",
+    "401": "not signed in",
+    "403": "missing the scope",
+    "404": "no such resource, or not yours",
+}
+
+
+def operation(summary, scope, parameters, request, status, response) -> dict:
+    error = {"content": {"application/json": {"schema": ref("Error")}}}
+    ok = {"description": "success"}
+    if response:
+        ok["content"] = {"application/json": {"schema": ref(response)}}
+    op = {
+        "summary": summary,
+        "description": f"Needs the scope `custom:atelier:{scope}` (admins have every scope).",
+        "parameters": parameters,
+        "security": [{"token": []}],
+        "responses": {
+            str(status): ok,
+            **{code: {"description": d, **error} for code, d in ERRORS.items()},
+        },
+    }
+    if request:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(request)}},
+        }
+    return op
+
+
+def document() -> dict:
+    paths: dict[str, dict] = {}
+    for (path, method), spec in OPERATIONS.items():
+        paths.setdefault(path, {})[method] = operation(*spec)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Atelier API",
+            "version": "1",
+            "description": "Instances, image catalog, specs, quotas and audit. Scopes: "
+            + "; ".join(f"`{s}`: {d}" for s, d in SCOPES.items()),
+        },
+        "servers": [{"url": API_PREFIX}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "token": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`token <JupyterHub API token>`",
+                }
+            },
+        },
+    }
+
+
+class OpenAPIHandler(BaseHandler):
+    """The document is public: it describes the API, not anyone's data."""
+
+    def get(self):
+        self.reply(document())

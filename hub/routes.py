@@ -1,0 +1,348 @@
+"""The Atelier service's REST API v1: instances, images, specs, quotas and audit."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from atelier.hub.service import APIError, BaseHandler, Caller, not_found
+from atelier.hub.store import CatalogError
+from atelier.spawner import core
+
+INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours")
+IMAGE_FIELDS = ("display_name", "description", "status", "successor", "accelerator_types")
+SPEC_FIELDS = ("display_name", "disabled")
+
+FIELD_PREFIX = re.compile(r"^([a-z_][\w.]*): ")
+
+
+def instance_json(owner: str, name: str, server: dict, created: datetime | None) -> dict:
+    options = server.get("user_options") or {}
+    pending = server.get("pending")
+    status = {"spawn": "creating", "stop": "stopping"}.get(
+        pending, "running" if server.get("ready") else "stopped"
+    )
+    started = server.get("started") if status == "running" else None
+    stop_at = core.autostop_at(
+        datetime.fromisoformat(started.replace("Z", "+00:00")) if started else None,
+        options.get("autostop_hours"),
+    )
+    return {
+        "owner": owner,
+        "name": name,
+        "status": status,
+        "image": options.get("image"),
+        "spec": options.get("spec"),
+        "tags": options.get("tags") or {},
+        "autostop_hours": options.get("autostop_hours"),
+        "autostop_at": stop_at.isoformat() if stop_at else None,
+        "created": created.isoformat() if created else None,
+        "started": started,
+        "last_activity": server.get("last_activity"),
+        "url": server.get("url") if status == "running" else None,
+    }
+
+
+def image_json(image: core.Image) -> dict:
+    return {
+        "name": image.name,
+        "display_name": image.display_name,
+        "description": image.description,
+        "flavor": image.flavor,
+        "engine": image.parts["engine"],
+        "engine_version": image.parts["engine_version"],
+        "accelerator_stack": image.parts["stack"],
+        "python": image.parts["python"],
+        "os": f"{image.parts['os']} {image.parts['os_version']}",
+        "arch": image.arch,
+        "status": image.status,
+        "successor": image.successor,
+        "accelerator_types": list(image.accelerator_types),
+        "visibility": "public",
+    }
+
+
+def spec_json(spec: core.Spec) -> dict:
+    return {
+        "name": spec.name,
+        "display_name": spec.display_name,
+        "flavor": spec.flavor,
+        "cpu": spec.cpu,
+        "memory_gb": spec.memory_gb,
+        "accelerator_type": spec.accelerator_type,
+        "accelerator_count": spec.accelerator_count,
+        "disabled": spec.disabled,
+    }
+
+
+def hub_error(code: int, data) -> APIError:
+    """The hub's refusal, with the field its message names."""
+    message = (data or {}).get("message", "refused by the hub")
+    match = FIELD_PREFIX.match(message)
+    return APIError(
+        code if code < 500 else 502,
+        "invalid" if code == 400 else "hub_error",
+        message[match.end() :] if match else message,
+        match.group(1) if match else None,
+    )
+
+
+class InstanceBase(BaseHandler):
+    async def owned_servers(self, caller: Caller, owner: str) -> dict:
+        if not caller.admin and owner != caller.name:
+            raise not_found(f"user {owner!r}")
+        servers = await self.hub.servers(owner)
+        if servers is None:
+            raise not_found(f"user {owner!r}")
+        return servers
+
+    async def instance(self, caller: Caller, owner: str, name: str) -> dict:
+        servers = await self.owned_servers(caller, owner)
+        if name not in servers:
+            raise not_found(f"instance {owner}/{name}")
+        created = self.context.store.created_times(owner).get(name)
+        return instance_json(owner, name, servers[name], created)
+
+    async def hub_call(self, caller: Caller, method: str, owner: str, name: str, body=None):
+        path = f"/users/{quote(owner)}/servers/{quote(name)}"
+        code, data = await self.hub.request(method, path, caller, body)
+        if code >= 400:
+            raise hub_error(code, data)
+
+
+class InstancesHandler(InstanceBase):
+    async def get(self):
+        caller = self.require("custom:atelier:instances:read")
+        owners = (
+            [u["name"] for u in await self.hub.users()]
+            if caller.admin and not self.get_argument("owner", None)
+            else [self.get_argument("owner", caller.name)]
+        )
+        instances = []
+        for owner in owners:
+            servers = await self.owned_servers(caller, owner)
+            created = self.context.store.created_times(owner)
+            instances += [instance_json(owner, n, s, created.get(n)) for n, s in servers.items()]
+        self.reply({"instances": sorted(instances, key=lambda i: (i["owner"], i["name"]))})
+
+    async def post(self):
+        caller = self.require("custom:atelier:instances:create")
+        body = self.body(("name", "owner", *INSTANCE_FIELDS), required=("name", "image", "spec"))
+        owner = body.pop("owner", caller.name)
+        name = body.pop("name")
+        if name in await self.owned_servers(caller, owner):
+            raise APIError(409, "exists", f"instance {owner}/{name} already exists", "name")
+        await self.hub_call(caller, "POST", owner, name, {"user_options": body})
+        self.reply(await self.instance(caller, owner, name), 201)
+
+
+class InstanceHandler(InstanceBase):
+    async def get(self, owner, name):
+        caller = self.require("custom:atelier:instances:read")
+        self.reply(await self.instance(caller, owner, name))
+
+    async def patch(self, owner, name):
+        caller = self.require("custom:atelier:instances:update")
+        changes = self.body(INSTANCE_FIELDS)
+        current = await self.instance(caller, owner, name)
+        options = {key: current[key] for key in INSTANCE_FIELDS} | changes
+        await self.hub_call(caller, "PATCH", owner, name, {"user_options": options})
+        self.reply(await self.instance(caller, owner, name))
+
+    async def delete(self, owner, name):
+        caller = self.require("custom:atelier:instances:delete")
+        await self.instance(caller, owner, name)
+        await self.hub_call(caller, "DELETE", owner, name, {"remove": True})
+        self.set_status(204)
+        self.finish()
+
+
+class InstanceActionHandler(InstanceBase):
+    async def post(self, owner, name, action):
+        caller = self.require("custom:atelier:instances:update")
+        self.body(())
+        await self.instance(caller, owner, name)
+        await self.hub_call(caller, "POST" if action == "start" else "DELETE", owner, name)
+        self.reply(await self.instance(caller, owner, name))
+
+
+class CatalogBase(BaseHandler):
+    noun = ""
+
+    def catalog_change(self, caller: Caller, action: str, name: str, change):
+        """Apply a catalog change, audit it, and map refusals to 400/404."""
+        try:
+            result = change()
+        except CatalogError as error:
+            self.audit(caller, action, self.noun, name, "failure", str(error))
+            status = 404 if str(error).startswith("name: no ") else 400
+            raise APIError(
+                status,
+                "not_found" if status == 404 else "invalid",
+                str(error).split(": ", 1)[1],
+                error.field,
+            ) from None
+        except (TypeError, ValueError) as error:
+            raise APIError(400, "invalid", str(error)) from None
+        self.audit(caller, action, self.noun, name)
+        return result
+
+
+class ImagesHandler(CatalogBase):
+    noun = "image"
+
+    def get(self):
+        self.require("custom:atelier:images:read")
+        self.reply({"images": [image_json(i) for i in self.context.store.images()]})
+
+    def post(self):
+        caller = self.require("custom:atelier:images:admin")
+        body = self.body(("name", *IMAGE_FIELDS), required=("name",))
+        body["accelerator_types"] = tuple(body.get("accelerator_types") or ())
+        image = self.catalog_change(
+            caller,
+            "createImage",
+            body["name"],
+            lambda: self.context.store.add_image(core.Image(**body)),
+        )
+        self.reply(image_json(image), 201)
+
+
+class ImageHandler(CatalogBase):
+    noun = "image"
+
+    def get(self, name):
+        self.require("custom:atelier:images:read")
+        image = {i.name: i for i in self.context.store.images()}.get(name)
+        if image is None:
+            raise not_found(f"image {name!r}")
+        self.reply(image_json(image))
+
+    def patch(self, name):
+        caller = self.require("custom:atelier:images:admin")
+        body = self.body(IMAGE_FIELDS)
+        if "accelerator_types" in body:
+            body["accelerator_types"] = tuple(body["accelerator_types"] or ())
+        image = self.catalog_change(
+            caller, "updateImage", name, lambda: self.context.store.update_image(name, **body)
+        )
+        self.reply(image_json(image))
+
+    def delete(self, name):
+        caller = self.require("custom:atelier:images:admin")
+        self.catalog_change(
+            caller, "deleteImage", name, lambda: self.context.store.delete_image(name)
+        )
+        self.set_status(204)
+        self.finish()
+
+
+class SpecsHandler(CatalogBase):
+    noun = "spec"
+
+    def get(self):
+        self.require("custom:atelier:images:read")
+        self.reply({"specs": [spec_json(s) for s in self.context.store.specs()]})
+
+    def post(self):
+        caller = self.require("custom:atelier:images:admin")
+        body = self.body(("name", *SPEC_FIELDS), required=("name",))
+        spec = self.catalog_change(
+            caller,
+            "createSpec",
+            body["name"],
+            lambda: self.context.store.add_spec(core.Spec(**body)),
+        )
+        self.reply(spec_json(spec), 201)
+
+
+class SpecHandler(CatalogBase):
+    noun = "spec"
+
+    def get(self, name):
+        self.require("custom:atelier:images:read")
+        spec = {s.name: s for s in self.context.store.specs()}.get(name)
+        if spec is None:
+            raise not_found(f"spec {name!r}")
+        self.reply(spec_json(spec))
+
+    def patch(self, name):
+        caller = self.require("custom:atelier:images:admin")
+        body = self.body(SPEC_FIELDS)
+        spec = self.catalog_change(
+            caller, "updateSpec", name, lambda: self.context.store.update_spec(name, **body)
+        )
+        self.reply(spec_json(spec))
+
+    def delete(self, name):
+        caller = self.require("custom:atelier:images:admin")
+        self.catalog_change(
+            caller, "deleteSpec", name, lambda: self.context.store.delete_spec(name)
+        )
+        self.set_status(204)
+        self.finish()
+
+
+class QuotasHandler(InstanceBase):
+    async def get(self):
+        caller = self.require("custom:atelier:instances:read")
+        servers = await self.owned_servers(caller, caller.name)
+        limits = self.context.limits
+        self.reply(
+            {
+                "user": caller.name,
+                "instances": {"used": len(servers), "allowed": limits.instances_per_user},
+                "tags_per_instance": {"allowed": limits.tags_per_instance},
+            }
+        )
+
+
+class AuditHandler(BaseHandler):
+    def get(self):
+        caller = self.require("custom:atelier:audit:read")
+        filters = {
+            "actor": self.get_argument("user", None),
+            "resource_type": self.get_argument("resource_type", None),
+            "resource": self.get_argument("resource", None),
+            "action": self.get_argument("action", None),
+        }
+        total, events = self.context.store.audit(
+            visible_to=None if caller.admin else caller.name,
+            since=self.time_argument("since"),
+            until=self.time_argument("until"),
+            limit=self.int_argument("limit", 100, 1, 1000),
+            offset=self.int_argument("offset", 0, 0, 10**9),
+            **{key: value for key, value in filters.items() if value is not None},
+        )
+        self.reply({"total": total, "events": events})
+
+    def time_argument(self, name: str) -> datetime | None:
+        value = self.get_argument(name, None)
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise APIError(400, "invalid", "must be an ISO 8601 time", name) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    def int_argument(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.get_argument(name, str(default))
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise APIError(400, "invalid", f"must be a whole number from {low} to {high}", name)
+        return int(value)
+
+
+NAME = r"([^/]+)"
+ROUTES = [
+    ("/instances", InstancesHandler),
+    (f"/instances/{NAME}/{NAME}", InstanceHandler),
+    (f"/instances/{NAME}/{NAME}/(start|stop)", InstanceActionHandler),
+    ("/images", ImagesHandler),
+    (f"/images/{NAME}", ImageHandler),
+    ("/specs", SpecsHandler),
+    (f"/specs/{NAME}", SpecHandler),
+    ("/quotas", QuotasHandler),
+    ("/audit", AuditHandler),
+]

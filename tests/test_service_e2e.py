@@ -1,0 +1,243 @@
+"""The Atelier service's REST API end to end: instances, catalog, quotas, audit, scopes."""
+
+import re
+
+import pytest
+from conftest import BASE, TORCH
+
+from atelier.hub.openapi import document
+from atelier.hub.routes import ROUTES
+
+pytestmark = pytest.mark.e2e
+CREATE = {"name": "api-1", "image": BASE, "spec": "cpu.2u4g", "tags": {"team": "nlp"}}
+
+
+def error_of(response, status):
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+def test_instance_lifecycle_through_the_api(hub):
+    token = hub.add_user("una")
+    created = hub.atelier("POST", "/instances", token, json=CREATE)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["owner"] == "una" and body["status"] == "running"
+    assert body["image"] == BASE and body["tags"] == {"team": "nlp"} and body["created"]
+    assert body["url"] == "/user/una/api-1/"
+
+    listed = hub.atelier("GET", "/instances", token).json()["instances"]
+    assert [(i["owner"], i["name"]) for i in listed] == [("una", "api-1")]
+
+    stopped = hub.atelier("POST", "/instances/una/api-1/stop", token)
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    changed = hub.atelier(
+        "PATCH", "/instances/una/api-1", token, json={"image": TORCH, "autostop_hours": 2}
+    )
+    assert changed.status_code == 200
+    assert changed.json()["image"] == TORCH and changed.json()["tags"] == {"team": "nlp"}
+    started = hub.atelier("POST", "/instances/una/api-1/start", token)
+    assert started.json()["status"] == "running" and started.json()["autostop_at"]
+
+    running_image = hub.atelier("PATCH", "/instances/una/api-1", token, json={"image": BASE})
+    assert error_of(running_image, 400) == {
+        "code": "invalid",
+        "field": "image",
+        "message": "can change only while the instance is stopped, it is running",
+    }
+    quotas = hub.atelier("GET", "/quotas", token).json()
+    assert quotas["instances"] == {"used": 1, "allowed": 4}
+
+    assert hub.atelier("DELETE", "/instances/una/api-1", token).status_code == 204
+    assert error_of(hub.atelier("GET", "/instances/una/api-1", token), 404)["code"] == "not_found"
+
+    actions = [
+        (e["action"], e["result"])
+        for e in reversed(hub.atelier("GET", "/audit?resource=una/api-1", token).json()["events"])
+    ]
+    assert actions == [
+        ("createNotebook", "success"),
+        ("stopNotebook", "success"),
+        ("updateNotebook", "success"),
+        ("startNotebook", "success"),
+        ("updateNotebook", "failure"),
+        ("deleteNotebook", "success"),
+    ]
+    event = hub.atelier("GET", "/audit?action=createNotebook&resource=una/api-1", token).json()[
+        "events"
+    ][0]
+    assert event["actor"] == "una" and event["source_ip"] == "127.0.0.1" and event["owner"] == "una"
+
+
+@pytest.mark.parametrize(
+    "body, status, code, field",
+    [
+        ({"image": BASE, "spec": "cpu.2u4g"}, 400, "missing_field", "name"),
+        ({**CREATE, "cores": 8}, 400, "unknown_field", "cores"),
+        ({**CREATE, "name": "Bad Name"}, 400, "invalid", "name"),
+        ({**CREATE, "image": "nope"}, 400, "invalid", "image"),
+        ({**CREATE, "spec": "gpu.1xa100.8u64g"}, 400, "invalid", "spec"),
+        ({**CREATE, "tags": {"k": "v" * 44}}, 400, "invalid", "tags.k"),
+        ({**CREATE, "name": 5}, 400, "invalid", "name"),
+    ],
+)
+def test_bad_creates_name_the_field_and_change_nothing(hub, body, status, code, field):
+    token = hub.add_user("vera")
+    error = error_of(hub.atelier("POST", "/instances", token, json=body), status)
+    assert (error["code"], error["field"]) == (code, field)
+    assert error["message"]
+    assert hub.atelier("GET", "/instances", token).json()["instances"] == []
+
+
+def test_bodies_that_are_not_objects(hub):
+    token = hub.add_user("vera")
+    assert (
+        error_of(hub.atelier("POST", "/instances", token, data="{"), 400)["code"] == "invalid_json"
+    )
+    assert (
+        error_of(hub.atelier("POST", "/instances", token, json=[1]), 400)["code"] == "invalid_body"
+    )
+
+
+def test_a_second_user_sees_and_touches_nothing_of_the_first(hub):
+    owner, other = hub.add_user("wade"), hub.add_user("xena")
+    hub.api(
+        "PUT",
+        "/users/wade/servers/secret",
+        owner,
+        json={"user_options": {"image": BASE, "spec": "cpu.2u4g"}},
+    )
+    walk = [
+        ("GET", "/instances/wade/secret", None),
+        ("PATCH", "/instances/wade/secret", {"tags": {}}),
+        ("DELETE", "/instances/wade/secret", None),
+        ("POST", "/instances/wade/secret/start", None),
+        ("POST", "/instances/wade/secret/stop", None),
+        ("GET", "/instances?owner=wade", None),
+    ]
+    for method, path, body in walk:
+        assert error_of(hub.atelier(method, path, other, json=body), 404)["code"] == "not_found", (
+            path
+        )
+    create_for_other = hub.atelier("POST", "/instances", other, json={**CREATE, "owner": "wade"})
+    assert create_for_other.status_code == 404
+    assert hub.atelier("GET", "/instances", other).json()["instances"] == []
+    events = hub.atelier("GET", "/audit", other).json()["events"]
+    assert all("wade" not in (e["owner"], e["actor"]) for e in events)
+    assert [i["name"] for i in hub.atelier("GET", "/instances", owner).json()["instances"]] == [
+        "secret"
+    ]
+
+
+def test_scopes_decide_what_a_token_may_do(hub):
+    hub.add_user("yuri")
+    reader = hub.add_user(
+        "yuri", ["access:services!service=atelier", "custom:atelier:instances:read"]
+    )
+    assert hub.atelier("GET", "/instances", reader).status_code == 200
+    refused = error_of(hub.atelier("POST", "/instances", reader, json=CREATE), 403)
+    assert refused == {
+        "code": "forbidden",
+        "field": None,
+        "message": "this needs the scope custom:atelier:instances:create",
+    }
+    assert hub.atelier("GET", "/instances", reader).json()["instances"] == []
+    no_access = hub.add_user("yuri", ["read:users!user"])
+    assert hub.atelier("GET", "/instances", no_access).status_code == 403
+    assert (
+        error_of(hub.atelier("GET", "/instances", "not-a-token"), 401)["code"] == "unauthenticated"
+    )
+
+
+def test_catalog_admin_only_and_audited(hub):
+    user = hub.add_user("zoe")
+    images = hub.atelier("GET", "/images", user).json()["images"]
+    torch = next(i for i in images if i["name"] == TORCH)
+    assert (torch["flavor"], torch["engine"], torch["engine_version"], torch["python"]) == (
+        "cpu",
+        "pytorch",
+        "2.13.0",
+        "3.11",
+    )
+    assert hub.atelier("GET", f"/images/{TORCH}", user).json()["arch"] == "x86_64"
+    assert error_of(hub.atelier("GET", "/images/nope", user), 404)["code"] == "not_found"
+    new = {"name": "jax_0.4.30-cpu-py_3.11-debian_12-x86_64", "display_name": "JAX"}
+    assert error_of(hub.atelier("POST", "/images", user, json=new), 403)["code"] == "forbidden"
+
+    assert hub.atelier("POST", "/images", json=new).status_code == 201
+    bad = hub.atelier("POST", "/images", json={"name": "jax-latest"})
+    assert error_of(bad, 400)["field"] == "name"
+    deprecate = {"status": "deprecated", "successor": TORCH}
+    assert (
+        hub.atelier("PATCH", f"/images/{new['name']}", json=deprecate).json()["successor"] == TORCH
+    )
+    assert (
+        error_of(hub.atelier("PATCH", f"/images/{new['name']}", json={"status": "gone"}), 400)[
+            "field"
+        ]
+        == "status"
+    )
+    assert hub.atelier("DELETE", f"/images/{new['name']}").status_code == 204
+    assert error_of(hub.atelier("DELETE", f"/images/{new['name']}"), 404)["code"] == "not_found"
+
+    assert hub.atelier("POST", "/specs", json={"name": "cpu.4u16g"}).status_code == 201
+    assert (
+        hub.atelier("PATCH", "/specs/cpu.4u16g", json={"disabled": True}).json()["disabled"] is True
+    )
+    assert (
+        error_of(hub.atelier("PATCH", "/specs/cpu.4u16g", json={"disabled": "yes"}), 400)["field"]
+        == "disabled"
+    )
+    assert hub.atelier("DELETE", "/specs/cpu.4u16g").status_code == 204
+    assert error_of(hub.atelier("DELETE", "/specs/cpu.4u16g", user), 403)["code"] == "forbidden"
+
+    def history(kind):
+        events = hub.atelier("GET", f"/audit?user=admin&resource_type={kind}").json()["events"]
+        return [(e["action"], e["result"]) for e in reversed(events)]
+
+    assert history("image") == [
+        ("createImage", "success"),
+        ("createImage", "failure"),
+        ("updateImage", "success"),
+        ("updateImage", "failure"),
+        ("deleteImage", "success"),
+        ("deleteImage", "failure"),
+    ]
+    assert history("spec") == [
+        ("createSpec", "success"),
+        ("updateSpec", "success"),
+        ("deleteSpec", "success"),
+    ]
+
+
+def test_audit_filters_and_pages(hub):
+    first = hub.atelier("GET", "/audit?limit=2").json()
+    second = hub.atelier("GET", "/audit?limit=2&offset=2").json()
+    assert first["total"] == second["total"] >= 4
+    assert len(first["events"]) == 2 and first["events"][0]["id"] > second["events"][0]["id"]
+    assert hub.atelier("GET", "/audit?since=2999-01-01T00:00:00Z").json() == {
+        "total": 0,
+        "events": [],
+    }
+    assert error_of(hub.atelier("GET", "/audit?since=yesterday"), 400)["field"] == "since"
+    assert error_of(hub.atelier("GET", "/audit?limit=0"), 400)["field"] == "limit"
+
+
+def test_every_route_is_in_the_openapi_document(hub):
+    served = hub.atelier("GET", "/openapi.json", "no-token-needed")
+    assert served.status_code == 200 and served.json() == document()
+    paths = document()["paths"]
+    for pattern, handler in ROUTES:
+        for alternative in re.findall(r"\((\w+(?:\|\w+)+)\)", pattern)[:1] or [None]:
+            for word in alternative.split("|") if alternative else [None]:
+                sample = re.sub(r"\(\[\^/\]\+\)", "x", pattern)
+                if word:
+                    sample = sample.replace(f"({alternative})", word)
+                spec_path = next(
+                    (p for p in paths if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", p), sample)), None
+                )
+                assert spec_path, sample
+                methods = {
+                    m for m in ("get", "post", "patch", "delete", "put") if m in vars(handler)
+                }
+                assert methods == set(paths[spec_path]), (sample, methods)
