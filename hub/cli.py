@@ -170,6 +170,83 @@ def cmd_specs(args) -> None:
         print(f"deleted spec {args.name}")
 
 
+# instances and audit, through the Atelier API (the SDK) ---------------------------------------
+INSTANCE_COLUMNS = ("owner", "name", "status", "image", "spec", "tags", "autostop_at", "created")
+
+
+def cmd_instances(args) -> None:
+    from atelier.sdk import AtelierError, Client
+
+    if args.action != "list" and not args.name:
+        raise UsageError(f"`atelier instances {args.action}` needs an instance name")
+    client = Client(args.url, args.token)
+    options = {
+        key: value
+        for key, value in (
+            ("image", args.image),
+            ("spec", args.spec),
+            ("autostop_hours", args.autostop_hours),
+            ("tags", dict(tag.split("=", 1) for tag in args.tag) if args.tag else None),
+        )
+        if value is not None
+    }
+    try:
+        if args.action == "list":
+            rows = client.instances(args.owner)
+        elif args.action == "create":
+            rows = [client.create_instance(args.name, owner=args.owner, **options)]
+        elif args.action == "delete":
+            client.delete_instance(args.name, args.owner)
+            print(f"deleted instance {args.name}")
+            return
+        else:
+            call = {
+                "show": client.instance,
+                "start": client.start_instance,
+                "stop": client.stop_instance,
+            }.get(args.action)
+            rows = [
+                call(args.name, args.owner)
+                if call
+                else client.update_instance(args.name, args.owner, **options)
+            ]
+    except AtelierError as error:
+        raise UsageError(str(error)) from None
+    print_rows(
+        [{c: row[c] for c in INSTANCE_COLUMNS} for row in rows] if not args.json else rows,
+        args.json,
+    )
+
+
+def cmd_audit(args) -> None:
+    from atelier.sdk import AtelierError, Client
+
+    filters = {
+        k: getattr(args, k)
+        for k in (
+            "user",
+            "resource_type",
+            "resource",
+            "action",
+            "since",
+            "until",
+            "limit",
+            "offset",
+        )
+    }
+    try:
+        page = Client(args.url, args.token).audit(**filters)
+    except AtelierError as error:
+        raise UsageError(str(error)) from None
+    print_rows(page["events"], args.json)
+
+
+def api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the Atelier API (default: $ATELIER_API_URL)")
+    parser.add_argument("--token", help="an API token (default: $JUPYTERHUB_API_TOKEN)")
+    parser.add_argument("--json", action="store_true")
+
+
 # the parser ---------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="atelier", description=__doc__)
@@ -187,6 +264,27 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--note", default="atelier token")
     token.add_argument("--data-dir")
     token.set_defaults(func=cmd_token)
+
+    instances = commands.add_parser("instances", help="your instances, through the Atelier API")
+    instances.add_argument(
+        "action", choices=("list", "show", "create", "update", "start", "stop", "delete")
+    )
+    instances.add_argument("name", nargs="?")
+    instances.add_argument("--owner", help="whose instances (admins)")
+    instances.add_argument("--image")
+    instances.add_argument("--spec")
+    instances.add_argument("--tag", action="append", help="key=value (repeat)")
+    instances.add_argument("--autostop-hours", type=float)
+    api_options(instances)
+    instances.set_defaults(func=cmd_instances)
+
+    audit = commands.add_parser("audit", help="audit events, through the Atelier API")
+    for name in ("user", "resource-type", "resource", "action", "since", "until"):
+        audit.add_argument(f"--{name}")
+    audit.add_argument("--limit", type=int)
+    audit.add_argument("--offset", type=int)
+    api_options(audit)
+    audit.set_defaults(func=cmd_audit)
 
     for noun, func in (("images", cmd_images), ("specs", cmd_specs)):
         group = commands.add_parser(noun, help=f"list and curate {noun}")

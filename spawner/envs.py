@@ -16,9 +16,11 @@ from pathlib import Path
 
 import atelier.extensions
 import atelier.images
+import atelier.sdk
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
 EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))
+SDK_DIR = Path(next(iter(atelier.sdk.__path__)))
 STAMP = ".atelier-requirements.sha256"
 
 
@@ -88,14 +90,15 @@ def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) ->
 
 
 def install_extension(env: Path) -> None:
-    """Copy Atelier's jupyter-server extension into the environment and enable it."""
+    """Copy Atelier's jupyter-server extension and SDK into the environment; enable the first."""
     site = next((env / "lib").glob("python3*/site-packages"))
-    shutil.copytree(
-        EXTENSION_DIR,
-        site / "atelier" / "extensions",
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for source, name in ((EXTENSION_DIR, "extensions"), (SDK_DIR, "sdk")):
+        shutil.copytree(
+            source,
+            site / "atelier" / name,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     config_dir = env / "etc" / "jupyter" / "jupyter_server_config.d"
     config_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(EXTENSION_DIR / "atelier.json", config_dir / "atelier.json")

@@ -241,3 +241,61 @@ def test_every_route_is_in_the_openapi_document(hub):
                     m for m in ("get", "post", "patch", "delete", "put") if m in vars(handler)
                 }
                 assert methods == set(paths[spec_path]), (sample, methods)
+
+
+def test_sdk_and_cli(hub):
+    import json
+    import subprocess
+    import sys
+
+    from atelier.sdk import AtelierError, Client
+
+    token = hub.add_user("sam")
+    client = Client(f"{hub.url}/services/atelier/api/v1", token)
+    created = client.create_instance("sdk-1", image=BASE, spec="cpu.2u4g", tags={"via": "sdk"})
+    assert created["status"] == "running" and client.user == "sam"
+    with pytest.raises(AtelierError) as error:
+        client.create_instance("sdk-2", image=BASE, spec="cpu.1u1g")
+    assert (error.value.status, error.value.field) == (400, "spec")
+
+    # inside the instance: no setup, the URL and token come from its environment
+    pid = hub.servers("sam")["sdk-1"]["state"]["pid"]
+    environment = dict(
+        item.split("=", 1)
+        for item in open(f"/proc/{pid}/environ").read().split("\0")
+        if "=" in item
+    )
+    inside = subprocess.run(
+        [
+            environment["VIRTUAL_ENV"] + "/bin/python",
+            "-c",
+            "from atelier.sdk import Client; c = Client(); print([i['name'] for i in c.instances()], c.user)",
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert inside.stdout.split() == ["['sdk-1']", "sam"], inside.stderr
+
+    cli = [sys.executable, "-m", "atelier.hub.cli"]
+    api = ["--url", client.url, "--token", token]
+    listing = subprocess.run([*cli, "instances", "list", *api], capture_output=True, text=True)
+    assert listing.stdout.split()[:2] == ["OWNER", "NAME"] and "sdk-1" in listing.stdout
+    stopped = subprocess.run(
+        [*cli, "instances", "stop", "sdk-1", "--json", *api], capture_output=True, text=True
+    )
+    assert json.loads(stopped.stdout)[0]["status"] == "stopped"
+    refused = subprocess.run(
+        [*cli, "instances", "update", "sdk-1", "--spec", "cpu.1u1g", *api],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        refused.returncode == 2 and "400 invalid: spec: no spec named 'cpu.1u1g'" in refused.stderr
+    )
+    audit = subprocess.run(
+        [*cli, "audit", "--resource", "sam/sdk-1", "--json", *api], capture_output=True, text=True
+    )
+    assert [e["action"] for e in json.loads(audit.stdout)][:2] == ["updateNotebook", "stopNotebook"]
+    client.delete_instance("sdk-1")
+    assert client.instances() == []

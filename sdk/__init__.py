@@ -1,0 +1,133 @@
+"""The Atelier SDK: the Atelier REST API from Python, with no setup inside an instance.
+
+    from atelier.sdk import Client
+    client = Client()                       # inside an instance: URL and token from the env
+    client.create_instance("exp-2", image="pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64",
+                           spec="cpu.2u8g", tags={"project": "vision"})
+    [i["name"] for i in client.instances()]
+
+Outside an instance pass `url` (".../services/atelier/api/v1") and `token`, or set
+ATELIER_API_URL (or JUPYTERHUB_API_URL) and JUPYTERHUB_API_TOKEN. Only the standard library
+is used, so it works in every image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+
+__all__ = ["AtelierError", "Client"]
+
+
+class AtelierError(Exception):
+    """A refused request: HTTP status, error code, message and the field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(f"{status} {code}: {field + ': ' if field else ''}{message}")
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def api_url_from_environment() -> str:
+    if os.environ.get("ATELIER_API_URL"):
+        return os.environ["ATELIER_API_URL"]
+    hub = os.environ.get("JUPYTERHUB_API_URL")
+    if not hub:
+        raise AtelierError(0, "no_url", "set ATELIER_API_URL or JUPYTERHUB_API_URL, or pass url=")
+    return hub.rstrip("/").removesuffix("/hub/api") + "/services/atelier/api/v1"
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 120):
+        self.url = (url or api_url_from_environment()).rstrip("/")
+        self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        self.timeout = timeout
+        self._user = os.environ.get("JUPYTERHUB_USER")
+
+    def request(self, method: str, path: str, body: dict | None = None, **query):
+        query = {k: v for k, v in query.items() if v is not None}
+        url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            try:
+                detail = json.loads(error.read())["error"]
+            except (ValueError, KeyError):
+                detail = {"code": "http_error", "message": error.reason}
+            raise AtelierError(error.code, detail["code"], detail["message"], detail.get("field"))
+        return json.loads(raw) if raw else None
+
+    @property
+    def user(self) -> str:
+        """Who this client acts as."""
+        if self._user is None:
+            self._user = self.quotas()["user"]
+        return self._user
+
+    def _instance_path(self, name: str, owner: str | None) -> str:
+        return f"/instances/{urllib.parse.quote(owner or self.user)}/{urllib.parse.quote(name)}"
+
+    # instances
+    def instances(self, owner: str | None = None) -> list[dict]:
+        return self.request("GET", "/instances", owner=owner)["instances"]
+
+    def instance(self, name: str, owner: str | None = None) -> dict:
+        return self.request("GET", self._instance_path(name, owner))
+
+    def create_instance(self, name: str, image: str, spec: str, **options) -> dict:
+        """Create and start; options: tags, autostop_hours, owner (admins)."""
+        return self.request("POST", "/instances", {"name": name, "image": image, "spec": spec, **options})
+
+    def update_instance(self, name: str, owner: str | None = None, **changes) -> dict:
+        return self.request("PATCH", self._instance_path(name, owner), changes)
+
+    def start_instance(self, name: str, owner: str | None = None) -> dict:
+        return self.request("POST", self._instance_path(name, owner) + "/start")
+
+    def stop_instance(self, name: str, owner: str | None = None) -> dict:
+        return self.request("POST", self._instance_path(name, owner) + "/stop")
+
+    def delete_instance(self, name: str, owner: str | None = None) -> None:
+        self.request("DELETE", self._instance_path(name, owner))
+
+    # catalog
+    def images(self) -> list[dict]:
+        return self.request("GET", "/images")["images"]
+
+    def image(self, name: str) -> dict:
+        return self.request("GET", f"/images/{urllib.parse.quote(name)}")
+
+    def add_image(self, name: str, **fields) -> dict:
+        return self.request("POST", "/images", {"name": name, **fields})
+
+    def update_image(self, name: str, **changes) -> dict:
+        return self.request("PATCH", f"/images/{urllib.parse.quote(name)}", changes)
+
+    def delete_image(self, name: str) -> None:
+        self.request("DELETE", f"/images/{urllib.parse.quote(name)}")
+
+    def specs(self) -> list[dict]:
+        return self.request("GET", "/specs")["specs"]
+
+    def add_spec(self, name: str, **fields) -> dict:
+        return self.request("POST", "/specs", {"name": name, **fields})
+
+    def update_spec(self, name: str, **changes) -> dict:
+        return self.request("PATCH", f"/specs/{urllib.parse.quote(name)}", changes)
+
+    def delete_spec(self, name: str) -> None:
+        self.request("DELETE", f"/specs/{urllib.parse.quote(name)}")
+
+    # usage and history
+    def quotas(self) -> dict:
+        return self.request("GET", "/quotas")
+
+    def audit(self, **filters) -> dict:
+        """Filters: user, resource_type, resource, action, since, until, limit, offset."""
+        return self.request("GET", "/audit", **filters)
