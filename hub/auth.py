@@ -33,3 +33,19 @@ class AtelierAuthenticator(NativeAuthenticator):
             (path, SignInHandler if path == r"/login" else handler)
             for path, handler in super().get_handlers(app)
         ]
+
+    async def authenticate(self, handler, data):
+        """Sign in, and record the attempt as an audit event (`login`)."""
+        username = self.normalize_username(str(data.get("username", "")))
+        result = await super().authenticate(handler, data)
+        self.parent.atelier.store.record(
+            actor=username,
+            source_ip=handler.request.remote_ip,
+            action="login",
+            resource_type="user",
+            resource=username,
+            owner=username,
+            result="success" if result else "failure",
+            reason="" if result else "wrong password, unknown user or not yet approved",
+        )
+        return result

@@ -50,8 +50,12 @@ class Client:
         query = {k: v for k, v in query.items() if v is not None}
         url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method, headers={
-            "Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()
@@ -60,7 +64,8 @@ class Client:
                 detail = json.loads(error.read())["error"]
             except (ValueError, KeyError):
                 detail = {"code": "http_error", "message": error.reason}
-            raise AtelierError(error.code, detail["code"], detail["message"], detail.get("field"))
+            code, message, field = detail["code"], detail["message"], detail.get("field")
+            raise AtelierError(error.code, code, message, field) from None
         return json.loads(raw) if raw else None
 
     @property
@@ -82,7 +87,8 @@ class Client:
 
     def create_instance(self, name: str, image: str, spec: str, **options) -> dict:
         """Create and start; options: tags, autostop_hours, owner (admins)."""
-        return self.request("POST", "/instances", {"name": name, "image": image, "spec": spec, **options})
+        body = {"name": name, "image": image, "spec": spec, **options}
+        return self.request("POST", "/instances", body)
 
     def update_instance(self, name: str, owner: str | None = None, **changes) -> dict:
         return self.request("PATCH", self._instance_path(name, owner), changes)

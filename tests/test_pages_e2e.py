@@ -60,6 +60,9 @@ def test_sign_up_waits_for_admin_approval(hub):
     admin = sign_in(hub, "admin", hub.admin_password)
     admin.get(f"{hub.url}/hub/authorize/hank", timeout=30)
     assert "Your instances" in home(hub, sign_in(hub, "hank", password))
+    logins = hub.atelier("GET", "/audit?action=login&user=hank").json()["events"]
+    assert [event["result"] for event in logins] == ["success", "failure"]
+    assert logins[1]["reason"] == "wrong password, unknown user or not yet approved"
 
 
 def test_create_form_groups_images_and_filters_specs(hub):

@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from conftest import BASE, TORCH
+from conftest import BASE, TORCH, environ_of
 
 from atelier.hub.openapi import document
 from atelier.hub.routes import ROUTES
@@ -243,6 +243,9 @@ def test_every_route_is_in_the_openapi_document(hub):
                 assert methods == set(paths[spec_path]), (sample, methods)
 
 
+INSIDE = "from atelier.sdk import Client; c = Client(); print([i['name'] for i in c.instances()], c.user)"  # noqa: E501 - one line of a notebook
+
+
 def test_sdk_and_cli(hub):
     import json
     import subprocess
@@ -259,22 +262,9 @@ def test_sdk_and_cli(hub):
     assert (error.value.status, error.value.field) == (400, "spec")
 
     # inside the instance: no setup, the URL and token come from its environment
-    pid = hub.servers("sam")["sdk-1"]["state"]["pid"]
-    environment = dict(
-        item.split("=", 1)
-        for item in open(f"/proc/{pid}/environ").read().split("\0")
-        if "=" in item
-    )
-    inside = subprocess.run(
-        [
-            environment["VIRTUAL_ENV"] + "/bin/python",
-            "-c",
-            "from atelier.sdk import Client; c = Client(); print([i['name'] for i in c.instances()], c.user)",
-        ],
-        env=environment,
-        capture_output=True,
-        text=True,
-    )
+    environment = environ_of(hub.servers("sam")["sdk-1"]["state"]["pid"])
+    python = environment["VIRTUAL_ENV"] + "/bin/python"
+    inside = subprocess.run([python, "-c", INSIDE], env=environment, capture_output=True, text=True)
     assert inside.stdout.split() == ["['sdk-1']", "sam"], inside.stderr
 
     cli = [sys.executable, "-m", "atelier.hub.cli"]
