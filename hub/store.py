@@ -7,7 +7,10 @@ reader sees changes at once because each read is a fresh query.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -23,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from atelier.spawner import core
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def utcnow() -> datetime:
@@ -120,7 +125,7 @@ class Store:
         self.engine = create_engine(url)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # catalog -----------------------------------------------------------------------------
@@ -250,6 +255,19 @@ class Store:
     def expire_audit(self, older_than: datetime) -> int:
         with self.session() as db, db.begin():
             return db.execute(delete(AuditEvent).where(AuditEvent.time < older_than)).rowcount
+
+
+def alembic_config(connection=None) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine) -> None:
+    """Bring the database to the newest schema (Alembic migrations in hub/migrations)."""
+    with engine.begin() as connection:
+        alembic_command.upgrade(alembic_config(connection), "head")
 
 
 def _sqlite_pragmas(connection, _record) -> None:
