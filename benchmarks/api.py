@@ -47,7 +47,9 @@ async def load(api: str, tokens: list[str], seconds: float) -> tuple[list[float]
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.monotonic()
         until = start + seconds
-        await asyncio.gather(*(user_loop(session, api, t, until, latencies, errors) for t in tokens))
+        await asyncio.gather(
+            *(user_loop(session, api, t, until, latencies, errors) for t in tokens)
+        )
         return latencies, errors, time.monotonic() - start
 
 

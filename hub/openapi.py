@@ -150,7 +150,7 @@ AUDIT_QUERY = [
     query("since", {"type": "string", "format": "date-time"}, "from this time on"),
     query("until", {"type": "string", "format": "date-time"}, "before this time"),
     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-    query("offset", {"type": "integer", "minimum": 0}, "events to skip"),
+    query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "events to skip"),
 ]
 
 # (path, method): (summary, scope, parameters, request schema, status, response schema)

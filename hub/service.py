@@ -179,8 +179,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
 
+    def allowed_methods(self) -> list[str]:
+        return [
+            method
+            for method in ("GET", "POST", "PATCH", "DELETE")
+            if getattr(type(self), method.lower())
+            is not getattr(web.RequestHandler, method.lower())
+        ]
+
     def write_error(self, status_code: int, **kwargs) -> None:
         error = kwargs.get("exc_info", (None, None))[1]
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         if isinstance(error, APIError):
             payload = {"code": error.code, "message": error.message, "field": error.field}
         elif isinstance(error, web.HTTPError) and status_code < 500:

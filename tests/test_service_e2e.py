@@ -289,3 +289,35 @@ def test_sdk_and_cli(hub):
     assert [e["action"] for e in json.loads(audit.stdout)][:2] == ["updateNotebook", "stopNotebook"]
     client.delete_instance("sdk-1")
     assert client.instances() == []
+
+
+def test_schemathesis_finds_no_fault_in_the_read_only_routes(hub):
+    """Property-based requests from the OpenAPI document: conformance and no 5xx."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    schemathesis = Path(sys.executable).parent / "st"
+    spec = f"{hub.url}/services/atelier/api/v1/openapi.json"
+    result = subprocess.run(
+        [
+            schemathesis,
+            "run",
+            spec,
+            "-H",
+            f"Authorization: token {hub.admin_token}",
+            "--include-method",
+            "GET",
+            "--max-examples",
+            "25",
+            "--checks",
+            "all",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "Tested: 8" in result.stdout
