@@ -37,6 +37,8 @@ class Context:
 
 
 def store_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     return f"sqlite:///{settings.data_dir.absolute() / 'atelier.sqlite'}"
 
 

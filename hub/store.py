@@ -34,6 +34,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite forgets the time zone of what it stores; every time here is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -93,7 +98,7 @@ class AuditEvent(Base):
     def to_json(self) -> dict:
         return {
             "id": self.id,
-            "time": self.time.replace(tzinfo=self.time.tzinfo or UTC).isoformat(),
+            "time": as_utc(self.time).isoformat(),
             "actor": self.actor,
             "source_ip": self.source_ip,
             "action": self.action,
@@ -209,12 +214,12 @@ class Store:
             if record is None:
                 record = InstanceRecord(owner=owner, name=name, created=utcnow())
                 db.add(record)
-            return record.created
+            return as_utc(record.created)
 
     def created_times(self, owner: str) -> dict[str, datetime]:
         with self.session() as db:
             rows = db.scalars(select(InstanceRecord).where(InstanceRecord.owner == owner))
-            return {row.name: row.created for row in rows}
+            return {row.name: as_utc(row.created) for row in rows}
 
     def forget_instance(self, owner: str, name: str) -> None:
         with self.session() as db, db.begin():

@@ -68,6 +68,10 @@ def test_atelier_config_environment_variable_picks_the_file(tmp_path, monkeypatc
             "devices.0.kind: Input should be 'gpu' or 'ascend' (got 'tpu')",
         ),
         (
+            lambda d: d.update(database_url="mysql://db/atelier"),
+            "database_url: String should match pattern",
+        ),
+        (
             lambda d: d["culling"].update(idle_minutes=-5),
             "culling.idle_minutes: Input should be greater than or equal to 0",
         ),

@@ -1,24 +1,70 @@
-"""The store: migrations match the models, and audit events filter, page and expire."""
+"""The store on SQLite and PostgreSQL: migrations match the models; catalog, instance records
+and audit events behave the same on both."""
 
+import os
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
 
-from atelier.hub.store import Base, Store
+from atelier.hub.store import Base, CatalogError, Store
+from atelier.spawner.core import Image, Spec
 
 EVENT = {"source_ip": "10.0.0.1", "resource_type": "instance", "result": "success"}
+TORCH = Image("pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64", "PyTorch")
+BASE = Image("python_3.11-cpu-py_3.11-debian_12-x86_64")
 
 
-def test_migrations_build_exactly_the_models(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'atelier.sqlite'}"
+    url = os.environ.get("ATELIER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set ATELIER_TEST_POSTGRES_URL (.ci/postgres starts one and prints it)")
+    with create_engine(url).begin() as connection:  # a fresh schema for every test
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    return url
+
+
+def test_migrations_build_exactly_the_models(url):
+    store = Store(url)
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-    Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")  # a second start migrates nothing
+    Store(url)  # a second start migrates nothing
 
 
-def test_audit_visibility_filters_pages_and_retention():
-    store = Store("sqlite://")
+def test_catalog_round_trip(url):
+    store = Store(url)
+    store.seed([TORCH, BASE], [Spec("cpu.2u8g")])
+    store.seed([Image(TORCH.name, "renamed in atelier.yaml")], [])  # seeding never overwrites
+    assert [i.title for i in store.images()] == [BASE.name, "PyTorch"]
+    store.update_image(BASE.name, status="deprecated", successor=TORCH.name)
+    assert store.images()[0].successor == TORCH.name
+    with pytest.raises(CatalogError, match="successor: 'nope' is not another image"):
+        store.update_image(BASE.name, successor="nope")
+    store.update_image(TORCH.name, accelerator_types=("a100",))
+    assert store.images()[1].accelerator_types == ("a100",)
+    store.update_spec("cpu.2u8g", disabled=True)
+    assert store.specs()[0].disabled is True
+    store.delete_image(BASE.name)
+    with pytest.raises(CatalogError, match="no image named"):
+        store.delete_image(BASE.name)
+
+
+def test_instance_records(url):
+    store = Store(url)
+    first = store.instance_created("alice", "lab")
+    assert store.instance_created("alice", "lab") == first
+    assert list(store.created_times("alice")) == ["lab"] and store.created_times("bob") == {}
+    store.forget_instance("alice", "lab")
+    assert store.created_times("alice") == {}
+
+
+def test_audit_visibility_filters_pages_and_retention(url):
+    store = Store(url)
     store.record(actor="alice", action="createNotebook", resource="alice/a", owner="alice", **EVENT)
     store.record(actor="admin", action="stopNotebook", resource="alice/a", owner="alice", **EVENT)
     store.record(actor="bob", action="createNotebook", resource="bob/b", owner="bob", **EVENT)
@@ -30,6 +76,7 @@ def test_audit_visibility_filters_pages_and_retention():
     total, page = store.audit(limit=1, offset=1)
     assert total == 3 and page[0]["actor"] == "admin"
     assert store.audit(since=datetime.now(UTC) + timedelta(minutes=1)) == (0, [])
+    assert events[0]["time"].endswith("+00:00")
 
     assert store.expire_audit(datetime.now(UTC) + timedelta(seconds=1)) == 3
     assert store.audit() == (0, [])
