@@ -95,6 +95,11 @@ class Settings(Strict):
     envs_dir: Path | None = Field(
         None, description="local image environments; default data_dir/envs"
     )
+    database_url: str | None = Field(
+        None,
+        pattern=r"^(sqlite|postgresql(\+psycopg)?)://",
+        description="Atelier's store; default SQLite in data_dir",
+    )
     ip: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     hub_port: int = Field(8081, ge=0, le=65535)
