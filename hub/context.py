@@ -35,6 +35,13 @@ class Context:
     def catalog(self) -> core.Catalog:
         return local_catalog(self.store, self.allocator, self.settings.resolved_envs_dir)
 
+    def catalog_for(self, user) -> core.Catalog:
+        """What a hub user may choose from: public images and their workspaces' shared ones."""
+        catalog = self.catalog()
+        if user.admin:
+            return catalog
+        return catalog.for_member(frozenset(group.name for group in user.groups))
+
 
 def store_url(settings: Settings) -> str:
     if settings.database_url:

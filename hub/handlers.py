@@ -78,7 +78,8 @@ class InstanceChecks:
         stored = orm_spawner.user_options if orm_spawner is not None else None
         try:
             options = core.parse_options((stored or {}) if raw is None else raw, context.limits)
-            plan = core.plan_instance(user.name, name, options, context.catalog(), context.limits)
+            catalog = context.catalog_for(user)
+            plan = core.plan_instance(user.name, name, options, catalog, context.limits)
             restart = False
             if stored and raw is not None:
                 old = core.InstanceOptions(**{k: stored.get(k) for k in core.OPTION_FIELDS})

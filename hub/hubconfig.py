@@ -121,7 +121,7 @@ def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], 
         service(
             SERVICE,
             ["atelier.hub.service"],
-            ["list:users", "read:users", "admin:servers"],
+            ["list:users", "read:users", "admin:servers", "admin:groups"],
             url=f"http://127.0.0.1:{settings.service_port}",
             environment={
                 **{k: v for k, v in os.environ.items() if k.startswith("ATELIER_")},

@@ -36,6 +36,8 @@ IMAGE_CHANGE = {
     "status": {"enum": ["active", "deprecated", "disabled"]},
     "successor": NULLABLE_STRING,
     "accelerator_types": {"type": "array", "items": STRING},
+    "visibility": {"enum": ["public", "shared"]},
+    "workspace": NULLABLE_STRING,
 }
 SCHEMAS = {
     "Error": obj(
@@ -57,13 +59,19 @@ SCHEMAS = {
             "autostop_hours": {"type": ["number", "null"]},
             "autostop_at": NULLABLE_STRING,
             "created": NULLABLE_STRING,
+            "workspace": NULLABLE_STRING,
             "started": NULLABLE_STRING,
             "last_activity": NULLABLE_STRING,
             "url": NULLABLE_STRING,
         }
     ),
     "InstanceCreate": obj(
-        {"name": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"}, "owner": STRING, **OPTIONS},
+        {
+            "name": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"},
+            "owner": STRING,
+            "workspace": STRING,
+            **OPTIONS,
+        },
         ("name", "image", "spec"),
     ),
     "InstanceChange": obj(OPTIONS),
@@ -83,7 +91,8 @@ SCHEMAS = {
             "status": STRING,
             "successor": NULLABLE_STRING,
             "accelerator_types": {"type": "array", "items": STRING},
-            "visibility": STRING,
+            "visibility": {"enum": ["public", "shared"]},
+            "workspace": NULLABLE_STRING,
         }
     ),
     "ImageCreate": obj({"name": STRING, **IMAGE_CHANGE}, ("name",)),
@@ -109,8 +118,27 @@ SCHEMAS = {
             "user": STRING,
             "instances": obj({"used": INTEGER, "allowed": INTEGER}),
             "tags_per_instance": obj({"allowed": INTEGER}),
+            "workspaces": {"type": "object", "additionalProperties": ref("Usage")},
         }
     ),
+    "Usage": obj({"used": INTEGER, "allowed": INTEGER}),
+    "Workspace": obj(
+        {
+            "name": STRING,
+            "max_instances": INTEGER,
+            "created": STRING,
+            "members": {"type": "array", "items": STRING},
+            "instances": INTEGER,
+        }
+    ),
+    "WorkspaceCreate": obj(
+        {"name": STRING, "members": {"type": "array", "items": STRING}, "max_instances": INTEGER},
+        ("name",),
+    ),
+    "WorkspaceChange": obj(
+        {"members": {"type": "array", "items": STRING}, "max_instances": INTEGER}
+    ),
+    "WorkspaceList": listing("workspaces", "Workspace"),
     "AuditEvent": obj(
         {
             "id": INTEGER,
@@ -242,6 +270,46 @@ OPERATIONS = {
         "Spec",
     ),
     ("/specs/{name}", "delete"): ("Delete a spec (admin)", "images:admin", [NAME], None, 204, None),
+    ("/workspaces", "get"): (
+        "List workspaces with members and usage (admin)",
+        "workspaces:admin",
+        [],
+        None,
+        200,
+        "WorkspaceList",
+    ),
+    ("/workspaces", "post"): (
+        "Create a workspace: a JupyterHub group plus its quota (admin)",
+        "workspaces:admin",
+        [],
+        "WorkspaceCreate",
+        201,
+        "Workspace",
+    ),
+    ("/workspaces/{name}", "get"): (
+        "Show a workspace (admin)",
+        "workspaces:admin",
+        [NAME],
+        None,
+        200,
+        "Workspace",
+    ),
+    ("/workspaces/{name}", "patch"): (
+        "Change members or quota (admin)",
+        "workspaces:admin",
+        [NAME],
+        "WorkspaceChange",
+        200,
+        "Workspace",
+    ),
+    ("/workspaces/{name}", "delete"): (
+        "Delete an empty workspace (admin)",
+        "workspaces:admin",
+        [NAME],
+        None,
+        204,
+        None,
+    ),
     ("/quotas", "get"): ("Your usage and limits", "instances:read", [], None, 200, "Quotas"),
     ("/audit", "get"): (
         "Audit events (yours; admins: all), newest first",
@@ -257,6 +325,7 @@ ERRORS = {
     "401": "not signed in",
     "403": "missing the scope",
     "404": "no such resource, or not yours",
+    "409": "it exists already, or is still in use",
 }
 
 

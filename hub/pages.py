@@ -125,7 +125,7 @@ def home_view(context, user) -> dict:
     """The `atelier` template variable: everything home.html shows for one user."""
     if user is None:
         return {}
-    catalog = context.catalog()
+    catalog = context.catalog_for(user)
     return {
         "instances": instance_rows(user, catalog.images, context.store.created_times(user.name)),
         "form": _jinja.get_template("options_form.html").render(**form_context(catalog), chosen={}),

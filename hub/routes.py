@@ -11,13 +11,22 @@ from atelier.hub.store import CatalogError
 from atelier.spawner import core
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours")
-IMAGE_FIELDS = ("display_name", "description", "status", "successor", "accelerator_types")
+IMAGE_FIELDS = (
+    "display_name",
+    "description",
+    "status",
+    "successor",
+    "accelerator_types",
+    "visibility",
+    "workspace",
+)
 SPEC_FIELDS = ("display_name", "disabled")
 
 FIELD_PREFIX = re.compile(r"^([a-z_][\w.]*): ")
 
 
-def instance_json(owner: str, name: str, server: dict, created: datetime | None) -> dict:
+def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> dict:
+    created, workspace = record or (None, None)
     options = server.get("user_options") or {}
     pending = server.get("pending")
     status = {"spawn": "creating", "stop": "stopping"}.get(
@@ -38,6 +47,7 @@ def instance_json(owner: str, name: str, server: dict, created: datetime | None)
         "autostop_hours": options.get("autostop_hours"),
         "autostop_at": stop_at.isoformat() if stop_at else None,
         "created": created.isoformat() if created else None,
+        "workspace": workspace,
         "started": started,
         "last_activity": server.get("last_activity"),
         "url": server.get("url") if status == "running" else None,
@@ -59,7 +69,8 @@ def image_json(image: core.Image) -> dict:
         "status": image.status,
         "successor": image.successor,
         "accelerator_types": list(image.accelerator_types),
-        "visibility": "public",
+        "visibility": image.visibility,
+        "workspace": image.workspace,
     }
 
 
@@ -74,6 +85,15 @@ def spec_json(spec: core.Spec) -> dict:
         "accelerator_count": spec.accelerator_count,
         "disabled": spec.disabled,
     }
+
+
+def visible_images(images: list[core.Image], caller: Caller, workspaces) -> list[core.Image]:
+    """Public images, and the shared images of the caller's workspaces (admins: all)."""
+    return [
+        image
+        for image in images
+        if caller.admin or image.visibility == "public" or image.workspace in workspaces
+    ]
 
 
 def hub_error(code: int, data) -> APIError:
@@ -101,8 +121,8 @@ class InstanceBase(BaseHandler):
         servers = await self.owned_servers(caller, owner)
         if name not in servers:
             raise not_found(f"instance {owner}/{name}")
-        created = self.context.store.created_times(owner).get(name)
-        return instance_json(owner, name, servers[name], created)
+        record = self.context.store.instance_records(owner).get(name)
+        return instance_json(owner, name, servers[name], record)
 
     async def hub_call(self, caller: Caller, method: str, owner: str, name: str, body=None):
         path = f"/users/{quote(owner)}/servers/{quote(name)}"
@@ -122,19 +142,38 @@ class InstancesHandler(InstanceBase):
         instances = []
         for owner in owners:
             servers = await self.owned_servers(caller, owner)
-            created = self.context.store.created_times(owner)
-            instances += [instance_json(owner, n, s, created.get(n)) for n, s in servers.items()]
+            records = self.context.store.instance_records(owner)
+            instances += [instance_json(owner, n, s, records.get(n)) for n, s in servers.items()]
         self.reply({"instances": sorted(instances, key=lambda i: (i["owner"], i["name"]))})
 
     async def post(self):
         caller = self.require("custom:atelier:instances:create")
-        body = self.body(("name", "owner", *INSTANCE_FIELDS), required=("name", "image", "spec"))
+        body = self.body(
+            ("name", "owner", "workspace", *INSTANCE_FIELDS), required=("name", "image", "spec")
+        )
         owner = body.pop("owner", caller.name)
         name = body.pop("name")
+        workspace = body.pop("workspace", None)
         if name in await self.owned_servers(caller, owner):
             raise APIError(409, "exists", f"instance {owner}/{name} already exists", "name")
+        if workspace is not None:
+            await self.check_workspace_room(caller, workspace)
         await self.hub_call(caller, "POST", owner, name, {"user_options": body})
+        self.context.store.place_instance(owner, name, workspace)
         self.reply(await self.instance(caller, owner, name), 201)
+
+    async def check_workspace_room(self, caller: Caller, workspace: str) -> None:
+        """The caller is a member, and the workspace's quota has room for one more instance."""
+        quota = {w["name"]: w for w in self.context.store.workspaces()}.get(workspace)
+        if quota is None or not (caller.admin or workspace in await self.workspaces_of(caller)):
+            raise APIError(404, "not_found", f"no workspace {workspace!r}", "workspace")
+        if self.context.store.workspace_usage(workspace) >= quota["max_instances"]:
+            raise APIError(
+                400,
+                "quota_exceeded",
+                f"workspace {workspace} allows at most {quota['max_instances']} instances",
+                "workspace",
+            )
 
 
 class InstanceHandler(InstanceBase):
@@ -192,9 +231,11 @@ class CatalogBase(BaseHandler):
 class ImagesHandler(CatalogBase):
     noun = "image"
 
-    def get(self):
-        self.require("custom:atelier:images:read")
-        self.reply({"images": [image_json(i) for i in self.context.store.images()]})
+    async def get(self):
+        caller = self.require("custom:atelier:images:read")
+        workspaces = await self.workspaces_of(caller)
+        images = visible_images(self.context.store.images(), caller, workspaces)
+        self.reply({"images": [image_json(i) for i in images]})
 
     def post(self):
         caller = self.require("custom:atelier:images:admin")
@@ -212,9 +253,11 @@ class ImagesHandler(CatalogBase):
 class ImageHandler(CatalogBase):
     noun = "image"
 
-    def get(self, name):
-        self.require("custom:atelier:images:read")
-        image = {i.name: i for i in self.context.store.images()}.get(name)
+    async def get(self, name):
+        caller = self.require("custom:atelier:images:read")
+        workspaces = await self.workspaces_of(caller)
+        images = visible_images(self.context.store.images(), caller, workspaces)
+        image = {i.name: i for i in images}.get(name)
         if image is None:
             raise not_found(f"image {name!r}")
         self.reply(image_json(image))
@@ -288,12 +331,21 @@ class QuotasHandler(InstanceBase):
     async def get(self):
         caller = self.require("custom:atelier:instances:read")
         servers = await self.owned_servers(caller, caller.name)
+        workspaces = await self.workspaces_of(caller)
         limits = self.context.limits
         self.reply(
             {
                 "user": caller.name,
                 "instances": {"used": len(servers), "allowed": limits.instances_per_user},
                 "tags_per_instance": {"allowed": limits.tags_per_instance},
+                "workspaces": {
+                    w["name"]: {
+                        "used": self.context.store.workspace_usage(w["name"]),
+                        "allowed": w["max_instances"],
+                    }
+                    for w in self.context.store.workspaces()
+                    if w["name"] in workspaces
+                },
             }
         )
 
@@ -334,6 +386,83 @@ class AuditHandler(BaseHandler):
         return int(value)
 
 
+class WorkspaceBase(CatalogBase):
+    noun = "workspace"
+
+    async def workspace_json(self, workspace: dict) -> dict:
+        members = await self.hub.group_members(workspace["name"]) or []
+        usage = self.context.store.workspace_usage(workspace["name"])
+        return {**workspace, "members": members, "instances": usage}
+
+    def check_quota(self, body: dict) -> None:
+        if not 0 <= body.get("max_instances", 0) <= 10000:
+            raise APIError(400, "invalid", "must be from 0 to 10000", "max_instances")
+        if not all(isinstance(member, str) for member in body.get("members", [])):
+            raise APIError(400, "invalid", "must be a list of user names", "members")
+
+
+class WorkspacesHandler(WorkspaceBase):
+    async def get(self):
+        self.require("custom:atelier:workspaces:admin")
+        workspaces = [await self.workspace_json(w) for w in self.context.store.workspaces()]
+        self.reply({"workspaces": workspaces})
+
+    async def post(self):
+        caller = self.require("custom:atelier:workspaces:admin")
+        body = self.body(("name", "members", "max_instances"), required=("name",))
+        self.check_quota(body)
+        workspace = self.catalog_change(
+            caller,
+            "createWorkspace",
+            body["name"],
+            lambda: self.context.store.add_workspace(body["name"], body.get("max_instances", 10)),
+        )
+        await self.hub.set_group(workspace["name"], body.get("members", []), caller)
+        self.reply(await self.workspace_json(workspace), 201)
+
+
+class WorkspaceHandler(WorkspaceBase):
+    def known(self, name: str) -> dict:
+        workspace = {w["name"]: w for w in self.context.store.workspaces()}.get(name)
+        if workspace is None:
+            raise not_found(f"workspace {name!r}")
+        return workspace
+
+    async def get(self, name):
+        self.require("custom:atelier:workspaces:admin")
+        self.reply(await self.workspace_json(self.known(name)))
+
+    async def patch(self, name):
+        caller = self.require("custom:atelier:workspaces:admin")
+        body = self.body(("members", "max_instances"))
+        self.check_quota(body)
+        workspace = self.known(name)
+        if "max_instances" in body:
+            workspace = self.catalog_change(
+                caller,
+                "updateWorkspace",
+                name,
+                lambda: self.context.store.update_workspace(name, body["max_instances"]),
+            )
+        if "members" in body:
+            await self.hub.set_group(name, body["members"], caller)
+            self.audit(caller, "updateWorkspace", self.noun, name)
+        self.reply(await self.workspace_json(workspace))
+
+    async def delete(self, name):
+        caller = self.require("custom:atelier:workspaces:admin")
+        self.known(name)
+        try:
+            self.context.store.delete_workspace(name)
+        except CatalogError as error:
+            self.audit(caller, "deleteWorkspace", self.noun, name, "failure", str(error))
+            raise APIError(409, "conflict", str(error).split(": ", 1)[1], "name") from None
+        await self.hub.delete_group(name, caller)
+        self.audit(caller, "deleteWorkspace", self.noun, name)
+        self.set_status(204)
+        self.finish()
+
+
 NAME = r"([^/]+)"
 ROUTES = [
     ("/instances", InstancesHandler),
@@ -343,6 +472,8 @@ ROUTES = [
     (f"/images/{NAME}", ImageHandler),
     ("/specs", SpecsHandler),
     (f"/specs/{NAME}", SpecHandler),
+    ("/workspaces", WorkspacesHandler),
+    (f"/workspaces/{NAME}", WorkspaceHandler),
     ("/quotas", QuotasHandler),
     ("/audit", AuditHandler),
 ]

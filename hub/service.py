@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -35,6 +36,7 @@ SCOPES = {
     "custom:atelier:images:read": "List the image catalog and specs",
     "custom:atelier:images:admin": "Add, change and delete catalog images and specs",
     "custom:atelier:audit:read": "Read audit events about oneself",
+    "custom:atelier:workspaces:admin": "Create, list, change and delete workspaces",
 }
 USER_SCOPES = [scope for scope in SCOPES if not scope.endswith(":admin")]
 FIELD_TYPES = {
@@ -46,6 +48,10 @@ FIELD_TYPES = {
     "successor": (str, type(None)),
     "accelerator_types": list,
     "disabled": bool,
+    "visibility": str,
+    "workspace": (str, type(None)),
+    "members": list,
+    "max_instances": int,
 }
 
 
@@ -76,9 +82,22 @@ class Caller:
 class HubClient:
     """The hub's REST API, called with the service's token on behalf of a caller."""
 
+    MEMBERSHIP_SECONDS = 5
+
     def __init__(self, api_url: str, token: str):
         self.api_url, self.token = api_url.rstrip("/"), token
         self.http = AsyncHTTPClient()
+        self._memberships: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def memberships(self, user: str) -> frozenset[str]:
+        """The groups (workspaces) of a user, as the hub has them a few seconds ago at most."""
+        now = time.monotonic()
+        cached = self._memberships.get(user)
+        if cached is None or now - cached[0] > self.MEMBERSHIP_SECONDS:
+            code, model = await self.request("GET", f"/users/{quote(user)}")
+            cached = (now, frozenset(model.get("groups", ())) if code == 200 else frozenset())
+            self._memberships[user] = cached
+        return cached[1]
 
     async def request(self, method: str, path: str, caller: Caller | None = None, body=None):
         headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
@@ -102,6 +121,32 @@ class HubClient:
     async def servers(self, owner: str) -> dict | None:
         code, user = await self.request("GET", f"/users/{quote(owner)}?include_stopped_servers")
         return None if code == 404 else {k: v for k, v in user["servers"].items() if k}
+
+    async def group_members(self, name: str) -> list[str] | None:
+        code, group = await self.request("GET", f"/groups/{quote(name)}")
+        return None if code == 404 else sorted(group["users"])
+
+    async def set_group(self, name: str, members: list[str], caller: Caller) -> None:
+        """Create the group if needed and make its members exactly `members`."""
+        self._memberships.clear()
+        current = await self.group_members(name)
+        if current is None:
+            await self.request("POST", f"/groups/{quote(name)}", caller, {"users": []})
+            current = []
+        for method, users in (
+            ("POST", sorted(set(members) - set(current))),
+            ("DELETE", sorted(set(current) - set(members))),
+        ):
+            if users:
+                code, data = await self.request(
+                    method, f"/groups/{quote(name)}/users", caller, {"users": users}
+                )
+                if code >= 400:
+                    raise APIError(400, "invalid", data.get("message", "refused"), "members")
+
+    async def delete_group(self, name: str, caller: Caller) -> None:
+        self._memberships.clear()
+        await self.request("DELETE", f"/groups/{quote(name)}", caller)
 
     async def users(self) -> list[dict]:
         code, users = await self.request("GET", "/users?include_stopped_servers&limit=10000")
@@ -145,6 +190,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             frozenset(model.get("scopes", ())),
             self.request.remote_ip,
         )
+
+    async def workspaces_of(self, caller: Caller) -> frozenset[str]:
+        return await self.hub.memberships(caller.name)
 
     def require(self, scope: str) -> Caller:
         caller = self.caller

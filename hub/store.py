@@ -51,6 +51,8 @@ class ImageRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     successor: Mapped[str | None] = mapped_column(String(255), nullable=True)
     accelerator_types: Mapped[list] = mapped_column(JSON, default=list)
+    visibility: Mapped[str] = mapped_column(String(16), default="public")
+    workspace: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     def to_image(self) -> core.Image:
         return core.Image(
@@ -60,6 +62,8 @@ class ImageRecord(Base):
             self.status,
             self.successor,
             tuple(self.accelerator_types or ()),
+            self.visibility,
+            self.workspace,
         )
 
 
@@ -78,6 +82,23 @@ class InstanceRecord(Base):
     owner: Mapped[str] = mapped_column(String(255), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    workspace: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class WorkspaceRecord(Base):
+    """A workspace: a JupyterHub group (its members) plus its quota."""
+
+    __tablename__ = "workspaces"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_instances: Mapped[int] = mapped_column(Integer, default=10)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "max_instances": self.max_instances,
+            "created": as_utc(self.created).isoformat(),
+        }
 
 
 class AuditEvent(Base):
@@ -121,7 +142,15 @@ class CatalogError(ValueError):
         self.field = field
 
 
-IMAGE_FIELDS = ("display_name", "description", "status", "successor", "accelerator_types")
+IMAGE_FIELDS = (
+    "display_name",
+    "description",
+    "status",
+    "successor",
+    "accelerator_types",
+    "visibility",
+    "workspace",
+)
 SPEC_FIELDS = ("display_name", "disabled")
 
 
@@ -161,7 +190,7 @@ class Store:
         return core.Catalog(images, {s.name: s for s in self.specs()}, accelerators, arch, realised)
 
     def add_image(self, image: core.Image) -> core.Image:
-        _check_image(image, self.images())
+        _check_image(image, self.images(), self.workspace_names())
         with self.session() as db, db.begin():
             if db.get(ImageRecord, image.name) is not None:
                 raise CatalogError("name", f"image {image.name} already exists")
@@ -172,7 +201,7 @@ class Store:
         with self.session() as db, db.begin():
             record = _get(db, ImageRecord, name, "image")
             updated = core.Image(**{**_image_dict(record.to_image()), **changes})
-            _check_image(updated, self.images())
+            _check_image(updated, self.images(), self.workspace_names())
             for key in IMAGE_FIELDS:
                 setattr(record, key, getattr(updated, key))
             record.accelerator_types = list(updated.accelerator_types)
@@ -217,9 +246,59 @@ class Store:
             return as_utc(record.created)
 
     def created_times(self, owner: str) -> dict[str, datetime]:
+        return {name: created for name, (created, _) in self.instance_records(owner).items()}
+
+    def instance_records(self, owner: str) -> dict[str, tuple[datetime, str | None]]:
+        """Each instance of an owner: (created, workspace)."""
         with self.session() as db:
             rows = db.scalars(select(InstanceRecord).where(InstanceRecord.owner == owner))
-            return {row.name: as_utc(row.created) for row in rows}
+            return {row.name: (as_utc(row.created), row.workspace) for row in rows}
+
+    def place_instance(self, owner: str, name: str, workspace: str | None) -> None:
+        self.instance_created(owner, name)
+        with self.session() as db, db.begin():
+            db.get(InstanceRecord, (owner, name)).workspace = workspace
+
+    def workspace_usage(self, workspace: str) -> int:
+        with self.session() as db:
+            query = select(func.count()).where(InstanceRecord.workspace == workspace)
+            return db.scalar(query.select_from(InstanceRecord))
+
+    # workspaces ----------------------------------------------------------------------------
+    def workspaces(self) -> list[dict]:
+        with self.session() as db:
+            rows = db.scalars(select(WorkspaceRecord).order_by(WorkspaceRecord.name))
+            return [row.to_json() for row in rows]
+
+    def workspace_names(self) -> set[str]:
+        return {w["name"] for w in self.workspaces()}
+
+    def add_workspace(self, name: str, max_instances: int) -> dict:
+        if not core.WORKSPACE_NAME.match(name):
+            raise CatalogError("name", "must be 1 to 64 of a-z, 0-9 and '-', starting alphanumeric")
+        with self.session() as db, db.begin():
+            if db.get(WorkspaceRecord, name) is not None:
+                raise CatalogError("name", f"workspace {name} already exists")
+            record = WorkspaceRecord(name=name, max_instances=max_instances, created=utcnow())
+            db.add(record)
+            return record.to_json()
+
+    def update_workspace(self, name: str, max_instances: int) -> dict:
+        with self.session() as db, db.begin():
+            record = _get(db, WorkspaceRecord, name, "workspace")
+            record.max_instances = max_instances
+            return record.to_json()
+
+    def delete_workspace(self, name: str) -> None:
+        with self.session() as db, db.begin():
+            record = _get(db, WorkspaceRecord, name, "workspace")
+            if self.workspace_usage(name):
+                raise CatalogError(
+                    "name", f"workspace {name} still has instances; delete them first"
+                )
+            if any(image.workspace == name for image in self.images()):
+                raise CatalogError("name", f"workspace {name} still has shared images")
+            db.delete(record)
 
     def forget_instance(self, owner: str, name: str) -> None:
         with self.session() as db, db.begin():
@@ -297,13 +376,19 @@ def _image_record(image: core.Image) -> ImageRecord:
     return ImageRecord(**{**_image_dict(image), "accelerator_types": list(image.accelerator_types)})
 
 
-def _check_image(image: core.Image, existing: list[core.Image]) -> None:
+def _check_image(image: core.Image, existing: list[core.Image], workspaces: set[str]) -> None:
     try:
         core.validate_image_name(image.name)
     except core.OptionsError as error:
         raise CatalogError("name", error.message) from None
     if image.status not in core.IMAGE_STATUSES:
         raise CatalogError("status", f"must be one of {', '.join(core.IMAGE_STATUSES)}")
+    if image.visibility not in core.IMAGE_VISIBILITIES:
+        raise CatalogError("visibility", f"must be one of {', '.join(core.IMAGE_VISIBILITIES)}")
+    if (image.visibility == "shared") != (image.workspace is not None):
+        raise CatalogError("workspace", "a shared image names its workspace; a public one none")
+    if image.workspace is not None and image.workspace not in workspaces:
+        raise CatalogError("workspace", f"no workspace named {image.workspace!r}")
     names = {other.name for other in existing}
     if image.successor is not None and (
         image.successor == image.name or image.successor not in names

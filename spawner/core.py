@@ -7,7 +7,7 @@ realise an `InstancePlan`; the hub's API and form call the same validation.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 IMAGE_NAME = re.compile(
@@ -26,6 +26,8 @@ SPEC_NAME_FORMAT = "cpu.<C>u<M>g, gpu.<N>x<type>.<C>u<M>g or ascend.<N>x<type>.<
 INSTANCE_NAME = re.compile(r"^[a-z0-9-]+$")
 FLAVORS = ("cpu", "gpu", "ascend")
 IMAGE_STATUSES = ("active", "deprecated", "disabled")
+IMAGE_VISIBILITIES = ("public", "shared")
+WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 OPTION_FIELDS = ("image", "spec", "tags", "autostop_hours")
 MAX_AUTOSTOP_HOURS = 24 * 7
 
@@ -58,6 +60,8 @@ class Image:
     status: str = "active"
     successor: str | None = None
     accelerator_types: tuple[str, ...] = ()
+    visibility: str = "public"  # public | shared (with one workspace)
+    workspace: str | None = None
 
     @property
     def parts(self) -> dict[str, str]:
@@ -159,6 +163,15 @@ class Catalog:
             for spec in self.specs.values()
             if not spec.disabled and spec_fits_image(image, spec) and self.can_satisfy(spec)
         ]
+
+    def for_member(self, workspaces: frozenset[str]) -> Catalog:
+        """The catalog as a member of these workspaces sees it: public and their shared images."""
+        images = {
+            name: image
+            for name, image in self.images.items()
+            if image.visibility == "public" or image.workspace in workspaces
+        }
+        return replace(self, images=images)
 
     def can_satisfy(self, spec: Spec) -> bool:
         """Whether this backend has enough accelerators for the spec at all."""

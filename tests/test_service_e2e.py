@@ -320,4 +320,78 @@ def test_schemathesis_finds_no_fault_in_the_read_only_routes(hub):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:]
-    assert "Tested: 8" in result.stdout
+    assert "Tested: 10" in result.stdout  # every GET operation
+
+
+def test_workspaces_share_images_and_quota_with_members_only(hub, envs_dir):
+    shared = "vision_1.0-cpu-py_3.11-debian_12-x86_64"
+    if not (envs_dir / shared).exists():  # its local environment: the base one
+        (envs_dir / shared).symlink_to(envs_dir / BASE)
+    member, outsider = hub.add_user("wanda"), hub.add_user("omar")
+    assert error_of(hub.atelier("GET", "/workspaces", member), 403)["code"] == "forbidden"
+
+    created = hub.atelier(
+        "POST", "/workspaces", json={"name": "vision", "members": ["wanda"], "max_instances": 1}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["members"] == ["wanda"] and created.json()["instances"] == 0
+    assert hub.api("GET", "/groups/vision").json()["users"] == ["wanda"]  # a JupyterHub group
+    assert (
+        error_of(hub.atelier("POST", "/workspaces", json={"name": "Vision Team"}), 400)["field"]
+        == "name"
+    )
+    assert (
+        "already exists"
+        in error_of(hub.atelier("POST", "/workspaces", json={"name": "vision"}), 400)["message"]
+    )
+
+    image = {"name": shared, "visibility": "shared", "workspace": "vision"}
+    assert (
+        error_of(hub.atelier("POST", "/images", json={**image, "workspace": None}), 400)["field"]
+        == "workspace"
+    )
+    assert (
+        error_of(hub.atelier("POST", "/images", json={**image, "workspace": "nope"}), 400)["field"]
+        == "workspace"
+    )
+    assert hub.atelier("POST", "/images", json=image).status_code == 201
+    assert shared in [i["name"] for i in hub.atelier("GET", "/images", member).json()["images"]]
+    assert shared not in [
+        i["name"] for i in hub.atelier("GET", "/images", outsider).json()["images"]
+    ]
+    assert hub.atelier("GET", f"/images/{shared}", outsider).status_code == 404
+
+    instance = {"name": "w1", "image": shared, "spec": "cpu.2u4g", "workspace": "vision"}
+    assert (
+        error_of(hub.atelier("POST", "/instances", outsider, json=instance), 404)["field"]
+        == "workspace"
+    )
+    foreign_image = hub.atelier(
+        "POST", "/instances", outsider, json={**instance, "workspace": None}
+    )
+    assert error_of(foreign_image, 400)["message"] == f"no image named {shared!r} in the catalog"
+    made = hub.atelier("POST", "/instances", member, json=instance)
+    assert made.status_code == 201 and made.json()["workspace"] == "vision"
+    full = hub.atelier("POST", "/instances", member, json={**instance, "name": "w2"})
+    assert error_of(full, 400) == {
+        "code": "quota_exceeded",
+        "field": "workspace",
+        "message": "workspace vision allows at most 1 instances",
+    }
+    assert hub.atelier("GET", "/quotas", member).json()["workspaces"] == {
+        "vision": {"used": 1, "allowed": 1}
+    }
+    assert hub.atelier("GET", "/quotas", outsider).json()["workspaces"] == {}
+
+    in_use = hub.atelier("DELETE", "/workspaces/vision")
+    assert (
+        error_of(in_use, 409)["message"]
+        == "workspace vision still has instances; delete them first"
+    )
+    assert hub.atelier("PATCH", "/workspaces/vision", json={"members": ["wanda", "omar"]}).json()[
+        "members"
+    ] == ["omar", "wanda"]
+    assert hub.atelier("DELETE", "/instances/wanda/w1", member).status_code == 204
+    assert hub.atelier("DELETE", f"/images/{shared}").status_code == 204
+    assert hub.atelier("DELETE", "/workspaces/vision").status_code == 204
+    assert hub.api("GET", "/groups/vision").status_code == 404
