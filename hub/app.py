@@ -61,8 +61,14 @@ class AtelierHub(JupyterHub):
         context = self.atelier
         admin = context.settings.admin_user
         data_dir = context.settings.data_dir.absolute()
-        password = ensure_admin_account(self.db, admin, data_dir)
         url = f"http://{self.ip or '127.0.0.1'}:{self.port}{self.base_url}"
+        if context.settings.auth.kind != "native":
+            self.sign_in_line = (
+                f"Atelier is at {url} - sign in with {context.settings.auth.kind}; "
+                f"admins: {admin!r} and the groups {context.settings.auth.admin_groups}"
+            )
+            return
+        password = ensure_admin_account(self.db, admin, data_dir)
         if password:
             self.sign_in_line = (
                 f"Atelier is at {url} - sign in as {admin!r} with password {password} "

@@ -38,14 +38,24 @@ class AtelierAuthenticator(NativeAuthenticator):
         """Sign in, and record the attempt as an audit event (`login`)."""
         username = self.normalize_username(str(data.get("username", "")))
         result = await super().authenticate(handler, data)
-        self.parent.atelier.store.record(
-            actor=username,
-            source_ip=handler.request.remote_ip,
-            action="login",
-            resource_type="user",
-            resource=username,
-            owner=username,
-            result="success" if result else "failure",
-            reason="" if result else "wrong password, unknown user or not yet approved",
-        )
+        record_login(self, handler, username, result is not None)
         return result
+
+
+def record_login(authenticator, handler, username: str, success: bool) -> None:
+    authenticator.parent.atelier.store.record(
+        actor=username,
+        source_ip=handler.request.remote_ip,
+        action="login",
+        resource_type="user",
+        resource=username,
+        owner=username,
+        result="success" if success else "failure",
+        reason="" if success else "wrong password, unknown user or not yet approved",
+    )
+
+
+def audit_oauth_login(authenticator, handler, authentication: dict) -> dict:
+    """`post_auth_hook` for OAuthenticator: a successful sign-in is an audit event."""
+    record_login(authenticator, handler, authentication["name"], True)
+    return authentication

@@ -8,6 +8,7 @@ import stat
 import sys
 from pathlib import Path
 
+from atelier.hub.auth import audit_oauth_login
 from atelier.hub.context import inventory, store_url
 from atelier.hub.pages import TEMPLATES
 from atelier.hub.service import ACCESS_SCOPE, API_PREFIX, SCOPES, SERVICE, USER_SCOPES
@@ -78,11 +79,7 @@ def configure(c, settings: Settings | None = None) -> None:
     c.JupyterHub.default_url = "/hub/home"
     c.JupyterHub.template_paths = [str(TEMPLATES)]
 
-    c.JupyterHub.authenticator_class = "atelier.hub.auth.AtelierAuthenticator"
-    c.AtelierAuthenticator.open_signup = False  # sign-up waits for an admin's approval
-    c.AtelierAuthenticator.minimum_password_length = 8
-    c.Authenticator.admin_users = {settings.admin_user}
-    c.Authenticator.allow_all = True  # NativeAuthenticator lets in only approved accounts
+    configure_sign_in(c, settings)
 
     c.JupyterHub.spawner_class = "atelier-local"
     c.LocalInstanceSpawner.data_dir = str(data_dir)
@@ -108,6 +105,47 @@ def configure(c, settings: Settings | None = None) -> None:
 
     c.JupyterHub.custom_scopes = {scope: {"description": text} for scope, text in SCOPES.items()}
     c.JupyterHub.services, c.JupyterHub.load_roles = services_and_roles(settings, data_dir)
+
+
+OAUTHENTICATORS = {
+    "oidc": ("generic-oauth", "GenericOAuthenticator"),
+    "github": ("github", "GitHubOAuthenticator"),
+    "gitlab": ("gitlab", "GitLabOAuthenticator"),
+}
+
+
+def configure_sign_in(c, settings: Settings) -> None:
+    """Atelier's own accounts (sign-up with approval), or OAuthenticator for `auth.kind`."""
+    auth = settings.auth
+    c.Authenticator.admin_users = {settings.admin_user}
+    if auth.kind == "native":
+        c.JupyterHub.authenticator_class = "atelier.hub.auth.AtelierAuthenticator"
+        c.AtelierAuthenticator.open_signup = False  # sign-up waits for an admin's approval
+        c.AtelierAuthenticator.minimum_password_length = 8
+        c.Authenticator.allow_all = True  # NativeAuthenticator lets in only approved accounts
+        return
+    entry_point, class_name = OAUTHENTICATORS[auth.kind]
+    c.JupyterHub.authenticator_class = entry_point
+    oauth = c[class_name]
+    oauth.client_id = auth.client_id
+    oauth.client_secret = auth.client_secret
+    oauth.oauth_callback_url = (
+        auth.callback_url or f"http://{settings.ip}:{settings.port}/hub/oauth_callback"
+    )
+    oauth.allow_all = not auth.allowed_groups
+    oauth.allowed_groups = set(auth.allowed_groups)
+    oauth.admin_groups = set(auth.admin_groups)
+    oauth.manage_groups = True  # the provider's groups are JupyterHub groups: workspaces
+    oauth.post_auth_hook = audit_oauth_login
+    if auth.kind == "oidc":
+        oauth.authorize_url = auth.authorize_url
+        oauth.token_url = auth.token_url
+        oauth.userdata_url = auth.userdata_url
+        oauth.scope = auth.scope
+        oauth.username_claim = auth.username_claim
+        oauth.auth_state_groups_key = f"oauth_user.{auth.groups_claim}"
+    if auth.kind == "gitlab":
+        oauth.gitlab_url = auth.gitlab_url
 
 
 def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[dict, dict]:

@@ -417,7 +417,7 @@ class WorkspacesHandler(WorkspaceBase):
             body["name"],
             lambda: self.context.store.add_workspace(body["name"], body.get("max_instances", 10)),
         )
-        await self.hub.set_group(workspace["name"], body.get("members", []), caller)
+        await self.hub.set_group(workspace["name"], body.get("members"), caller)
         self.reply(await self.workspace_json(workspace), 201)
 
 

@@ -126,13 +126,16 @@ class HubClient:
         code, group = await self.request("GET", f"/groups/{quote(name)}")
         return None if code == 404 else sorted(group["users"])
 
-    async def set_group(self, name: str, members: list[str], caller: Caller) -> None:
-        """Create the group if needed and make its members exactly `members`."""
+    async def set_group(self, name: str, members: list[str] | None, caller: Caller) -> None:
+        """Create the group if needed and make its members exactly `members` (None: as they are,
+        for example when an OAuth provider's group claims manage them)."""
         self._memberships.clear()
         current = await self.group_members(name)
         if current is None:
             await self.request("POST", f"/groups/{quote(name)}", caller, {"users": []})
             current = []
+        if members is None:
+            return
         for method, users in (
             ("POST", sorted(set(members) - set(current))),
             ("DELETE", sorted(set(current) - set(members))),

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from atelier.spawner import core
 from atelier.spawner.devices import Device
@@ -89,6 +96,36 @@ class DeviceConfig(Strict):
         return Device(self.kind, self.type, self.index)
 
 
+class AuthConfig(Strict):
+    """How people sign in: Atelier's own accounts, or an OAuth/OIDC provider (OAuthenticator)."""
+
+    kind: Literal["native", "oidc", "github", "gitlab"] = "native"
+    client_id: str = ""
+    client_secret: str = ""
+    callback_url: str = Field("", description="default http://<ip>:<port>/hub/oauth_callback")
+    authorize_url: str = ""
+    token_url: str = ""
+    userdata_url: str = ""
+    gitlab_url: str = "https://gitlab.com"
+    scope: list[str] = ["openid", "profile", "email"]
+    username_claim: str = "preferred_username"
+    groups_claim: str = Field("groups", description="claim whose groups become workspaces")
+    allowed_groups: list[str] = Field([], description="empty: everyone the provider signs in")
+    admin_groups: list[str] = []
+
+    @model_validator(mode="after")
+    def _complete(self):
+        needed = {
+            "oidc": ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url"),
+            "github": ("client_id", "client_secret"),
+            "gitlab": ("client_id", "client_secret"),
+        }.get(self.kind, ())
+        missing = [key for key in needed if not getattr(self, key)]
+        if missing:
+            raise ValueError(f"auth kind {self.kind} needs {', '.join(missing)}")
+        return self
+
+
 class Settings(Strict):
     backend: Literal["local"] = "local"
     data_dir: Path = Path(".atelier")
@@ -108,6 +145,7 @@ class Settings(Strict):
     devices: list[DeviceConfig] | None = Field(
         None, description="null: detect with nvidia-smi/npu-smi"
     )
+    auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     culling: CullingConfig = CullingConfig()
     autostop_every_seconds: int = Field(60, ge=1, le=3600)

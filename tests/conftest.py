@@ -95,7 +95,8 @@ class Hub:
             log = self.log_text()
             self.stop()
             raise RuntimeError(f"hub did not start:\n{log[-3000:]}") from None
-        self.admin_password = (self.dir / "data" / "admin-password").read_text().strip()
+        password = self.dir / "data" / "admin-password"  # only with Atelier's own accounts
+        self.admin_password = password.read_text().strip() if password.exists() else None
         self.admin_token = self.cli("token", "admin").strip()
 
     def cli(self, *argv: str) -> str:

@@ -68,6 +68,14 @@ def test_atelier_config_environment_variable_picks_the_file(tmp_path, monkeypatc
             "devices.0.kind: Input should be 'gpu' or 'ascend' (got 'tpu')",
         ),
         (
+            lambda d: d.update(auth={"kind": "oidc", "client_id": "atelier"}),
+            "auth: Value error, auth kind oidc needs client_secret, authorize_url, token_url",
+        ),
+        (
+            lambda d: d.update(auth={"kind": "saml"}),
+            "auth.kind: Input should be 'native', 'oidc', 'github' or 'gitlab' (got 'saml')",
+        ),
+        (
             lambda d: d.update(database_url="mysql://db/atelier"),
             "database_url: String should match pattern",
         ),
