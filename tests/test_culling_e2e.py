@@ -73,5 +73,8 @@ def test_idle_instance_is_culled_and_busy_kernel_is_not(culling_hub):
     hub.wait_for(lambda: not hub.servers("ivy")["idle"]["ready"], timeout=90, what="idle culled")
     assert hub.servers("ivy")["busy"]["ready"], "the instance running a cell was culled"
     assert "Culling server ivy/idle" in hub.log_text()
+    query = "/audit?resource=ivy/idle&action=stopNotebook"  # written once the stop completes
+    culled = hub.wait_for(lambda: hub.atelier("GET", query).json()["events"], what="audit")
+    assert [(e["actor"], e["result"]) for e in culled] == [("service:idle-culler", "success")]
     time.sleep(30)  # well past the idle timeout, while the cell still runs
     assert hub.servers("ivy")["busy"]["ready"]

@@ -217,6 +217,9 @@ def test_autostop_stops_the_instance_on_time(hub):
     hub.start("gina", "short", token, options)
     hub.wait_for(lambda: not hub.servers("gina")["short"]["ready"], timeout=40, what="auto-stop")
     assert "Auto-stopping gina:short" in hub.log_text()
+    query = "/audit?resource=gina/short&action=stopNotebook"  # written once the stop completes
+    stops = hub.wait_for(lambda: hub.atelier("GET", query).json()["events"], what="audit")
+    assert [(e["actor"], e["result"]) for e in stops] == [("service:autostop", "success")]
 
 
 def test_progress_says_what_is_happening(hub):
