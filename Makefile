@@ -23,9 +23,10 @@ install: system $(BIN)/.installed node_modules/.installed
 
 # The local backend builds image environments from the system Python, which every
 # instance account can read (a Python under /root is not readable by them).
+# Work volumes are XFS filesystems in loop-mounted files (xfsprogs).
 system:
-	@/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq python3-venv)
+	@/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null && command -v mkfs.xfs >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq python3-venv xfsprogs)
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,104 @@
+"""Work volumes: the expansion rules, and real loop-mounted ext4 volumes (as root)."""
+
+import errno
+import hashlib
+import os
+
+import pytest
+
+from atelier.spawner.core import OptionsError
+from atelier.spawner.volumes import (
+    GB,
+    LocalVolume,
+    VolumeLimits,
+    VolumeMissing,
+    check_expand,
+    check_size,
+)
+
+LIMITS = VolumeLimits()
+needs_root = pytest.mark.skipif(not LocalVolume.enforced(), reason="loop mounts need root")
+
+
+@pytest.mark.parametrize(
+    "current, add, used, message",
+    [
+        (5, 0, 5, "volumes never shrink; add at least 1 GB, got 0"),
+        (5, -3, 5, "volumes never shrink"),
+        (5, 101, 5, "at most 100 GB per expansion, got 101"),
+        (4000, 100, 4000, "a volume holds at most 4096 GB; it has 4000, so at most 96 more"),
+        (5, 10, 195, "your volumes would hold 205 GB; the quota is 200 GB"),
+        (5, 1.5, 5, "must be a whole number of GB"),
+    ],
+)
+def test_expansion_refusals(current, add, used, message):
+    with pytest.raises(OptionsError) as error:
+        check_expand(current, add, used, LIMITS)
+    assert error.value.field == "add_gb" and message in error.value.message
+
+
+def test_expansion_and_sizes():
+    assert check_expand(5, 100, 5, LIMITS) == 105
+    assert check_expand(3996, 100, 0, VolumeLimits(quota_gb=10_000)) == 4096
+    assert check_size(1, LIMITS) == 1
+    for bad in (0, 4097, "5", True):
+        with pytest.raises(OptionsError, match="volume_gb"):
+            check_size(bad, LIMITS)
+
+
+def checksum(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_root
+def test_real_volume_enforces_size_grows_online_and_offline_without_loss(tmp_path):
+    volume = LocalVolume(tmp_path, "alice", "lab")
+    mount = tmp_path / "home" / "work"
+    mount.parent.mkdir()
+    volume.create(1)
+    volume.attach(mount, None)
+    try:
+        files = {}
+        for n in range(3):
+            path = mount / f"data{n}.bin"
+            path.write_bytes(os.urandom(20 * 1024**2))
+            files[path.name] = checksum(path)
+        with pytest.raises(OSError) as full, open(mount / "filler", "wb") as filler:
+            for _ in range(2 * 1024):
+                filler.write(b"\0" * 1024**2)
+                filler.flush()
+                os.fsync(filler.fileno())
+        assert full.value.errno == errno.ENOSPC
+        (mount / "filler").unlink()
+
+        volume.expand(2, mount)  # online, while mounted
+        assert os.statvfs(mount).f_blocks * os.statvfs(mount).f_frsize > 1.9 * GB
+        assert {p: checksum(mount / p) for p in files} == files
+        volume.detach(mount)
+        volume.expand(3, mount)  # offline
+        volume.attach(mount, None)
+        assert os.statvfs(mount).f_blocks * os.statvfs(mount).f_frsize > 2.9 * GB
+        assert {p: checksum(mount / p) for p in files} == files
+        assert volume.used_bytes(mount) >= 60 * 1024**2
+    finally:
+        volume.delete(mount)
+    assert not volume.exists() and not os.path.ismount(mount)
+
+
+def test_missing_backing_file_is_never_recreated(tmp_path):
+    volume = LocalVolume(tmp_path, "alice", "gone")
+    with pytest.raises(VolumeMissing, match="not recreated empty"):
+        volume.attach(tmp_path / "work", None)
+
+
+def test_without_root_the_volume_is_a_measured_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(LocalVolume, "enforced", staticmethod(lambda: False))
+    volume = LocalVolume(tmp_path, "bob", "lab")
+    volume.create(5)
+    mount = tmp_path / "work"
+    volume.attach(mount, None)
+    (mount / "notes.txt").write_text("x" * 1000)
+    assert volume.used_bytes(mount) == 1000
+    volume.expand(6, mount)  # nothing to do: the size is not enforced
+    volume.delete(mount)
+    assert not volume.exists()
