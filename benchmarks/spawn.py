@@ -115,7 +115,12 @@ def spawn(hub, user: str, token: str, name: str, options: dict | None) -> float:
 
 
 def remove(hub, user: str, token: str, name: str) -> None:
-    hub.api("DELETE", f"/users/{user}/servers/{name}", token, json={"remove": True})
+    hub.api(
+        "DELETE",
+        f"/users/{user}/servers/{name}",
+        token,
+        json={"remove": True, "confirm": "delete-volume"},
+    )
     while hub.api("GET", f"/users/{user}/servers/{name}", token).status_code != 404:
         time.sleep(0.2)
 

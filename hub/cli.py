@@ -171,7 +171,7 @@ def cmd_specs(args) -> None:
 
 
 # instances and audit, through the Atelier API (the SDK) ---------------------------------------
-INSTANCE_COLUMNS = ("owner", "name", "status", "image", "spec", "tags", "autostop_at", "created")
+INSTANCE_COLUMNS = ("owner", "name", "status", "image", "spec", "volume_gb", "tags", "created")
 
 
 def cmd_instances(args) -> None:
@@ -186,6 +186,7 @@ def cmd_instances(args) -> None:
             ("image", args.image),
             ("spec", args.spec),
             ("autostop_hours", args.autostop_hours),
+            ("volume_gb", args.volume_gb),
             ("tags", dict(tag.split("=", 1) for tag in args.tag) if args.tag else None),
         )
         if value is not None
@@ -196,9 +197,11 @@ def cmd_instances(args) -> None:
         elif args.action == "create":
             rows = [client.create_instance(args.name, owner=args.owner, **options)]
         elif args.action == "delete":
-            client.delete_instance(args.name, args.owner)
-            print(f"deleted instance {args.name}")
+            client.delete_instance(args.name, args.owner, delete_volume=args.delete_volume)
+            print(f"deleted instance {args.name} and its work volume")
             return
+        elif args.action == "expand":
+            rows = [client.expand_volume(args.name, args.add_gb, args.owner)]
         else:
             call = {
                 "show": client.instance,
@@ -267,7 +270,8 @@ def parser() -> argparse.ArgumentParser:
 
     instances = commands.add_parser("instances", help="your instances, through the Atelier API")
     instances.add_argument(
-        "action", choices=("list", "show", "create", "update", "start", "stop", "delete")
+        "action",
+        choices=("list", "show", "create", "update", "start", "stop", "expand", "delete"),
     )
     instances.add_argument("name", nargs="?")
     instances.add_argument("--owner", help="whose instances (admins)")
@@ -275,6 +279,11 @@ def parser() -> argparse.ArgumentParser:
     instances.add_argument("--spec")
     instances.add_argument("--tag", action="append", help="key=value (repeat)")
     instances.add_argument("--autostop-hours", type=float)
+    instances.add_argument("--volume-gb", type=int, help="work volume size at creation")
+    instances.add_argument("--add-gb", type=int, help="with expand: GB to add to the volume")
+    instances.add_argument(
+        "--delete-volume", action="store_true", help="with delete: confirm the volume goes too"
+    )
     api_options(instances)
     instances.set_defaults(func=cmd_instances)
 

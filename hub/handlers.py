@@ -85,6 +85,9 @@ class InstanceChecks:
                 old = core.InstanceOptions(**{k: stored.get(k) for k in core.OPTION_FIELDS})
                 restart = core.check_change(old, options, status_of(user.get_spawner(name)))
             self.check_devices(f"{user.name}:{name}", plan)
+            if context.store.volume_size(user.name, name) is None:
+                total = context.store.volume_total_gb(user.name) + plan.volume_gb
+                core.check_volume_quota(total, context.limits, "volume_gb")
         except (core.OptionsError, DevicesUnavailable) as error:
             raise web.HTTPError(400, str(error)) from None
         return restart
@@ -161,7 +164,14 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
 
     @needs_scope("delete:servers")
     async def delete(self, user_name, server_name=""):
-        remove = bool((self.get_json_body() or {}).get("remove"))
+        body = self.get_json_body() or {}
+        remove = bool(body.get("remove"))
+        if remove and body.get("confirm") != DELETE_VOLUME:
+            raise web.HTTPError(
+                400,
+                f"confirm: deleting {server_name} deletes its work volume and every file on it; "
+                f'send {{"remove": true, "confirm": "{DELETE_VOLUME}"}} to go ahead',
+            )
         action = "deleteNotebook" if remove else "stopNotebook"
         await self.audited(action, user_name, server_name, super().delete(user_name, server_name))
         if remove:
@@ -185,6 +195,7 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
 
 
 ATELIER_SERVICE = "atelier"
+DELETE_VOLUME = "delete-volume"
 HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),
     (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),

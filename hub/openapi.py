@@ -29,6 +29,7 @@ OPTIONS = {
     "spec": STRING,
     "tags": TAGS,
     "autostop_hours": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 168},
+    "volume_gb": {"type": ["integer", "null"], "minimum": 1, "maximum": 4096},
 }
 IMAGE_CHANGE = {
     "display_name": STRING,
@@ -60,6 +61,8 @@ SCHEMAS = {
             "autostop_at": NULLABLE_STRING,
             "created": NULLABLE_STRING,
             "workspace": NULLABLE_STRING,
+            "volume_gb": {"type": ["integer", "null"]},
+            "volume": {"oneOf": [{"type": "null"}, ref("Volume")]},
             "started": NULLABLE_STRING,
             "last_activity": NULLABLE_STRING,
             "url": NULLABLE_STRING,
@@ -118,10 +121,20 @@ SCHEMAS = {
             "user": STRING,
             "instances": obj({"used": INTEGER, "allowed": INTEGER}),
             "tags_per_instance": obj({"allowed": INTEGER}),
+            "volume_gb": ref("Usage"),
             "workspaces": {"type": "object", "additionalProperties": ref("Usage")},
         }
     ),
     "Usage": obj({"used": INTEGER, "allowed": INTEGER}),
+    "Volume": obj(
+        {
+            "size_gb": INTEGER,
+            "used_bytes": {"type": ["integer", "null"]},
+            "enforced": BOOLEAN,
+            "path": STRING,
+        }
+    ),
+    "VolumeExpand": obj({"add_gb": {"type": "integer", "minimum": 1, "maximum": 100}}, ("add_gb",)),
     "Workspace": obj(
         {
             "name": STRING,
@@ -216,9 +229,13 @@ OPERATIONS = {
         "Instance",
     ),
     ("/instances/{owner}/{name}", "delete"): (
-        "Stop and delete an instance",
+        "Stop and delete an instance and its work volume (needs ?confirm=delete-volume)",
         "instances:delete",
-        [OWNER, NAME],
+        [
+            OWNER,
+            NAME,
+            {**query("confirm", {"enum": ["delete-volume"]}, "required"), "required": True},
+        ],
         None,
         204,
         None,
@@ -236,6 +253,14 @@ OPERATIONS = {
         "instances:update",
         [OWNER, NAME],
         None,
+        200,
+        "Instance",
+    ),
+    ("/instances/{owner}/{name}/volume/expand", "post"): (
+        "Grow the work volume (1 to 100 GB a step, 4096 GB at most; online while running)",
+        "instances:update",
+        [OWNER, NAME],
+        "VolumeExpand",
         200,
         "Instance",
     ),

@@ -6,11 +6,13 @@ import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from atelier.hub.handlers import DELETE_VOLUME
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import CatalogError
 from atelier.spawner import core
+from atelier.spawner.volumes import LocalVolume
 
-INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours")
+INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 IMAGE_FIELDS = (
     "display_name",
     "description",
@@ -45,6 +47,7 @@ def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> 
         "spec": options.get("spec"),
         "tags": options.get("tags") or {},
         "autostop_hours": options.get("autostop_hours"),
+        "volume_gb": options.get("volume_gb"),
         "autostop_at": stop_at.isoformat() if stop_at else None,
         "created": created.isoformat() if created else None,
         "workspace": workspace,
@@ -122,7 +125,23 @@ class InstanceBase(BaseHandler):
         if name not in servers:
             raise not_found(f"instance {owner}/{name}")
         record = self.context.store.instance_records(owner).get(name)
-        return instance_json(owner, name, servers[name], record)
+        return {
+            **instance_json(owner, name, servers[name], record),
+            "volume": self.volume(owner, name),
+        }
+
+    def volume(self, owner: str, name: str) -> dict | None:
+        size = self.context.store.volume_size(owner, name)
+        if size is None:
+            return None  # created when the instance first starts
+        home = self.context.settings.data_dir.absolute() / "instances" / owner / name
+        volume = LocalVolume(self.context.settings.data_dir.absolute(), owner, name)
+        return {
+            "size_gb": size,
+            "used_bytes": volume.used_bytes(home / "work"),
+            "enforced": volume.enforced(),
+            "path": "work/",
+        }
 
     async def hub_call(self, caller: Caller, method: str, owner: str, name: str, body=None):
         path = f"/users/{quote(owner)}/servers/{quote(name)}"
@@ -192,7 +211,16 @@ class InstanceHandler(InstanceBase):
     async def delete(self, owner, name):
         caller = self.require("custom:atelier:instances:delete")
         await self.instance(caller, owner, name)
-        await self.hub_call(caller, "DELETE", owner, name, {"remove": True})
+        if self.get_argument("confirm", None) != DELETE_VOLUME:
+            raise APIError(
+                400,
+                "confirmation_required",
+                f"deleting {owner}/{name} deletes its work volume and every file on it; "
+                f"add ?confirm={DELETE_VOLUME} to go ahead",
+                "confirm",
+            )
+        body = {"remove": True, "confirm": DELETE_VOLUME}
+        await self.hub_call(caller, "DELETE", owner, name, body)
         self.set_status(204)
         self.finish()
 
@@ -203,6 +231,33 @@ class InstanceActionHandler(InstanceBase):
         self.body(())
         await self.instance(caller, owner, name)
         await self.hub_call(caller, "POST" if action == "start" else "DELETE", owner, name)
+        self.reply(await self.instance(caller, owner, name))
+
+
+class VolumeExpandHandler(InstanceBase):
+    async def post(self, owner, name):
+        caller = self.require("custom:atelier:instances:update")
+        add_gb = self.body(("add_gb",), required=("add_gb",))["add_gb"]
+        await self.instance(caller, owner, name)
+        store, resource = self.context.store, f"{owner}/{name}"
+        current = store.volume_size(owner, name)
+        if current is None:
+            raise APIError(409, "no_volume", "the volume is created when the instance first starts")
+        try:
+            size = core.check_expand(
+                current, add_gb, store.volume_total_gb(owner), self.context.limits
+            )
+        except core.OptionsError as error:
+            self.audit(caller, "expandVolume", "volume", resource, "failure", str(error), owner)
+            raise APIError(400, "invalid", error.message, error.field) from None
+        home = self.context.settings.data_dir.absolute() / "instances" / owner / name
+        LocalVolume(self.context.settings.data_dir.absolute(), owner, name).expand(
+            size, home / "work"
+        )
+        store.set_volume_size(owner, name, size)
+        self.audit(
+            caller, "expandVolume", "volume", resource, "success", f"{current} -> {size} GB", owner
+        )
         self.reply(await self.instance(caller, owner, name))
 
 
@@ -338,6 +393,10 @@ class QuotasHandler(InstanceBase):
                 "user": caller.name,
                 "instances": {"used": len(servers), "allowed": limits.instances_per_user},
                 "tags_per_instance": {"allowed": limits.tags_per_instance},
+                "volume_gb": {
+                    "used": self.context.store.volume_total_gb(caller.name),
+                    "allowed": limits.volume_quota_gb,
+                },
                 "workspaces": {
                     w["name"]: {
                         "used": self.context.store.workspace_usage(w["name"]),
@@ -468,6 +527,7 @@ ROUTES = [
     ("/instances", InstancesHandler),
     (f"/instances/{NAME}/{NAME}", InstanceHandler),
     (f"/instances/{NAME}/{NAME}/(start|stop)", InstanceActionHandler),
+    (f"/instances/{NAME}/{NAME}/volume/expand", VolumeExpandHandler),
     ("/images", ImagesHandler),
     (f"/images/{NAME}", ImageHandler),
     ("/specs", SpecsHandler),

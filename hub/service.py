@@ -253,7 +253,14 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.finish(json.dumps({"error": payload}))
 
     def audit(
-        self, caller: Caller, action: str, kind: str, resource: str, result="success", reason=""
+        self,
+        caller: Caller,
+        action: str,
+        kind: str,
+        resource: str,
+        result: str = "success",
+        reason: str = "",
+        owner: str = "",
     ):
         self.context.store.record(
             actor=caller.name,
@@ -261,7 +268,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             action=action,
             resource_type=kind,
             resource=resource,
-            owner="",
+            owner=owner,
             result=result,
             reason=reason,
         )

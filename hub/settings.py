@@ -74,6 +74,11 @@ class LimitsConfig(Strict):
     tags_per_instance: int = Field(20, ge=0, le=100)
     tag_key_length: int = Field(36, ge=1, le=256)
     tag_value_length: int = Field(43, ge=0, le=256)
+    volume_default_gb: int = Field(5, ge=1, le=4096)
+    volume_min_gb: int = Field(1, ge=1, le=4096)
+    volume_max_gb: int = Field(4096, ge=1, le=65536)
+    volume_step_max_gb: int = Field(100, ge=1, le=4096)
+    volume_quota_gb: int = Field(200, ge=1, le=1_000_000)
 
     def to_limits(self) -> core.Limits:
         return core.Limits(**self.model_dump())

@@ -85,6 +85,16 @@ class InstanceRecord(Base):
     workspace: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
+class VolumeRecord(Base):
+    """An instance's work volume: its size is the store's word, the backend realises it."""
+
+    __tablename__ = "volumes"
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size_gb: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class WorkspaceRecord(Base):
     """A workspace: a JupyterHub group (its members) plus its quota."""
 
@@ -263,6 +273,31 @@ class Store:
         with self.session() as db:
             query = select(func.count()).where(InstanceRecord.workspace == workspace)
             return db.scalar(query.select_from(InstanceRecord))
+
+    # volumes -------------------------------------------------------------------------------
+    def volume_size(self, owner: str, name: str) -> int | None:
+        with self.session() as db:
+            record = db.get(VolumeRecord, (owner, name))
+            return None if record is None else record.size_gb
+
+    def set_volume_size(self, owner: str, name: str, size_gb: int) -> None:
+        with self.session() as db, db.begin():
+            record = db.get(VolumeRecord, (owner, name))
+            if record is None:
+                db.add(VolumeRecord(owner=owner, name=name, size_gb=size_gb, created=utcnow()))
+            else:
+                record.size_gb = size_gb
+
+    def forget_volume(self, owner: str, name: str) -> None:
+        with self.session() as db, db.begin():
+            record = db.get(VolumeRecord, (owner, name))
+            if record is not None:
+                db.delete(record)
+
+    def volume_total_gb(self, owner: str) -> int:
+        with self.session() as db:
+            query = select(func.coalesce(func.sum(VolumeRecord.size_gb), 0))
+            return db.scalar(query.where(VolumeRecord.owner == owner))
 
     # workspaces ----------------------------------------------------------------------------
     def workspaces(self) -> list[dict]:

@@ -99,8 +99,15 @@ class Client:
     def stop_instance(self, name: str, owner: str | None = None) -> dict:
         return self.request("POST", self._instance_path(name, owner) + "/stop")
 
-    def delete_instance(self, name: str, owner: str | None = None) -> None:
-        self.request("DELETE", self._instance_path(name, owner))
+    def delete_instance(self, name: str, owner: str | None = None, *, delete_volume: bool) -> None:
+        """Delete an instance; its work volume goes too, so say so: `delete_volume=True`."""
+        confirm = "delete-volume" if delete_volume else None
+        self.request("DELETE", self._instance_path(name, owner), confirm=confirm)
+
+    def expand_volume(self, name: str, add_gb: int, owner: str | None = None) -> dict:
+        return self.request(
+            "POST", self._instance_path(name, owner) + "/volume/expand", {"add_gb": add_gb}
+        )
 
     # catalog
     def images(self) -> list[dict]:

@@ -28,7 +28,7 @@ FLAVORS = ("cpu", "gpu", "ascend")
 IMAGE_STATUSES = ("active", "deprecated", "disabled")
 IMAGE_VISIBILITIES = ("public", "shared")
 WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-OPTION_FIELDS = ("image", "spec", "tags", "autostop_hours")
+OPTION_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 MAX_AUTOSTOP_HOURS = 24 * 7
 
 
@@ -48,6 +48,11 @@ class Limits:
     tag_key_length: int = 36
     tag_value_length: int = 43
     instance_name_length: int = 64
+    volume_default_gb: int = 5
+    volume_min_gb: int = 1
+    volume_max_gb: int = 4096
+    volume_step_max_gb: int = 100
+    volume_quota_gb: int = 200  # all of one user's volumes together
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,7 @@ class InstanceOptions:
     spec: str
     tags: dict[str, str] = field(default_factory=dict)
     autostop_hours: float | None = None
+    volume_gb: int | None = None  # the work volume's size at creation
 
     def to_json(self) -> dict:
         return {
@@ -206,6 +212,7 @@ class InstanceOptions:
             "spec": self.spec,
             "tags": dict(self.tags),
             "autostop_hours": self.autostop_hours,
+            "volume_gb": self.volume_gb,
         }
 
 
@@ -219,6 +226,7 @@ class InstancePlan:
     spec: Spec
     options: InstanceOptions
     environment: dict[str, str]
+    volume_gb: int  # the work volume's size when it is created
 
     @property
     def accelerator_type(self) -> str | None:
@@ -290,7 +298,49 @@ def parse_options(raw: object, limits: Limits) -> InstanceOptions:
         spec=raw["spec"],
         tags=parse_tags(raw.get("tags"), limits),
         autostop_hours=parse_autostop(raw.get("autostop_hours")),
+        volume_gb=None
+        if raw.get("volume_gb") is None
+        else check_volume_size(raw["volume_gb"], limits),
     )
+
+
+def check_volume_size(size_gb: object, limits: Limits) -> int:
+    if isinstance(size_gb, bool) or not isinstance(size_gb, int):
+        raise OptionsError("volume_gb", "must be a whole number of GB")
+    if not limits.volume_min_gb <= size_gb <= limits.volume_max_gb:
+        raise OptionsError(
+            "volume_gb",
+            f"must be from {limits.volume_min_gb} to {limits.volume_max_gb} GB, got {size_gb}",
+        )
+    return size_gb
+
+
+def check_volume_quota(total_gb: int, limits: Limits, field: str) -> None:
+    if total_gb > limits.volume_quota_gb:
+        raise OptionsError(
+            field,
+            f"your volumes would hold {total_gb} GB; the quota is {limits.volume_quota_gb} GB",
+        )
+
+
+def check_expand(current_gb: int, add_gb: object, owner_total_gb: int, limits: Limits) -> int:
+    """The new size after adding `add_gb`: volumes grow in steps and never shrink."""
+    if isinstance(add_gb, bool) or not isinstance(add_gb, int):
+        raise OptionsError("add_gb", "must be a whole number of GB")
+    if add_gb < 1:
+        raise OptionsError("add_gb", f"volumes never shrink; add at least 1 GB, got {add_gb}")
+    if add_gb > limits.volume_step_max_gb:
+        raise OptionsError(
+            "add_gb", f"at most {limits.volume_step_max_gb} GB per expansion, got {add_gb}"
+        )
+    if current_gb + add_gb > limits.volume_max_gb:
+        raise OptionsError(
+            "add_gb",
+            f"a volume holds at most {limits.volume_max_gb} GB; it has {current_gb}, "
+            f"so at most {limits.volume_max_gb - current_gb} more",
+        )
+    check_volume_quota(owner_total_gb + add_gb, limits, "add_gb")
+    return current_gb + add_gb
 
 
 def choose(options: InstanceOptions, catalog: Catalog) -> tuple[Image, Spec]:
@@ -326,6 +376,8 @@ def choose(options: InstanceOptions, catalog: Catalog) -> tuple[Image, Spec]:
 
 def check_change(old: InstanceOptions, new: InstanceOptions, status: str) -> bool:
     """Apply the change rules; return True when the change needs a restart."""
+    if new.volume_gb not in (None, old.volume_gb):
+        raise OptionsError("volume_gb", "is set at creation; grow the volume with volume/expand")
     if new.image != old.image and status not in ("stopped", "failed"):
         raise OptionsError(
             "image", f"can change only while the instance is stopped, it is {status}"
@@ -346,7 +398,8 @@ def plan_instance(
         "ATELIER_IMAGE": image.name,
         "ATELIER_SPEC": spec.name,
     }
-    return InstancePlan(owner, name, image, spec, options, environment)
+    volume_gb = options.volume_gb or limits.volume_default_gb
+    return InstancePlan(owner, name, image, spec, options, environment, volume_gb)
 
 
 def autostop_at(started: datetime | None, hours: float | None) -> datetime | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import shutil
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from atelier.spawner.devices import (
     visible_devices_environment,
 )
 from atelier.spawner.envs import built_envs, env_python_bin
+from atelier.spawner.volumes import LocalVolume, VolumeMissing
 
 
 @cache
@@ -160,6 +162,8 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self._report(45, "Preparing the work directory")
             self.account = await self._prepare_account()
             accounts.prepare_home(self.home, self.account if self.isolate_users else None)
+            self._report(55, "Attaching the work volume")
+            self._attach_volume(plan)
             self.cgroup = accounts.memory_cgroup(self.holder, plan.spec.memory_gb * 1024**3)
 
             self._report(70, f"Starting JupyterLab on {plan.image.name}")
@@ -177,6 +181,39 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         except BaseException:
             self._release()
             raise
+
+    @property
+    def volume(self) -> LocalVolume:
+        return LocalVolume(Path(self.data_dir), self.user.name, self.name)
+
+    def _attach_volume(self, plan: core.InstancePlan) -> None:
+        """Create the work volume on first start, then mount it at work/."""
+        if self.store.volume_size(self.user.name, self.name) is None:
+            self.volume.create(plan.volume_gb)
+            self.store.set_volume_size(self.user.name, self.name, plan.volume_gb)
+            self._audit_volume("createVolume")
+        try:
+            self.volume.attach(self.home / "work", self.account if self.isolate_users else None)
+        except VolumeMissing as error:
+            raise SpawnException(str(error), reason="volume", status_code=400) from None
+
+    def _audit_volume(self, action: str) -> None:
+        self.store.record(
+            actor=self.user.name,
+            source_ip="",
+            action=action,
+            resource_type="volume",
+            resource=f"{self.user.name}/{self.name}",
+            owner=self.user.name,
+            result="success",
+        )
+
+    async def delete_forever(self):
+        """The instance is deleted: so is its work volume, and its directory."""
+        self.volume.delete(self.home / "work")
+        self.store.forget_volume(self.user.name, self.name)
+        self._audit_volume("deleteVolume")
+        shutil.rmtree(self.home, ignore_errors=True)
 
     async def _prepare_account(self) -> str:
         if not self.isolate_users:
@@ -225,6 +262,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         if self.cgroup is not None:
             accounts.remove_cgroup(self.cgroup)
             self.cgroup = None
+        self.volume.detach(self.home / "work")
 
     # hub restarts ---------------------------------------------------------------------------------
     def get_state(self):

@@ -12,58 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
-from atelier.spawner.core import OptionsError
-
 GB = 1024**3
-
-
-@dataclass(frozen=True)
-class VolumeLimits:
-    default_gb: int = 5
-    min_gb: int = 1
-    max_gb: int = 4096
-    step_max_gb: int = 100
-    quota_gb: int = 200  # all of one user's volumes
-
-
-def check_size(size_gb: object, limits: VolumeLimits) -> int:
-    if isinstance(size_gb, bool) or not isinstance(size_gb, int):
-        raise OptionsError("volume_gb", "must be a whole number of GB")
-    if not limits.min_gb <= size_gb <= limits.max_gb:
-        raise OptionsError(
-            "volume_gb", f"must be from {limits.min_gb} to {limits.max_gb} GB, got {size_gb}"
-        )
-    return size_gb
-
-
-def check_expand(
-    current_gb: int, add_gb: object, used_by_owner_gb: int, limits: VolumeLimits
-) -> int:
-    """The new size after adding `add_gb`; volumes grow in steps and never shrink."""
-    if isinstance(add_gb, bool) or not isinstance(add_gb, int):
-        raise OptionsError("add_gb", "must be a whole number of GB")
-    if add_gb < 1:
-        raise OptionsError("add_gb", f"volumes never shrink; add at least 1 GB, got {add_gb}")
-    if add_gb > limits.step_max_gb:
-        raise OptionsError("add_gb", f"at most {limits.step_max_gb} GB per expansion, got {add_gb}")
-    if current_gb + add_gb > limits.max_gb:
-        raise OptionsError(
-            "add_gb",
-            f"a volume holds at most {limits.max_gb} GB; it has {current_gb}, "
-            f"so at most {limits.max_gb - current_gb} more",
-        )
-    check_quota(used_by_owner_gb + add_gb, limits, "add_gb")
-    return current_gb + add_gb
-
-
-def check_quota(total_gb: int, limits: VolumeLimits, field: str) -> None:
-    if total_gb > limits.quota_gb:
-        raise OptionsError(
-            field, f"your volumes would hold {total_gb} GB; the quota is {limits.quota_gb} GB"
-        )
 
 
 class VolumeMissing(RuntimeError):
@@ -116,7 +67,10 @@ class LocalVolume:
 
     def detach(self, mount_point: Path) -> None:
         if os.path.ismount(mount_point):
-            run("umount", str(mount_point))
+            try:
+                run("umount", str(mount_point))
+            except RuntimeError:  # still busy: detach now, free when the last user lets go
+                run("umount", "--lazy", str(mount_point))
 
     def expand(self, size_gb: int, mount_point: Path) -> None:
         """Grow to `size_gb`: at once while mounted, at the next attach otherwise."""

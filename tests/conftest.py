@@ -73,22 +73,7 @@ class Hub:
         self.config = self.dir / "atelier.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "atelier.hub.cli",
-                "--config",
-                str(self.config),
-                "run",
-                "--no-build",
-            ],
-            cwd=self.dir,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "ATELIER_CONFIG": str(self.config)},
-        )
+        self.launch()
         try:
             self.sign_in_line = self.wait_for(self.sign_in, 60, "the hub to start")
         except AssertionError:
@@ -98,6 +83,25 @@ class Hub:
         password = self.dir / "data" / "admin-password"  # only with Atelier's own accounts
         self.admin_password = password.read_text().strip() if password.exists() else None
         self.admin_token = self.cli("token", "admin").strip()
+
+    def launch(self) -> None:
+        self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "atelier.hub.cli", "--config", str(self.config)]
+        self.process = subprocess.Popen(
+            [*command, "run", "--no-build"],
+            cwd=self.dir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ATELIER_CONFIG": str(self.config)},
+        )
+
+    def restart(self) -> None:
+        """Stop the hub (it stops every instance) and start it again on the same data."""
+        self.process.terminate()
+        self.process.wait(60)
+        self.log.close()
+        self.launch()
+        self.wait_for(self.sign_in, 60, "the hub to start again")
 
     def cli(self, *argv: str) -> str:
         result = subprocess.run(

@@ -52,7 +52,12 @@ def test_create_reach_stop_restart_delete(hub):
     assert hub.servers("alice")["lab"]["user_options"] == CPU_OPTIONS
     assert lab_status(hub, "alice", "lab", token).status_code == 200
 
-    response = hub.api("DELETE", "/users/alice/servers/lab", token, json={"remove": True})
+    response = hub.api(
+        "DELETE",
+        "/users/alice/servers/lab",
+        token,
+        json={"remove": True, "confirm": "delete-volume"},
+    )
     assert response.status_code in (202, 204)
     hub.wait_for(lambda: "lab" not in hub.servers("alice"), what="lab deleted")
 
@@ -91,6 +96,12 @@ def test_torch_image_runs_torch(envs_dir):
         ),
         ("ok", {**CPU_OPTIONS, "tags": {"k" * 37: "v"}}, "must be 1 to 36 printable characters"),
         ("ok", {**CPU_OPTIONS, "tags": {"k": "v" * 44}}, "tags.k: value must be at most 43"),
+        ("ok", {**CPU_OPTIONS, "volume_gb": 0}, "volume_gb: must be from 1 to 4096 GB, got 0"),
+        (
+            "ok",
+            {**CPU_OPTIONS, "volume_gb": 201},
+            "volume_gb: your volumes would hold 201 GB; the quota is 200 GB",
+        ),
         (
             "ok",
             {**CPU_OPTIONS, "autostop_hours": 0.0001 - 1},
@@ -188,7 +199,12 @@ def test_devices_are_exclusive_released_and_refused_when_exhausted(hub):
     assert start("g3").status_code in (201, 202)
     assert visible("g3") == released
     for name in ("g2", "g3"):
-        hub.api("DELETE", f"/users/gpu-user/servers/{name}", token, json={"remove": True})
+        hub.api(
+            "DELETE",
+            f"/users/gpu-user/servers/{name}",
+            token,
+            json={"remove": True, "confirm": "delete-volume"},
+        )
 
 
 def test_catalog_changes_take_effect_without_restart(hub):
@@ -248,7 +264,9 @@ def test_progress_says_what_is_happening(hub):
     assert "Allocating devices for cpu.2u4g" in messages
     assert f"Starting JupyterLab on {BASE}" in messages
     assert events[-1]["ready"] is True
-    hub.api("DELETE", "/users/pat/servers/p", token, json={"remove": True})
+    hub.api(
+        "DELETE", "/users/pat/servers/p", token, json={"remove": True, "confirm": "delete-volume"}
+    )
 
 
 def test_interrupting_the_hub_stops_proxy_and_instances(envs_dir):
@@ -301,4 +319,6 @@ def test_running_instance_changes_tags_in_place_and_restarts_for_a_new_spec(hub)
     assert second != first and not Path(f"/proc/{first}").exists()
     assert environ_of(second)["MEM_LIMIT"] == str(8 * 1024**3)
     assert hub.servers("rita")["r"]["user_options"] == bigger
-    hub.api("DELETE", "/users/rita/servers/r", token, json={"remove": True})
+    hub.api(
+        "DELETE", "/users/rita/servers/r", token, json={"remove": True, "confirm": "delete-volume"}
+    )

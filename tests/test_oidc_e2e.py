@@ -55,6 +55,6 @@ def test_oidc_sign_in_and_group_claims_as_workspaces(envs_dir, oidc):
             json={"name": "o1", "image": BASE, "spec": "cpu.2u4g", "workspace": "vision"},
         )
         assert made.status_code == 201 and made.json()["workspace"] == "vision"
-        hub.atelier("DELETE", "/instances/olga/o1", token)
+        hub.atelier("DELETE", "/instances/olga/o1?confirm=delete-volume", token)
     finally:
         hub.stop()

@@ -112,7 +112,9 @@ def test_create_from_the_form_then_list_and_open(hub):
     assert "at 20" in row  # the auto-stop time is shown
     lab = session.get(f"{hub.url}/user/admin/web-1/lab", timeout=60)
     assert lab.status_code == 200 and "JupyterLab" in lab.text
-    hub.api("DELETE", "/users/admin/servers/web-1", json={"remove": True})
+    hub.api(
+        "DELETE", "/users/admin/servers/web-1", json={"remove": True, "confirm": "delete-volume"}
+    )
 
 
 def test_form_errors_are_shown_and_nothing_is_created(hub):

@@ -48,7 +48,11 @@ def test_instance_lifecycle_through_the_api(hub):
     quotas = hub.atelier("GET", "/quotas", token).json()
     assert quotas["instances"] == {"used": 1, "allowed": 4}
 
-    assert hub.atelier("DELETE", "/instances/una/api-1", token).status_code == 204
+    unconfirmed = error_of(hub.atelier("DELETE", "/instances/una/api-1", token), 400)
+    assert (unconfirmed["code"], unconfirmed["field"]) == ("confirmation_required", "confirm")
+    assert "deletes its work volume" in unconfirmed["message"]
+    confirmed = hub.atelier("DELETE", "/instances/una/api-1?confirm=delete-volume", token)
+    assert confirmed.status_code == 204
     assert error_of(hub.atelier("GET", "/instances/una/api-1", token), 404)["code"] == "not_found"
 
     actions = [
@@ -287,7 +291,7 @@ def test_sdk_and_cli(hub):
         [*cli, "audit", "--resource", "sam/sdk-1", "--json", *api], capture_output=True, text=True
     )
     assert [e["action"] for e in json.loads(audit.stdout)][:2] == ["updateNotebook", "stopNotebook"]
-    client.delete_instance("sdk-1")
+    client.delete_instance("sdk-1", delete_volume=True)
     assert client.instances() == []
 
 
@@ -391,7 +395,10 @@ def test_workspaces_share_images_and_quota_with_members_only(hub, envs_dir):
     assert hub.atelier("PATCH", "/workspaces/vision", json={"members": ["wanda", "omar"]}).json()[
         "members"
     ] == ["omar", "wanda"]
-    assert hub.atelier("DELETE", "/instances/wanda/w1", member).status_code == 204
+    assert (
+        hub.atelier("DELETE", "/instances/wanda/w1?confirm=delete-volume", member).status_code
+        == 204
+    )
     assert hub.atelier("DELETE", f"/images/{shared}").status_code == 204
     assert hub.atelier("DELETE", "/workspaces/vision").status_code == 204
     assert hub.api("GET", "/groups/vision").status_code == 404

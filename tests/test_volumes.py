@@ -1,4 +1,4 @@
-"""Work volumes: the expansion rules, and real loop-mounted ext4 volumes (as root)."""
+"""Work volumes: the expansion rules, and real loop-mounted XFS volumes (as root)."""
 
 import errno
 import hashlib
@@ -6,17 +6,10 @@ import os
 
 import pytest
 
-from atelier.spawner.core import OptionsError
-from atelier.spawner.volumes import (
-    GB,
-    LocalVolume,
-    VolumeLimits,
-    VolumeMissing,
-    check_expand,
-    check_size,
-)
+from atelier.spawner.core import Limits, OptionsError, check_expand, check_volume_size
+from atelier.spawner.volumes import GB, LocalVolume, VolumeMissing
 
-LIMITS = VolumeLimits()
+LIMITS = Limits()
 needs_root = pytest.mark.skipif(not LocalVolume.enforced(), reason="loop mounts need root")
 
 
@@ -39,11 +32,11 @@ def test_expansion_refusals(current, add, used, message):
 
 def test_expansion_and_sizes():
     assert check_expand(5, 100, 5, LIMITS) == 105
-    assert check_expand(3996, 100, 0, VolumeLimits(quota_gb=10_000)) == 4096
-    assert check_size(1, LIMITS) == 1
+    assert check_expand(3996, 100, 0, Limits(volume_quota_gb=10_000)) == 4096
+    assert check_volume_size(1, LIMITS) == 1
     for bad in (0, 4097, "5", True):
         with pytest.raises(OptionsError, match="volume_gb"):
-            check_size(bad, LIMITS)
+            check_volume_size(bad, LIMITS)
 
 
 def checksum(path):

@@ -1,0 +1,120 @@
+"""Work volumes end to end: real loop-mounted volumes under real instances and hub restarts."""
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+from conftest import BASE, Hub
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="volumes are enforced as root (CI runs as root)"),
+]
+
+
+def as_account(account: str, *command: str) -> subprocess.CompletedProcess:
+    """Run a command in the instance's shoes: its own system account."""
+    return subprocess.run(
+        ["runuser", "-u", account, "--", *command], capture_output=True, text=True
+    )
+
+
+def write_files(work, account) -> dict[str, str]:
+    sums = {}
+    for n in range(3):
+        path = work / f"data{n}.bin"
+        as_account(
+            account, "dd", "if=/dev/urandom", f"of={path}", "bs=1M", "count=20", "status=none"
+        )
+        sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return sums
+
+
+def checksums(work, names) -> dict[str, str]:
+    return {name: hashlib.sha256((work / name).read_bytes()).hexdigest() for name in names}
+
+
+def test_volume_lifecycle_enospc_expansion_and_hub_restart(envs_dir):
+    hub = Hub(envs_dir)
+    try:
+        token = hub.add_user("vic")
+        created = hub.atelier(
+            "POST",
+            "/instances",
+            token,
+            json={"name": "v1", "image": BASE, "spec": "cpu.2u4g", "volume_gb": 1},
+        )
+        assert created.status_code == 201, created.text
+        volume = created.json()["volume"]
+        assert volume["size_gb"] == 1 and volume["enforced"] is True and volume["path"] == "work/"
+        work = hub.dir / "data" / "instances" / "vic" / "v1" / "work"
+        assert os.path.ismount(work) and work.owner() == "atelier-vic"
+        assert (hub.dir / "data" / "volumes" / "vic" / "v1.xfs").exists()
+
+        sums = write_files(work, "atelier-vic")
+        full = as_account(
+            "atelier-vic", "dd", "if=/dev/zero", f"of={work}/filler", "bs=1M", "count=2048"
+        )
+        assert full.returncode != 0 and "No space left on device" in full.stderr
+        assert hub.api("GET", "/users/vic", token).status_code == 200  # the hub keeps working
+        os.unlink(work / "filler")
+
+        def expand(add_gb):
+            return hub.atelier(
+                "POST", "/instances/vic/v1/volume/expand", token, json={"add_gb": add_gb}
+            )
+
+        assert expand(1).json()["volume"]["size_gb"] == 2  # online
+        assert os.statvfs(work).f_blocks * os.statvfs(work).f_frsize > 1.9 * 1024**3
+        assert checksums(work, sums) == sums
+        for bad, message in (
+            (0, "volumes never shrink"),
+            (101, "at most 100 GB per expansion"),
+            (2.5, "whole number"),
+            (100, "the quota is 200 GB"),
+        ):
+            if bad == 100:
+                hub.atelier("POST", "/instances/vic/v1/volume/expand", token, json={"add_gb": 100})
+            refused = expand(bad)
+            assert refused.status_code == 400 and refused.json()["error"]["field"] == "add_gb"
+            assert message in refused.json()["error"]["message"]
+        size = hub.atelier("GET", "/instances/vic/v1", token).json()["volume"]["size_gb"]
+        assert size == 102
+        assert hub.atelier("GET", "/quotas", token).json()["volume_gb"] == {
+            "used": 102,
+            "allowed": 200,
+        }
+
+        assert hub.atelier("POST", "/instances/vic/v1/stop", token).json()["status"] == "stopped"
+        assert not os.path.ismount(work)
+        assert expand(1).json()["volume"]["size_gb"] == 103  # offline
+        hub.restart()  # the volume is found again from the store
+        assert hub.atelier("POST", "/instances/vic/v1/start", token).json()["status"] == "running"
+        assert os.statvfs(work).f_blocks * os.statvfs(work).f_frsize > 102 * 1024**3
+        assert checksums(work, sums) == sums
+
+        hub.atelier("POST", "/instances/vic/v1/stop", token)
+        backing = hub.dir / "data" / "volumes" / "vic" / "v1.xfs"
+        backing.rename(backing.with_suffix(".moved"))
+        missing = hub.atelier("POST", "/instances/vic/v1/start", token)
+        assert missing.status_code == 400
+        assert "work volume is missing" in missing.json()["error"]["message"]
+        assert not backing.exists()  # never silently recreated empty
+        backing.with_suffix(".moved").rename(backing)
+
+        assert (
+            hub.atelier("DELETE", "/instances/vic/v1?confirm=delete-volume", token).status_code
+            == 204
+        )
+        assert not backing.exists()
+        events = hub.atelier("GET", "/audit?resource_type=volume", token).json()["events"]
+        assert [e["action"] for e in reversed(events) if e["result"] == "success"] == [
+            "createVolume",
+            "expandVolume",
+            "expandVolume",
+            "expandVolume",
+            "deleteVolume",
+        ]
+    finally:
+        hub.stop()
