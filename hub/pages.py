@@ -9,6 +9,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from atelier.spawner import core
+from atelier.spawner.volumes import LocalVolume
 
 TEMPLATES = Path(__file__).parent / "templates"
 _jinja = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
@@ -28,7 +29,9 @@ def options_from_form(formdata: dict[str, list[str]]) -> dict:
             if not sep:
                 raise core.OptionsError("tags", f"line {number} must be key=value, got {line!r}")
             tags[key.strip()] = value.strip()
-    hours = first("autostop_hours")
+    hours, volume = first("autostop_hours"), first("volume_gb")
+    if volume and not volume.isdigit():
+        raise core.OptionsError("volume_gb", f"must be a whole number of GB, got {volume!r}")
     try:
         autostop = float(hours) if hours else None
     except ValueError:
@@ -40,10 +43,11 @@ def options_from_form(formdata: dict[str, list[str]]) -> dict:
         "spec": first("spec"),
         "tags": tags,
         "autostop_hours": autostop,
+        "volume_gb": int(volume) if volume else None,
     }
 
 
-def form_context(catalog: core.Catalog) -> dict:
+def form_context(catalog: core.Catalog, limits: core.Limits) -> dict:
     """Offered images grouped by flavor, each with the specs it may run on."""
     groups: dict[str, list[dict]] = {}
     for image in catalog.offered_images():
@@ -54,13 +58,14 @@ def form_context(catalog: core.Catalog) -> dict:
     return {
         "groups": [(FLAVOR_TITLES[f], groups[f]) for f in core.FLAVORS if f in groups],
         "specs": specs,
+        "volume_default_gb": limits.volume_default_gb,
     }
 
 
 def render_options_form(spawner) -> str:
     """JupyterHub's `options_form` for the spawn page (/hub/spawn/<user>/<name>)."""
     return _jinja.get_template("options_form.html").render(
-        **form_context(spawner.catalog()), chosen=spawner.user_options or {}
+        **form_context(spawner.catalog(), spawner.core_limits), chosen=spawner.user_options or {}
     )
 
 
@@ -73,6 +78,7 @@ class InstanceRow:
     created: datetime | None
     autostop_at: datetime | None
     notice: str
+    volume_gb: int | None
 
 
 def status_of(spawner) -> str:
@@ -98,7 +104,8 @@ def image_notice(images: dict[str, core.Image], name: str | None) -> str:
     return ""
 
 
-def instance_rows(user, images: dict[str, core.Image], created: dict[str, datetime]):
+def instance_rows(user, images: dict[str, core.Image], store):
+    created = store.created_times(user.name)
     rows = []
     for spawner in user.all_spawners(include_default=False):
         options = spawner.orm_spawner.user_options or {}
@@ -116,6 +123,7 @@ def instance_rows(user, images: dict[str, core.Image], created: dict[str, dateti
                     options.get("autostop_hours"),
                 ),
                 notice=image_notice(images, options.get("image")),
+                volume_gb=store.volume_size(user.name, spawner.name),
             )
         )
     return sorted(rows, key=lambda row: row.name)
@@ -127,9 +135,12 @@ def home_view(context, user) -> dict:
         return {}
     catalog = context.catalog_for(user)
     return {
-        "instances": instance_rows(user, catalog.images, context.store.created_times(user.name)),
-        "form": _jinja.get_template("options_form.html").render(**form_context(catalog), chosen={}),
+        "instances": instance_rows(user, catalog.images, context.store),
+        "form": _jinja.get_template("options_form.html").render(
+            **form_context(catalog, context.limits), chosen={}
+        ),
         "isolated": context.isolated,
+        "volumes_enforced": LocalVolume.enforced(),
         "idle_minutes": context.settings.culling.idle_minutes,
         "now": datetime.now(UTC),
         "limit": context.settings.limits.instances_per_user,

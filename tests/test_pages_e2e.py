@@ -88,6 +88,7 @@ def test_create_from_the_form_then_list_and_open(hub):
         spec="cpu.2u4g",
         tags="project=atlas\nstage=dev",
         autostop_hours="3",
+        volume_gb="2",
     )
     assert response.status_code == 200
     hub.wait_for(lambda: hub.servers("admin")["web-1"]["ready"], what="web-1 ready")
@@ -96,6 +97,7 @@ def test_create_from_the_form_then_list_and_open(hub):
         "spec": "cpu.2u4g",
         "tags": {"project": "atlas", "stage": "dev"},
         "autostop_hours": 3.0,
+        "volume_gb": 2,
     }
     page = home(hub, session)
     row = re.search(r'<tr data-instance="web-1">(.*?)</tr>', page, re.S).group(1)
@@ -107,6 +109,7 @@ def test_create_from_the_form_then_list_and_open(hub):
         "stage=dev",
         "UTC",
         "/user/admin/web-1/",
+        "2 GB",
     ):
         assert text in row, text
     assert "at 20" in row  # the auto-stop time is shown
@@ -123,6 +126,10 @@ def test_form_errors_are_shown_and_nothing_is_created(hub):
     response = submit_form(hub, session, "bad-1", image=BASE, spec="cpu.2u4g", tags="no equals")
     assert response.status_code == 400
     assert "tags: line 1 must be key=value" in response.text
+    response = submit_form(hub, session, "bad-2", image=BASE, spec="cpu.2u4g", volume_gb="lots")
+    assert (
+        response.status_code == 400 and "volume_gb: must be a whole number of GB" in response.text
+    )
     response = submit_form(hub, session, "Bad_Name", image=BASE, spec="cpu.2u4g")
     assert response.status_code == 400 and "may contain only a-z, 0-9" in response.text
     assert "Bad_Name" not in hub.servers("admin")

@@ -57,7 +57,11 @@ def test_instance_lifecycle_through_the_api(hub):
 
     actions = [
         (e["action"], e["result"])
-        for e in reversed(hub.atelier("GET", "/audit?resource=una/api-1", token).json()["events"])
+        for e in reversed(
+            hub.atelier("GET", "/audit?resource=una/api-1&resource_type=instance", token).json()[
+                "events"
+            ]
+        )
     ]
     assert actions == [
         ("createNotebook", "success"),
