@@ -59,11 +59,27 @@ class LocalVolume:
             return
         mount_point.mkdir(exist_ok=True)
         if not os.path.ismount(mount_point):
-            run("mount", "-o", "loop,nosuid,nodev", str(self.image), str(mount_point))
+            device = self._loop_device()
+            try:
+                run("mount", "-o", "nosuid,nodev", device, str(mount_point))
+            except RuntimeError:
+                run("losetup", "-d", device)
+                raise
             run("xfs_growfs", str(mount_point))  # take up an expansion made while stopped
         if account is not None:
             shutil.chown(mount_point, account, account)
         mount_point.chmod(0o700)
+
+    def _loop_device(self) -> str:
+        """A loop device over the image; direct I/O spares the page cache a second copy."""
+        try:
+            return run("losetup", "--find", "--show", "--direct-io=on", str(self.image)).strip()
+        except RuntimeError:  # a backing filesystem without O_DIRECT
+            return run("losetup", "--find", "--show", str(self.image)).strip()
+
+    def _devices(self) -> list[str]:
+        listing = run("losetup", "-j", str(self.image)) if self.image.exists() else ""
+        return [line.split(":", 1)[0] for line in listing.splitlines() if line]
 
     def detach(self, mount_point: Path) -> None:
         if os.path.ismount(mount_point):
@@ -71,6 +87,8 @@ class LocalVolume:
                 run("umount", str(mount_point))
             except RuntimeError:  # still busy: detach now, free when the last user lets go
                 run("umount", "--lazy", str(mount_point))
+        for device in self._devices():
+            run("losetup", "-d", device)  # released at once, or when the lazy unmount ends
 
     def expand(self, size_gb: int, mount_point: Path) -> None:
         """Grow to `size_gb`: at once while mounted, at the next attach otherwise."""
@@ -79,8 +97,8 @@ class LocalVolume:
         with open(self.image, "r+b") as sparse:
             sparse.truncate(size_gb * GB)
         if os.path.ismount(mount_point):
-            device = run("losetup", "-j", str(self.image)).split(":", 1)[0]
-            run("losetup", "-c", device)
+            for device in self._devices():
+                run("losetup", "-c", device)
             run("xfs_growfs", str(mount_point))
 
     def used_bytes(self, mount_point: Path) -> int | None:
