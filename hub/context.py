@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
 from atelier.spawner import core
 from atelier.spawner.devices import Allocator, Device, detect_devices
 from atelier.spawner.local import local_catalog, shared_allocator, shared_store
+from atelier.spawner.volumes import LocalVolume
 
 
 @dataclass
@@ -34,6 +36,39 @@ class Context:
 
     def catalog(self) -> core.Catalog:
         return local_catalog(self.store, self.allocator, self.settings.resolved_envs_dir)
+
+    def volume(self, owner: str, name: str) -> tuple[LocalVolume, Path]:
+        """An instance's work volume on this machine, and where it is mounted."""
+        data_dir = self.settings.data_dir.absolute()
+        return LocalVolume(data_dir, owner, name), data_dir / "instances" / owner / name / "work"
+
+    def expand_volume(self, owner: str, name: str, add_gb, actor: str, source_ip: str) -> int:
+        """Grow an instance's volume by `add_gb` (online if it runs); audited either way."""
+        current = self.store.volume_size(owner, name)
+        event = {
+            "actor": actor,
+            "source_ip": source_ip,
+            "action": "expandVolume",
+            "resource_type": "volume",
+            "resource": f"{owner}/{name}",
+            "owner": owner,
+        }
+        try:
+            if current is None:
+                raise core.OptionsError(
+                    "add_gb", "the volume is made when the instance first starts"
+                )
+            size = core.check_expand(
+                current, add_gb, self.store.volume_total_gb(owner), self.limits
+            )
+        except core.OptionsError as error:
+            self.store.record(**event, result="failure", reason=str(error))
+            raise
+        volume, work = self.volume(owner, name)
+        volume.expand(size, work)
+        self.store.set_volume_size(owner, name, size)
+        self.store.record(**event, result="success", reason=f"{current} -> {size} GB")
+        return size
 
     def catalog_for(self, user) -> core.Catalog:
         """What a hub user may choose from: public images and their workspaces' shared ones."""

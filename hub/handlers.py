@@ -7,6 +7,7 @@ so a bad request answers 400 naming the field and the hub's state does not chang
 
 from __future__ import annotations
 
+from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.apihandlers.users import UserServerAPIHandler
 from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
@@ -178,6 +179,26 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
             self.context.store.forget_instance(user_name, server_name)
 
 
+class VolumeExpandAPIHandler(InstanceChecks, APIHandler):
+    """POST /hub/api/users/<user>/servers/<name>/volume/expand {"add_gb": N}: what the home
+    page's Expand button calls (scripts may use the Atelier API's route of the same name)."""
+
+    @needs_scope("servers")
+    async def post(self, user_name, server_name):
+        user = self.find_user(user_name)
+        if user is None or server_name not in user.orm_spawners:
+            raise web.HTTPError(404)
+        body = self.get_json_body() or {}
+        actor, source_ip = self.actor()
+        try:
+            size = self.context.expand_volume(
+                user.name, server_name, body.get("add_gb"), actor, source_ip
+            )
+        except core.OptionsError as error:
+            raise web.HTTPError(400, str(error)) from None
+        self.write({"size_gb": size})
+
+
 class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
     """/hub/spawn/<user>/<name>: refuse a bad instance name before a server record exists."""
 
@@ -198,5 +219,6 @@ ATELIER_SERVICE = "atelier"
 DELETE_VOLUME = "delete-volume"
 HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),
+    (r"/api/users/([^/]+)/servers/([^/]+)/volume/expand", VolumeExpandAPIHandler),
     (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),
 ]

@@ -10,7 +10,6 @@ from atelier.hub.handlers import DELETE_VOLUME
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import CatalogError
 from atelier.spawner import core
-from atelier.spawner.volumes import LocalVolume
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 IMAGE_FIELDS = (
@@ -134,11 +133,10 @@ class InstanceBase(BaseHandler):
         size = self.context.store.volume_size(owner, name)
         if size is None:
             return None  # created when the instance first starts
-        home = self.context.settings.data_dir.absolute() / "instances" / owner / name
-        volume = LocalVolume(self.context.settings.data_dir.absolute(), owner, name)
+        volume, work = self.context.volume(owner, name)
         return {
             "size_gb": size,
-            "used_bytes": volume.used_bytes(home / "work"),
+            "used_bytes": volume.used_bytes(work),
             "enforced": volume.enforced(),
             "path": "work/",
         }
@@ -239,25 +237,10 @@ class VolumeExpandHandler(InstanceBase):
         caller = self.require("custom:atelier:instances:update")
         add_gb = self.body(("add_gb",), required=("add_gb",))["add_gb"]
         await self.instance(caller, owner, name)
-        store, resource = self.context.store, f"{owner}/{name}"
-        current = store.volume_size(owner, name)
-        if current is None:
-            raise APIError(409, "no_volume", "the volume is created when the instance first starts")
         try:
-            size = core.check_expand(
-                current, add_gb, store.volume_total_gb(owner), self.context.limits
-            )
+            self.context.expand_volume(owner, name, add_gb, caller.name, caller.source_ip)
         except core.OptionsError as error:
-            self.audit(caller, "expandVolume", "volume", resource, "failure", str(error), owner)
             raise APIError(400, "invalid", error.message, error.field) from None
-        home = self.context.settings.data_dir.absolute() / "instances" / owner / name
-        LocalVolume(self.context.settings.data_dir.absolute(), owner, name).expand(
-            size, home / "work"
-        )
-        store.set_volume_size(owner, name, size)
-        self.audit(
-            caller, "expandVolume", "volume", resource, "success", f"{current} -> {size} GB", owner
-        )
         self.reply(await self.instance(caller, owner, name))
 
 

@@ -113,6 +113,13 @@ def test_create_from_the_form_then_list_and_open(hub):
     ):
         assert text in row, text
     assert "at 20" in row  # the auto-stop time is shown
+    assert 'data-action="expand"' in row
+    expand = "/users/admin/servers/web-1/volume/expand"  # what the Expand button calls
+    assert hub.api("POST", expand, json={"add_gb": 1}).json() == {"size_gb": 3}
+    refused = hub.api("POST", expand, json={"add_gb": 0})
+    assert refused.status_code == 400
+    assert refused.json()["message"] == "add_gb: volumes never shrink; add at least 1 GB, got 0"
+    assert "3 GB" in home(hub, session)
     lab = session.get(f"{hub.url}/user/admin/web-1/lab", timeout=60)
     assert lab.status_code == 200 and "JupyterLab" in lab.text
     hub.api(
