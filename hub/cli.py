@@ -74,29 +74,33 @@ def cmd_token(args) -> None:
 
 
 # images and specs ----------------------------------------------------------------------------
+IMAGE_COLUMNS = (
+    "name",
+    "flavor",
+    "engine",
+    "engine_version",
+    "status",
+    "successor",
+    "visibility",
+    "display_name",
+)
+SPEC_COLUMNS = (
+    "name",
+    "flavor",
+    "cpu",
+    "memory_gb",
+    "accelerator_type",
+    "accelerator_count",
+    "disabled",
+)
+
+
 def image_row(image: core.Image) -> dict:
-    return {
-        "name": image.name,
-        "flavor": image.flavor,
-        "engine": image.engine,
-        "status": image.status,
-        "successor": image.successor,
-        "display_name": image.display_name,
-        "accelerator_types": list(image.accelerator_types),
-    }
+    return {column: core.image_json(image)[column] for column in IMAGE_COLUMNS}
 
 
 def spec_row(spec: core.Spec) -> dict:
-    return {
-        "name": spec.name,
-        "flavor": spec.flavor,
-        "cpu": spec.cpu,
-        "memory_gb": spec.memory_gb,
-        "accelerator": f"{spec.accelerator_count}x{spec.accelerator_type}"
-        if spec.accelerator_count
-        else "",
-        "disabled": spec.disabled,
-    }
+    return {column: core.spec_json(spec)[column] for column in SPEC_COLUMNS}
 
 
 def print_rows(rows: list[dict], as_json: bool) -> None:

@@ -8,20 +8,10 @@ from urllib.parse import quote
 
 from atelier.hub.handlers import DELETE_VOLUME
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
-from atelier.hub.store import CatalogError
+from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
-IMAGE_FIELDS = (
-    "display_name",
-    "description",
-    "status",
-    "successor",
-    "accelerator_types",
-    "visibility",
-    "workspace",
-)
-SPEC_FIELDS = ("display_name", "disabled")
 
 FIELD_PREFIX = re.compile(r"^([a-z_][\w.]*): ")
 
@@ -53,39 +43,6 @@ def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> 
         "started": started,
         "last_activity": server.get("last_activity"),
         "url": server.get("url") if status == "running" else None,
-    }
-
-
-def image_json(image: core.Image) -> dict:
-    return {
-        "name": image.name,
-        "display_name": image.display_name,
-        "description": image.description,
-        "flavor": image.flavor,
-        "engine": image.parts["engine"],
-        "engine_version": image.parts["engine_version"],
-        "accelerator_stack": image.parts["stack"],
-        "python": image.parts["python"],
-        "os": f"{image.parts['os']} {image.parts['os_version']}",
-        "arch": image.arch,
-        "status": image.status,
-        "successor": image.successor,
-        "accelerator_types": list(image.accelerator_types),
-        "visibility": image.visibility,
-        "workspace": image.workspace,
-    }
-
-
-def spec_json(spec: core.Spec) -> dict:
-    return {
-        "name": spec.name,
-        "display_name": spec.display_name,
-        "flavor": spec.flavor,
-        "cpu": spec.cpu,
-        "memory_gb": spec.memory_gb,
-        "accelerator_type": spec.accelerator_type,
-        "accelerator_count": spec.accelerator_count,
-        "disabled": spec.disabled,
     }
 
 
@@ -273,7 +230,7 @@ class ImagesHandler(CatalogBase):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
         images = visible_images(self.context.store.images(), caller, workspaces)
-        self.reply({"images": [image_json(i) for i in images]})
+        self.reply({"images": [core.image_json(i) for i in images]})
 
     def post(self):
         caller = self.require("custom:atelier:images:admin")
@@ -285,7 +242,7 @@ class ImagesHandler(CatalogBase):
             body["name"],
             lambda: self.context.store.add_image(core.Image(**body)),
         )
-        self.reply(image_json(image), 201)
+        self.reply(core.image_json(image), 201)
 
 
 class ImageHandler(CatalogBase):
@@ -298,7 +255,7 @@ class ImageHandler(CatalogBase):
         image = {i.name: i for i in images}.get(name)
         if image is None:
             raise not_found(f"image {name!r}")
-        self.reply(image_json(image))
+        self.reply(core.image_json(image))
 
     def patch(self, name):
         caller = self.require("custom:atelier:images:admin")
@@ -308,7 +265,7 @@ class ImageHandler(CatalogBase):
         image = self.catalog_change(
             caller, "updateImage", name, lambda: self.context.store.update_image(name, **body)
         )
-        self.reply(image_json(image))
+        self.reply(core.image_json(image))
 
     def delete(self, name):
         caller = self.require("custom:atelier:images:admin")
@@ -324,7 +281,7 @@ class SpecsHandler(CatalogBase):
 
     def get(self):
         self.require("custom:atelier:images:read")
-        self.reply({"specs": [spec_json(s) for s in self.context.store.specs()]})
+        self.reply({"specs": [core.spec_json(s) for s in self.context.store.specs()]})
 
     def post(self):
         caller = self.require("custom:atelier:images:admin")
@@ -335,7 +292,7 @@ class SpecsHandler(CatalogBase):
             body["name"],
             lambda: self.context.store.add_spec(core.Spec(**body)),
         )
-        self.reply(spec_json(spec), 201)
+        self.reply(core.spec_json(spec), 201)
 
 
 class SpecHandler(CatalogBase):
@@ -346,7 +303,7 @@ class SpecHandler(CatalogBase):
         spec = {s.name: s for s in self.context.store.specs()}.get(name)
         if spec is None:
             raise not_found(f"spec {name!r}")
-        self.reply(spec_json(spec))
+        self.reply(core.spec_json(spec))
 
     def patch(self, name):
         caller = self.require("custom:atelier:images:admin")
@@ -354,7 +311,7 @@ class SpecHandler(CatalogBase):
         spec = self.catalog_change(
             caller, "updateSpec", name, lambda: self.context.store.update_spec(name, **body)
         )
-        self.reply(spec_json(spec))
+        self.reply(core.spec_json(spec))
 
     def delete(self, name):
         caller = self.require("custom:atelier:images:admin")

@@ -133,6 +133,39 @@ class Spec:
         return self.display_name or self.name
 
 
+def image_json(image: Image) -> dict:
+    return {
+        "name": image.name,
+        "display_name": image.display_name,
+        "description": image.description,
+        "flavor": image.flavor,
+        "engine": image.parts["engine"],
+        "engine_version": image.parts["engine_version"],
+        "accelerator_stack": image.parts["stack"],
+        "python": image.parts["python"],
+        "os": f"{image.parts['os']} {image.parts['os_version']}",
+        "arch": image.arch,
+        "status": image.status,
+        "successor": image.successor,
+        "accelerator_types": list(image.accelerator_types),
+        "visibility": image.visibility,
+        "workspace": image.workspace,
+    }
+
+
+def spec_json(spec: Spec) -> dict:
+    return {
+        "name": spec.name,
+        "display_name": spec.display_name,
+        "flavor": spec.flavor,
+        "cpu": spec.cpu,
+        "memory_gb": spec.memory_gb,
+        "accelerator_type": spec.accelerator_type,
+        "accelerator_count": spec.accelerator_count,
+        "disabled": spec.disabled,
+    }
+
+
 def validate_image_name(name: str) -> str:
     Image(name).parts  # noqa: B018 - raises OptionsError when malformed
     return name

@@ -32,16 +32,24 @@ def listing(atelier, noun):
 
 def test_catalog_is_seeded_from_the_configuration(atelier):
     images = listing(atelier, "images")
-    assert images[TORCH]["flavor"] == "cpu" and images[TORCH]["engine"] == "pytorch 2.13.0"
+    assert images[TORCH]["flavor"] == "cpu" and images[TORCH]["engine"] == "pytorch"
+    assert images[TORCH]["engine_version"] == "2.13.0"
     assert {row["flavor"] for row in images.values()} == {"cpu", "gpu", "ascend"}
     specs = listing(atelier, "specs")
-    assert specs["gpu.2xa100.16u128g"]["accelerator"] == "2xa100"
+    gpu = specs["gpu.2xa100.16u128g"]
+    assert (gpu["accelerator_type"], gpu["accelerator_count"], gpu["cpu"]) == ("a100", 2, 16)
 
 
 def test_table_output(atelier):
     code, out, _ = atelier("images", "list")
     assert code == 0
-    assert out.splitlines()[0].split()[:4] == ["NAME", "FLAVOR", "ENGINE", "STATUS"]
+    assert out.splitlines()[0].split()[:5] == [
+        "NAME",
+        "FLAVOR",
+        "ENGINE",
+        "ENGINE_VERSION",
+        "STATUS",
+    ]
     assert any(line.startswith(TORCH) for line in out.splitlines())
 
 
