@@ -79,6 +79,7 @@ class InstanceRow:
     autostop_at: datetime | None
     notice: str
     volume_gb: int | None
+    volume_used_bytes: int | None
 
 
 def status_of(spawner) -> str:
@@ -104,7 +105,8 @@ def image_notice(images: dict[str, core.Image], name: str | None) -> str:
     return ""
 
 
-def instance_rows(user, images: dict[str, core.Image], store):
+def instance_rows(user, images: dict[str, core.Image], context):
+    store = context.store
     created = store.created_times(user.name)
     rows = []
     for spawner in user.all_spawners(include_default=False):
@@ -124,9 +126,15 @@ def instance_rows(user, images: dict[str, core.Image], store):
                 ),
                 notice=image_notice(images, options.get("image")),
                 volume_gb=store.volume_size(user.name, spawner.name),
+                volume_used_bytes=used_bytes(context, user.name, spawner.name),
             )
         )
     return sorted(rows, key=lambda row: row.name)
+
+
+def used_bytes(context, owner: str, name: str) -> int | None:
+    volume, work = context.volume(owner, name)
+    return volume.used_bytes(work)
 
 
 def home_view(context, user) -> dict:
@@ -135,7 +143,7 @@ def home_view(context, user) -> dict:
         return {}
     catalog = context.catalog_for(user)
     return {
-        "instances": instance_rows(user, catalog.images, context.store),
+        "instances": instance_rows(user, catalog.images, context),
         "form": _jinja.get_template("options_form.html").render(
             **form_context(catalog, context.limits), chosen={}
         ),

@@ -110,6 +110,7 @@ def test_create_from_the_form_then_list_and_open(hub):
         "UTC",
         "/user/admin/web-1/",
         "2 GB",
+        "MB used)",
     ):
         assert text in row, text
     assert "at 20" in row  # the auto-stop time is shown
