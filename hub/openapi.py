@@ -126,6 +126,27 @@ SCHEMAS = {
         }
     ),
     "Usage": obj({"used": INTEGER, "allowed": INTEGER}),
+    "KeyPair": obj(
+        {
+            "id": STRING,
+            "owner": STRING,
+            "name": STRING,
+            "public_key": STRING,
+            "fingerprint": STRING,
+            "algorithm": STRING,
+            "created": STRING,
+            "private_key": STRING,
+        }
+    ),
+    "KeyPairCreate": obj(
+        {
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            "public_key": STRING,
+            "generate": BOOLEAN,
+        },
+        ("name",),
+    ),
+    "KeyPairList": listing("keypairs", "KeyPair"),
     "Volume": obj(
         {
             "size_gb": INTEGER,
@@ -330,6 +351,39 @@ OPERATIONS = {
     ("/workspaces/{name}", "delete"): (
         "Delete an empty workspace (admin)",
         "workspaces:admin",
+        [NAME],
+        None,
+        204,
+        None,
+    ),
+    ("/keypairs", "get"): (
+        "Your SSH key pairs (admins: ?owner=)",
+        "keypairs:manage",
+        [query("owner", STRING, "whose (admins)")],
+        None,
+        200,
+        "KeyPairList",
+    ),
+    ("/keypairs", "post"): (
+        "Register a public key (ed25519, ecdsa, RSA >= 3072), or generate one: the private key "
+        "is in this answer only",
+        "keypairs:manage",
+        [],
+        "KeyPairCreate",
+        201,
+        "KeyPair",
+    ),
+    ("/keypairs/{name}", "get"): (
+        "Show a key pair",
+        "keypairs:manage",
+        [NAME],
+        None,
+        200,
+        "KeyPair",
+    ),
+    ("/keypairs/{name}", "delete"): (
+        "Delete a key pair",
+        "keypairs:manage",
         [NAME],
         None,
         204,

@@ -36,6 +36,7 @@ SCOPES = {
     "custom:atelier:images:read": "List the image catalog and specs",
     "custom:atelier:images:admin": "Add, change and delete catalog images and specs",
     "custom:atelier:audit:read": "Read audit events about oneself",
+    "custom:atelier:keypairs:manage": "Register, generate, list and delete one's SSH key pairs",
     "custom:atelier:workspaces:admin": "Create, list, change and delete workspaces",
 }
 USER_SCOPES = [scope for scope in SCOPES if not scope.endswith(":admin")]
@@ -52,6 +53,8 @@ FIELD_TYPES = {
     "workspace": (str, type(None)),
     "members": list,
     "max_instances": int,
+    "public_key": str,
+    "generate": bool,
 }
 
 

@@ -6,6 +6,7 @@ reader sees changes at once because each read is a fresh query.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,6 +94,30 @@ class VolumeRecord(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     size_gb: Mapped[int] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KeyPairRecord(Base):
+    """A user's SSH public key (the private key is never stored)."""
+
+    __tablename__ = "keypairs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(4096))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    algorithm: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "name": self.name,
+            "public_key": self.public_key,
+            "fingerprint": self.fingerprint,
+            "algorithm": self.algorithm,
+            "created": as_utc(self.created).isoformat(),
+        }
 
 
 class WorkspaceRecord(Base):
@@ -298,6 +323,41 @@ class Store:
         with self.session() as db:
             query = select(func.coalesce(func.sum(VolumeRecord.size_gb), 0))
             return db.scalar(query.where(VolumeRecord.owner == owner))
+
+    # key pairs -----------------------------------------------------------------------------
+    def keypairs(self, owner: str) -> list[dict]:
+        with self.session() as db:
+            query = select(KeyPairRecord).where(KeyPairRecord.owner == owner)
+            return [row.to_json() for row in db.scalars(query.order_by(KeyPairRecord.created))]
+
+    def add_keypair(
+        self, owner: str, name: str, public_key: str, fingerprint: str, algorithm: str
+    ) -> dict:
+        with self.session() as db, db.begin():
+            duplicate = select(KeyPairRecord).where(
+                KeyPairRecord.owner == owner, KeyPairRecord.fingerprint == fingerprint
+            )
+            if db.scalars(duplicate).first() is not None:
+                raise CatalogError("public_key", f"you registered this key already ({fingerprint})")
+            record = KeyPairRecord(
+                id=secrets.token_hex(8),
+                owner=owner,
+                name=name,
+                public_key=public_key,
+                fingerprint=fingerprint,
+                algorithm=algorithm,
+                created=utcnow(),
+            )
+            db.add(record)
+            return record.to_json()
+
+    def delete_keypair(self, owner: str, key_id: str) -> bool:
+        with self.session() as db, db.begin():
+            record = db.get(KeyPairRecord, key_id)
+            if record is None or record.owner != owner:
+                return False
+            db.delete(record)
+            return True
 
     # workspaces ----------------------------------------------------------------------------
     def workspaces(self) -> list[dict]:

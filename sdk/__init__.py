@@ -137,6 +137,20 @@ class Client:
     def delete_spec(self, name: str) -> None:
         self.request("DELETE", f"/specs/{urllib.parse.quote(name)}")
 
+    # SSH key pairs
+    def keypairs(self) -> list[dict]:
+        return self.request("GET", "/keypairs")["keypairs"]
+
+    def add_keypair(self, name: str, public_key: str) -> dict:
+        return self.request("POST", "/keypairs", {"name": name, "public_key": public_key})
+
+    def generate_keypair(self, name: str) -> dict:
+        """A new ed25519 pair; the answer's `private_key` is shown this once, never again."""
+        return self.request("POST", "/keypairs", {"name": name, "generate": True})
+
+    def delete_keypair(self, key_id: str) -> None:
+        self.request("DELETE", f"/keypairs/{urllib.parse.quote(key_id)}")
+
     # usage and history
     def quotas(self) -> dict:
         return self.request("GET", "/quotas")

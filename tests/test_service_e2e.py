@@ -328,7 +328,7 @@ def test_schemathesis_finds_no_fault_in_the_read_only_routes(hub):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:]
-    assert "Tested: 10" in result.stdout  # every GET operation
+    assert "Tested: 12" in result.stdout  # every GET operation
 
 
 def test_workspaces_share_images_and_quota_with_members_only(hub, envs_dir):
@@ -406,3 +406,69 @@ def test_workspaces_share_images_and_quota_with_members_only(hub, envs_dir):
     assert hub.atelier("DELETE", f"/images/{shared}").status_code == 204
     assert hub.atelier("DELETE", "/workspaces/vision").status_code == 204
     assert hub.api("GET", "/groups/vision").status_code == 404
+
+
+def test_key_pairs_register_generate_isolate_and_delete(hub, tmp_path):
+    import subprocess
+
+    owner, other = hub.add_user("kai"), hub.add_user("lea")
+    key_file = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
+    public = (tmp_path / "id_ed25519.pub").read_text()
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-l", "-f", f"{key_file}.pub"], capture_output=True, text=True
+    ).stdout.split()[1]
+
+    added = hub.atelier("POST", "/keypairs", owner, json={"name": "laptop", "public_key": public})
+    assert added.status_code == 201 and added.json()["fingerprint"] == fingerprint
+    assert "private_key" not in added.json()
+    again = hub.atelier("POST", "/keypairs", owner, json={"name": "again", "public_key": public})
+    assert error_of(again, 409)["message"] == f"you registered this key already ({fingerprint})"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "weak")],
+        check=True,
+    )
+    weak = hub.atelier(
+        "POST",
+        "/keypairs",
+        owner,
+        json={"name": "weak", "public_key": (tmp_path / "weak.pub").read_text()},
+    )
+    assert error_of(weak, 400) == {
+        "code": "invalid",
+        "field": "public_key",
+        "message": "RSA keys need at least 3072 bits; this one has 2048",
+    }
+    both = hub.atelier(
+        "POST", "/keypairs", owner, json={"name": "x", "public_key": public, "generate": True}
+    )
+    assert error_of(both, 400)["field"] == "public_key"
+
+    generated = hub.atelier(
+        "POST", "/keypairs", owner, json={"name": "ci", "generate": True}
+    ).json()
+    assert generated["private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    listed = hub.atelier("GET", "/keypairs", owner).json()["keypairs"]
+    assert [k["name"] for k in listed] == ["laptop", "ci"]
+    assert all("private_key" not in k for k in listed)  # shown once, never stored
+
+    key_id = listed[0]["id"]
+    assert hub.atelier("GET", "/keypairs", other).json()["keypairs"] == []
+    assert error_of(hub.atelier("GET", f"/keypairs/{key_id}", other), 404)["code"] == "not_found"
+    assert error_of(hub.atelier("DELETE", f"/keypairs/{key_id}", other), 404)["code"] == "not_found"
+    assert error_of(hub.atelier("GET", "/keypairs?owner=kai", other), 404)["code"] == "not_found"
+    assert hub.atelier("DELETE", f"/keypairs/{key_id}", owner).status_code == 204
+    assert [k["name"] for k in hub.atelier("GET", "/keypairs", owner).json()["keypairs"]] == ["ci"]
+    actions = [
+        (e["action"], e["result"])
+        for e in reversed(
+            hub.atelier("GET", "/audit?resource_type=keypair", owner).json()["events"]
+        )
+    ]
+    assert actions == [
+        ("createKeyPair", "success"),
+        ("createKeyPair", "failure"),
+        ("createKeyPair", "failure"),
+        ("createKeyPair", "success"),
+        ("deleteKeyPair", "success"),
+    ]
