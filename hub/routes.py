@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from atelier.hub.handlers import DELETE_VOLUME
-from atelier.hub.keypairs import generate_key_pair, inspect_public_key
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
@@ -386,149 +385,6 @@ class AuditHandler(BaseHandler):
         return int(value)
 
 
-class WorkspaceBase(CatalogBase):
-    noun = "workspace"
-
-    async def workspace_json(self, workspace: dict) -> dict:
-        members = await self.hub.group_members(workspace["name"]) or []
-        usage = self.context.store.workspace_usage(workspace["name"])
-        return {**workspace, "members": members, "instances": usage}
-
-    def check_quota(self, body: dict) -> None:
-        if not 0 <= body.get("max_instances", 0) <= 10000:
-            raise APIError(400, "invalid", "must be from 0 to 10000", "max_instances")
-        if not all(isinstance(member, str) for member in body.get("members", [])):
-            raise APIError(400, "invalid", "must be a list of user names", "members")
-
-
-class WorkspacesHandler(WorkspaceBase):
-    async def get(self):
-        self.require("custom:atelier:workspaces:admin")
-        workspaces = [await self.workspace_json(w) for w in self.context.store.workspaces()]
-        self.reply({"workspaces": workspaces})
-
-    async def post(self):
-        caller = self.require("custom:atelier:workspaces:admin")
-        body = self.body(("name", "members", "max_instances"), required=("name",))
-        self.check_quota(body)
-        workspace = self.catalog_change(
-            caller,
-            "createWorkspace",
-            body["name"],
-            lambda: self.context.store.add_workspace(body["name"], body.get("max_instances", 10)),
-        )
-        await self.hub.set_group(workspace["name"], body.get("members"), caller)
-        self.reply(await self.workspace_json(workspace), 201)
-
-
-class WorkspaceHandler(WorkspaceBase):
-    def known(self, name: str) -> dict:
-        workspace = {w["name"]: w for w in self.context.store.workspaces()}.get(name)
-        if workspace is None:
-            raise not_found(f"workspace {name!r}")
-        return workspace
-
-    async def get(self, name):
-        self.require("custom:atelier:workspaces:admin")
-        self.reply(await self.workspace_json(self.known(name)))
-
-    async def patch(self, name):
-        caller = self.require("custom:atelier:workspaces:admin")
-        body = self.body(("members", "max_instances"))
-        self.check_quota(body)
-        workspace = self.known(name)
-        if "max_instances" in body:
-            workspace = self.catalog_change(
-                caller,
-                "updateWorkspace",
-                name,
-                lambda: self.context.store.update_workspace(name, body["max_instances"]),
-            )
-        if "members" in body:
-            await self.hub.set_group(name, body["members"], caller)
-            self.audit(caller, "updateWorkspace", self.noun, name)
-        self.reply(await self.workspace_json(workspace))
-
-    async def delete(self, name):
-        caller = self.require("custom:atelier:workspaces:admin")
-        self.known(name)
-        try:
-            self.context.store.delete_workspace(name)
-        except CatalogError as error:
-            self.audit(caller, "deleteWorkspace", self.noun, name, "failure", str(error))
-            raise APIError(409, "conflict", str(error).split(": ", 1)[1], "name") from None
-        await self.hub.delete_group(name, caller)
-        self.audit(caller, "deleteWorkspace", self.noun, name)
-        self.set_status(204)
-        self.finish()
-
-
-class KeyPairsHandler(BaseHandler):
-    def get(self):
-        caller = self.require("custom:atelier:keypairs:manage")
-        owner = self.get_argument("owner", caller.name)
-        if owner != caller.name and not caller.admin:
-            raise not_found(f"user {owner!r}")
-        self.reply({"keypairs": self.context.store.keypairs(owner)})
-
-    def post(self):
-        """Register a public key, or generate a pair and return its private key once."""
-        caller = self.require("custom:atelier:keypairs:manage")
-        body = self.body(("name", "public_key", "generate"), required=("name",))
-        name = body["name"]
-        if not KEY_NAME.match(name):
-            raise APIError(
-                400, "invalid", "must be 1 to 64 of a-z, A-Z, 0-9, '.', '_', '-'", "name"
-            )
-        if body.get("generate") is True and "public_key" not in body:
-            private_key, public_line = generate_key_pair(f"{caller.name}@atelier {name}")
-        elif "public_key" in body and "generate" not in body:
-            private_key, public_line = None, body["public_key"]
-        else:
-            raise APIError(400, "invalid", "send either public_key or generate: true", "public_key")
-        try:
-            key = inspect_public_key(public_line)
-        except core.OptionsError as error:
-            self.audit(caller, "createKeyPair", "keypair", name, "failure", str(error), caller.name)
-            raise APIError(400, "invalid", error.message, error.field) from None
-        record = self.stored(
-            caller,
-            "createKeyPair",
-            name,
-            lambda: self.context.store.add_keypair(
-                caller.name, name, key.openssh, key.fingerprint, key.algorithm
-            ),
-        )
-        self.reply({**record, "private_key": private_key} if private_key else record, 201)
-
-    def stored(self, caller, action, name, change):
-        try:
-            result = change()
-        except CatalogError as error:
-            self.audit(caller, action, "keypair", name, "failure", str(error), caller.name)
-            raise APIError(409, "exists", str(error).split(": ", 1)[1], error.field) from None
-        self.audit(caller, action, "keypair", name, "success", result["fingerprint"], caller.name)
-        return result
-
-
-class KeyPairHandler(BaseHandler):
-    def get(self, key_id):
-        caller = self.require("custom:atelier:keypairs:manage")
-        key = {k["id"]: k for k in self.context.store.keypairs(caller.name)}.get(key_id)
-        if key is None:
-            raise not_found(f"key pair {key_id!r}")
-        self.reply(key)
-
-    def delete(self, key_id):
-        caller = self.require("custom:atelier:keypairs:manage")
-        if not self.context.store.delete_keypair(caller.name, key_id):
-            raise not_found(f"key pair {key_id!r}")
-        self.audit(caller, "deleteKeyPair", "keypair", key_id, "success", "", caller.name)
-        self.set_status(204)
-        self.finish()
-
-
-KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 NAME = r"([^/]+)"
 ROUTES = [
     ("/instances", InstancesHandler),
@@ -539,10 +395,24 @@ ROUTES = [
     (f"/images/{NAME}", ImageHandler),
     ("/specs", SpecsHandler),
     (f"/specs/{NAME}", SpecHandler),
-    ("/workspaces", WorkspacesHandler),
-    (f"/workspaces/{NAME}", WorkspaceHandler),
-    ("/keypairs", KeyPairsHandler),
-    (f"/keypairs/{NAME}", KeyPairHandler),
     ("/quotas", QuotasHandler),
     ("/audit", AuditHandler),
 ]
+
+
+def all_routes() -> list[tuple[str, type]]:
+    """Every route of the API: these and the people routes (workspaces, key pairs)."""
+    from atelier.hub.routes_people import (
+        KeyPairHandler,
+        KeyPairsHandler,
+        WorkspaceHandler,
+        WorkspacesHandler,
+    )
+
+    return [
+        *ROUTES,
+        ("/workspaces", WorkspacesHandler),
+        (f"/workspaces/{NAME}", WorkspaceHandler),
+        ("/keypairs", KeyPairsHandler),
+        (f"/keypairs/{NAME}", KeyPairHandler),
+    ]

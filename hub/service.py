@@ -284,10 +284,10 @@ class NotFoundHandler(BaseHandler):
 
 def make_app(context: Context, hub: HubClient) -> web.Application:
     from atelier.hub.openapi import OpenAPIHandler
-    from atelier.hub.routes import ROUTES
+    from atelier.hub.routes import all_routes
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE}/").rstrip("/")
-    handlers = [(prefix + "/api/v1" + path, handler) for path, handler in ROUTES]
+    handlers = [(prefix + "/api/v1" + path, handler) for path, handler in all_routes()]
     handlers += [
         (prefix + "/api/v1/openapi.json", OpenAPIHandler),
         (prefix + "/oauth_callback", HubOAuthCallbackHandler),

@@ -6,7 +6,7 @@ import pytest
 from conftest import BASE, TORCH, environ_of
 
 from atelier.hub.openapi import document
-from atelier.hub.routes import ROUTES
+from atelier.hub.routes import all_routes
 
 pytestmark = pytest.mark.e2e
 CREATE = {"name": "api-1", "image": BASE, "spec": "cpu.2u4g", "tags": {"team": "nlp"}}
@@ -235,7 +235,7 @@ def test_every_route_is_in_the_openapi_document(hub):
     served = hub.atelier("GET", "/openapi.json", "no-token-needed")
     assert served.status_code == 200 and served.json() == document()
     paths = document()["paths"]
-    for pattern, handler in ROUTES:
+    for pattern, handler in all_routes():
         for alternative in re.findall(r"\((\w+(?:\|\w+)+)\)", pattern)[:1] or [None]:
             for word in alternative.split("|") if alternative else [None]:
                 sample = re.sub(r"\(\[\^/\]\+\)", "x", pattern)
