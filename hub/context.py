@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
@@ -37,10 +36,9 @@ class Context:
     def catalog(self) -> core.Catalog:
         return local_catalog(self.store, self.allocator, self.settings.resolved_envs_dir)
 
-    def volume(self, owner: str, name: str) -> tuple[LocalVolume, Path]:
-        """An instance's work volume on this machine, and where it is mounted."""
-        data_dir = self.settings.data_dir.absolute()
-        return LocalVolume(data_dir, owner, name), data_dir / "instances" / owner / name / "work"
+    def volume(self, owner: str, name: str) -> LocalVolume:
+        """An instance's work volume on this machine."""
+        return LocalVolume(self.settings.data_dir.absolute(), owner, name)
 
     def expand_volume(self, owner: str, name: str, add_gb, actor: str, source_ip: str) -> int:
         """Grow an instance's volume by `add_gb` (online if it runs); audited either way."""
@@ -64,8 +62,7 @@ class Context:
         except core.OptionsError as error:
             self.store.record(**event, result="failure", reason=str(error))
             raise
-        volume, work = self.volume(owner, name)
-        volume.expand(size, work)
+        self.volume(owner, name).expand(size)
         self.store.set_volume_size(owner, name, size)
         self.store.record(**event, result="success", reason=f"{current} -> {size} GB")
         return size

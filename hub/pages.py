@@ -126,15 +126,10 @@ def instance_rows(user, images: dict[str, core.Image], context):
                 ),
                 notice=image_notice(images, options.get("image")),
                 volume_gb=store.volume_size(user.name, spawner.name),
-                volume_used_bytes=used_bytes(context, user.name, spawner.name),
+                volume_used_bytes=context.volume(user.name, spawner.name).used_bytes(),
             )
         )
     return sorted(rows, key=lambda row: row.name)
-
-
-def used_bytes(context, owner: str, name: str) -> int | None:
-    volume, work = context.volume(owner, name)
-    return volume.used_bytes(work)
 
 
 def home_view(context, user) -> dict:

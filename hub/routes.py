@@ -90,10 +90,10 @@ class InstanceBase(BaseHandler):
         size = self.context.store.volume_size(owner, name)
         if size is None:
             return None  # created when the instance first starts
-        volume, work = self.context.volume(owner, name)
+        volume = self.context.volume(owner, name)
         return {
             "size_gb": size,
-            "used_bytes": volume.used_bytes(work),
+            "used_bytes": volume.used_bytes(),
             "enforced": volume.enforced(),
             "path": "work/",
         }

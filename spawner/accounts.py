@@ -21,6 +21,20 @@ CGROUP_ROOTS = (
 )
 
 
+def run(*command: str) -> str:
+    """Run a host tool (useradd aside); its output, or RuntimeError with what it printed."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        output = f"{result.stdout}{result.stderr}".strip()
+        raise RuntimeError(f"{' '.join(command)} failed: {output}")
+    return result.stdout
+
+
+def instance_home(data_dir: Path, owner: str, instance: str) -> Path:
+    """An instance's directory: its HOME and JupyterLab root, with the volume at work/."""
+    return Path(data_dir) / "instances" / owner / instance
+
+
 def account_name(hub_user: str) -> str:
     """The system account of a hub user: `atelier-<name>`, hashed when the name cannot be one."""
     if ACCOUNT_NAME.match(hub_user):

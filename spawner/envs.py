@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import atelier.extensions
 import atelier.images
 import atelier.sdk
+from atelier.spawner.accounts import run
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
 EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))
@@ -72,16 +72,15 @@ def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) ->
         log(f"Building the local environment of {image} (this takes a few minutes once)")
         shutil.rmtree(target, ignore_errors=True)
         envs_dir.mkdir(parents=True, exist_ok=True)
-        run([base_python(), "-m", "venv", str(target)])
+        run(base_python(), "-m", "venv", str(target))
+        pip = str(target / "bin" / "pip")
         run(
-            [
-                str(target / "bin" / "pip"),
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-                str(requirements_file(image)),
-            ]
+            pip,
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(requirements_file(image)),
         )
         (target / STAMP).write_text(requirements_digest(requirements_file(image)))
     install_extension(target)
@@ -102,9 +101,3 @@ def install_extension(env: Path) -> None:
     config_dir = env / "etc" / "jupyter" / "jupyter_server_config.d"
     config_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(EXTENSION_DIR / "atelier.json", config_dir / "atelier.json")
-
-
-def run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")

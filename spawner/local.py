@@ -139,7 +139,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
 
     @property
     def home(self) -> Path:
-        return Path(self.data_dir, "instances", self.user.name, self.name)
+        return accounts.instance_home(Path(self.data_dir), self.user.name, self.name)
 
     async def start(self):
         self._events = []
@@ -193,7 +193,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.store.set_volume_size(self.user.name, self.name, plan.volume_gb)
             self._audit_volume("createVolume")
         try:
-            self.volume.attach(self.home / "work", self.account if self.isolate_users else None)
+            self.volume.attach(self.account if self.isolate_users else None)
         except VolumeMissing as error:
             raise SpawnException(str(error), reason="volume", status_code=400) from None
 
@@ -210,7 +210,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
 
     async def delete_forever(self):
         """The instance is deleted: so is its work volume, and its directory."""
-        self.volume.delete(self.home / "work")
+        self.volume.delete()
         self.store.forget_volume(self.user.name, self.name)
         self._audit_volume("deleteVolume")
         shutil.rmtree(self.home, ignore_errors=True)
@@ -262,7 +262,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         if self.cgroup is not None:
             accounts.remove_cgroup(self.cgroup)
             self.cgroup = None
-        self.volume.detach(self.home / "work")
+        self.volume.detach()
 
     # hub restarts ---------------------------------------------------------------------------------
     def get_state(self):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from atelier.spawner.accounts import instance_home, run
 
 GB = 1024**3
 
@@ -28,6 +29,7 @@ class LocalVolume:
         self.base = Path(data_dir) / "volumes" / owner
         self.image = self.base / f"{instance}.xfs"
         self.directory = self.base / instance  # the unenforced fallback
+        self.mount = instance_home(data_dir, owner, instance) / "work"
 
     @staticmethod
     def enforced() -> bool:
@@ -46,8 +48,9 @@ class LocalVolume:
             sparse.truncate(size_gb * GB)
         run("mkfs.xfs", "-q", "-f", str(self.image))
 
-    def attach(self, mount_point: Path, account: str | None) -> None:
-        """Mount (or link) the volume at `mount_point`, owned by the instance's account."""
+    def attach(self, account: str | None) -> None:
+        """Mount (or link) the volume at the instance's work/, owned by its account."""
+        mount_point = self.mount
         if not self.exists():
             raise VolumeMissing(
                 f"the work volume is missing (expected {self.image}); "
@@ -81,7 +84,8 @@ class LocalVolume:
         listing = run("losetup", "-j", str(self.image)) if self.image.exists() else ""
         return [line.split(":", 1)[0] for line in listing.splitlines() if line]
 
-    def detach(self, mount_point: Path) -> None:
+    def detach(self) -> None:
+        mount_point = self.mount
         if os.path.ismount(mount_point):
             try:
                 run("umount", str(mount_point))
@@ -90,34 +94,27 @@ class LocalVolume:
         for device in self._devices():
             run("losetup", "-d", device)  # released at once, or when the lazy unmount ends
 
-    def expand(self, size_gb: int, mount_point: Path) -> None:
+    def expand(self, size_gb: int) -> None:
         """Grow to `size_gb`: at once while mounted, at the next attach otherwise."""
         if not self.enforced():
             return
         with open(self.image, "r+b") as sparse:
             sparse.truncate(size_gb * GB)
-        if os.path.ismount(mount_point):
+        if os.path.ismount(self.mount):
             for device in self._devices():
                 run("losetup", "-c", device)
-            run("xfs_growfs", str(mount_point))
+            run("xfs_growfs", str(self.mount))
 
-    def used_bytes(self, mount_point: Path) -> int | None:
+    def used_bytes(self) -> int | None:
         """Bytes in use, when it can be read now (mounted, or the fallback directory)."""
-        if os.path.ismount(mount_point):
-            stats = os.statvfs(mount_point)
+        if os.path.ismount(self.mount):
+            stats = os.statvfs(self.mount)
             return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
         if self.directory.is_dir():
             return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
         return None
 
-    def delete(self, mount_point: Path) -> None:
-        self.detach(mount_point)
+    def delete(self) -> None:
+        self.detach()
         self.image.unlink(missing_ok=True)
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def run(*command: str) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-    return result.stdout

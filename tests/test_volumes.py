@@ -46,10 +46,10 @@ def checksum(path):
 @needs_root
 def test_real_volume_enforces_size_grows_online_and_offline_without_loss(tmp_path):
     volume = LocalVolume(tmp_path, "alice", "lab")
-    mount = tmp_path / "home" / "work"
-    mount.parent.mkdir()
+    mount = volume.mount
+    mount.parent.mkdir(parents=True)
     volume.create(1)
-    volume.attach(mount, None)
+    volume.attach(None)
     try:
         files = {}
         for n in range(3):
@@ -64,34 +64,35 @@ def test_real_volume_enforces_size_grows_online_and_offline_without_loss(tmp_pat
         assert full.value.errno == errno.ENOSPC
         (mount / "filler").unlink()
 
-        volume.expand(2, mount)  # online, while mounted
+        volume.expand(2)  # online, while mounted
         assert os.statvfs(mount).f_blocks * os.statvfs(mount).f_frsize > 1.9 * GB
         assert {p: checksum(mount / p) for p in files} == files
-        volume.detach(mount)
-        volume.expand(3, mount)  # offline
-        volume.attach(mount, None)
+        volume.detach()
+        volume.expand(3)  # offline
+        volume.attach(None)
         assert os.statvfs(mount).f_blocks * os.statvfs(mount).f_frsize > 2.9 * GB
         assert {p: checksum(mount / p) for p in files} == files
-        assert volume.used_bytes(mount) >= 60 * 1024**2
+        assert volume.used_bytes() >= 60 * 1024**2
     finally:
-        volume.delete(mount)
+        volume.delete()
     assert not volume.exists() and not os.path.ismount(mount)
 
 
 def test_missing_backing_file_is_never_recreated(tmp_path):
     volume = LocalVolume(tmp_path, "alice", "gone")
     with pytest.raises(VolumeMissing, match="not recreated empty"):
-        volume.attach(tmp_path / "work", None)
+        volume.attach(None)
 
 
 def test_without_root_the_volume_is_a_measured_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(LocalVolume, "enforced", staticmethod(lambda: False))
     volume = LocalVolume(tmp_path, "bob", "lab")
     volume.create(5)
-    mount = tmp_path / "work"
-    volume.attach(mount, None)
+    mount = volume.mount
+    mount.parent.mkdir(parents=True)
+    volume.attach(None)
     (mount / "notes.txt").write_text("x" * 1000)
-    assert volume.used_bytes(mount) == 1000
-    volume.expand(6, mount)  # nothing to do: the size is not enforced
-    volume.delete(mount)
+    assert volume.used_bytes() == 1000
+    volume.expand(6)  # nothing to do: the size is not enforced
+    volume.delete()
     assert not volume.exists()
