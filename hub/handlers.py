@@ -15,7 +15,7 @@ from tornado import web
 
 from atelier.hub.pages import status_of
 from atelier.spawner import core
-from atelier.spawner.devices import DevicesUnavailable, choose_devices
+from atelier.spawner.devices import DevicesUnavailable
 
 
 class InstanceChecks:
@@ -94,16 +94,9 @@ class InstanceChecks:
         return restart
 
     def check_devices(self, holder: str, plan: core.InstancePlan) -> None:
-        if plan.accelerator_type:
-            allocator = self.context.allocator
-            held = {d for d, h in allocator.holders.items() if h != holder}
-            choose_devices(
-                allocator.inventory,
-                held,
-                plan.spec.name,
-                plan.accelerator_type,
-                plan.accelerator_count,
-            )
+        self.context.allocator.available(
+            holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
+        )
 
 
 class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):

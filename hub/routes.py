@@ -48,11 +48,7 @@ def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> 
 
 def visible_images(images: list[core.Image], caller: Caller, workspaces) -> list[core.Image]:
     """Public images, and the shared images of the caller's workspaces (admins: all)."""
-    return [
-        image
-        for image in images
-        if caller.admin or image.visibility == "public" or image.workspace in workspaces
-    ]
+    return [image for image in images if caller.admin or image.visible_to(workspaces)]
 
 
 def hub_error(code: int, data) -> APIError:

@@ -92,6 +92,10 @@ class Image:
     def title(self) -> str:
         return self.display_name or self.name
 
+    def visible_to(self, workspaces: frozenset[str]) -> bool:
+        """Public images, and shared images to members of their workspace."""
+        return self.visibility == "public" or self.workspace in workspaces
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -205,9 +209,7 @@ class Catalog:
     def for_member(self, workspaces: frozenset[str]) -> Catalog:
         """The catalog as a member of these workspaces sees it: public and their shared images."""
         images = {
-            name: image
-            for name, image in self.images.items()
-            if image.visibility == "public" or image.workspace in workspaces
+            name: image for name, image in self.images.items() if image.visible_to(workspaces)
         }
         return replace(self, images=images)
 

@@ -120,11 +120,16 @@ class Allocator:
         self.inventory = list(inventory)
         self.holders: dict[Device, str] = {}
 
-    def acquire(self, holder: str, spec: str, type_: str | None, count: int) -> list[Device]:
-        self.release(holder)
+    def available(self, holder: str, spec: str, type_: str | None, count: int) -> list[Device]:
+        """The devices `holder` would get now (its own count as free), or DevicesUnavailable."""
         if not type_ or not count:
             return []
-        devices = choose_devices(self.inventory, set(self.holders), spec, type_, count)
+        held = {device for device, other in self.holders.items() if other != holder}
+        return choose_devices(self.inventory, held, spec, type_, count)
+
+    def acquire(self, holder: str, spec: str, type_: str | None, count: int) -> list[Device]:
+        devices = self.available(holder, spec, type_, count)
+        self.release(holder)
         self.holders.update(dict.fromkeys(devices, holder))
         return devices
 
