@@ -104,14 +104,14 @@ class InstanceBase(BaseHandler):
 class InstancesHandler(InstanceBase):
     async def get(self):
         caller = self.require("custom:atelier:instances:read")
-        owners = (
-            [u["name"] for u in await self.hub.users()]
-            if caller.admin and not self.get_argument("owner", None)
-            else [self.get_argument("owner", caller.name)]
-        )
+        owner = self.get_argument("owner", None)
+        if caller.admin and owner is None:
+            servers_by_owner = await self.hub.all_servers()
+        else:
+            owner = owner or caller.name
+            servers_by_owner = {owner: await self.owned_servers(caller, owner)}
         instances = []
-        for owner in owners:
-            servers = await self.owned_servers(caller, owner)
+        for owner, servers in servers_by_owner.items():
             records = self.context.store.instance_records(owner)
             instances += [instance_json(owner, n, s, records.get(n)) for n, s in servers.items()]
         self.reply({"instances": sorted(instances, key=lambda i: (i["owner"], i["name"]))})

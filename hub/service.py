@@ -122,8 +122,9 @@ class HubClient:
         return response.code, data
 
     async def servers(self, owner: str) -> dict | None:
+        """An owner's instances (named servers) by name; None when there is no such user."""
         code, user = await self.request("GET", f"/users/{quote(owner)}?include_stopped_servers")
-        return None if code == 404 else {k: v for k, v in user["servers"].items() if k}
+        return None if code == 404 else instances_of(user)
 
     async def group_members(self, name: str) -> list[str] | None:
         code, group = await self.request("GET", f"/groups/{quote(name)}")
@@ -154,9 +155,15 @@ class HubClient:
         self._memberships.clear()
         await self.request("DELETE", f"/groups/{quote(name)}", caller)
 
-    async def users(self) -> list[dict]:
+    async def all_servers(self) -> dict[str, dict]:
+        """Every user's instances, from one request: {owner: {name: server}}."""
         code, users = await self.request("GET", "/users?include_stopped_servers&limit=10000")
-        return users
+        return {user["name"]: instances_of(user) for user in users}
+
+
+def instances_of(user: dict) -> dict:
+    """The named servers of a hub user model (the default server is not an instance)."""
+    return {name: server for name, server in (user.get("servers") or {}).items() if name}
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):

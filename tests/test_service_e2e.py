@@ -130,6 +130,8 @@ def test_a_second_user_sees_and_touches_nothing_of_the_first(hub):
     create_for_other = hub.atelier("POST", "/instances", other, json={**CREATE, "owner": "wade"})
     assert create_for_other.status_code == 404
     assert hub.atelier("GET", "/instances", other).json()["instances"] == []
+    everyone = hub.atelier("GET", "/instances").json()["instances"]  # an admin sees all owners
+    assert ("wade", "secret") in [(i["owner"], i["name"]) for i in everyone]
     events = hub.atelier("GET", "/audit", other).json()["events"]
     assert all("wade" not in (e["owner"], e["actor"]) for e in events)
     assert [i["name"] for i in hub.atelier("GET", "/instances", owner).json()["instances"]] == [
