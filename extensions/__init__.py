@@ -1,11 +1,13 @@
 """Atelier's single-user side: a jupyter-server extension loaded in every instance.
 
 It keeps an instance from looking idle while one of its kernels is busy running a cell, so
-the idle culler never stops running work (jupyterhub/jupyterhub#1498).
+the idle culler never stops running work (jupyterhub/jupyterhub#1498), and it starts the
+instance's SSH endpoint (atelier.extensions.ssh) when the spawner asks for one.
 """
 
 import os
 from datetime import datetime, timezone
+from pathlib import Path
 
 from tornado.ioloop import PeriodicCallback
 
@@ -34,3 +36,12 @@ def _load_jupyter_server_extension(server_app):
     every = float(os.environ.get("ATELIER_BUSY_CHECK_SECONDS", "30"))
     PeriodicCallback(mark_busy_kernels_active, every * 1000).start()
     server_app.log.info("Atelier: busy kernels count as activity")
+
+    socket_path = os.environ.get("ATELIER_SSH_SOCKET")
+    if socket_path:
+        from atelier.extensions import ssh
+
+        if ssh.start(Path(socket_path), os.environ["ATELIER_SSH_GATEWAY_KEY"], dict(os.environ)):
+            server_app.log.info("Atelier: SSH endpoint at %s", socket_path)
+        else:
+            server_app.log.warning("Atelier: no %s here (openssh-server); no SSH", ssh.SSHD)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from atelier.hub.auth import audit_oauth_login
 from atelier.hub.context import inventory, store_url
+from atelier.hub.keypairs import deployment_keys
 from atelier.hub.pages import TEMPLATES
 from atelier.hub.service import ACCESS_SCOPE, API_PREFIX, SCOPES, SERVICE, USER_SCOPES
 from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
@@ -87,6 +88,9 @@ def configure(c, settings: Settings | None = None) -> None:
     c.LocalInstanceSpawner.store_url = store_url(settings)
     c.LocalInstanceSpawner.limits = settings.limits.model_dump()
     c.LocalInstanceSpawner.devices = [d.to_json() for d in inventory(settings)]
+    if settings.ssh.enabled:
+        _, client_key = deployment_keys(data_dir)
+        c.LocalInstanceSpawner.ssh_gateway_key = client_key.with_suffix(".pub").read_text()
     c.Spawner.default_url = "/lab"
     interval = str(settings.culling.activity_interval_seconds)
     service_url = f"http://127.0.0.1:{settings.service_port}"
@@ -155,16 +159,18 @@ def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[d
 
 
 def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], list[dict]]:
+    # the services read atelier.yaml as the hub does, with the same overrides
+    environment = {
+        **{k: v for k, v in os.environ.items() if k.startswith("ATELIER_")},
+        "ATELIER_DATA_DIR": str(data_dir),
+    }
     pairs = [
         service(
             SERVICE,
             ["atelier.hub.service"],
             ["list:users", "read:users", "admin:servers", "admin:groups"],
             url=f"http://127.0.0.1:{settings.service_port}",
-            environment={
-                **{k: v for k, v in os.environ.items() if k.startswith("ATELIER_")},
-                "ATELIER_DATA_DIR": str(data_dir),
-            },
+            environment=environment,
             oauth_no_confirm=True,
             oauth_client_allowed_scopes=[*USER_SCOPES, "custom:atelier:images:admin"],
         ),
@@ -174,6 +180,10 @@ def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], 
             ["list:users", "read:servers", "delete:servers"],
         ),
     ]
+    if settings.ssh.enabled:
+        pairs.append(
+            service("ssh-gateway", ["atelier.hub.sshgateway"], [], environment=environment)
+        )
     if settings.culling.idle_minutes:
         pairs.append(
             service(

@@ -1,4 +1,4 @@
-"""SSH key pairs: which public keys are accepted, their OpenSSH fingerprints, generation.
+"""SSH keys: which public keys users may register, their OpenSSH fingerprints, generation.
 
 Pure apart from asyncssh's parsing and key generation; the store keeps public keys only.
 """
@@ -6,12 +6,15 @@ Pure apart from asyncssh's parsing and key generation; the store keeps public ke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncssh
 
 from atelier.spawner.core import OptionsError
 
 MIN_RSA_BITS = 3072
+HOST_KEY = "host_ed25519_key"
+CLIENT_KEY = "gateway_ed25519_key"  # the SSH gateway's own key, which instance endpoints accept
 ACCEPTED = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
@@ -58,3 +61,17 @@ def generate_key_pair(comment: str) -> tuple[str, str]:
     """A new ed25519 key pair: (private key in OpenSSH format, public key line)."""
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
     return key.export_private_key().decode(), key.export_public_key().decode().strip()
+
+
+def deployment_keys(data_dir: Path) -> tuple[Path, Path]:
+    """The host key and the gateway's client key: made once per deployment, then kept."""
+    key_dir = Path(data_dir) / "ssh"
+    key_dir.mkdir(mode=0o700, exist_ok=True)
+    paths = key_dir / HOST_KEY, key_dir / CLIENT_KEY
+    for path in paths:
+        if not path.exists():
+            key = asyncssh.generate_private_key("ssh-ed25519", comment=f"atelier {path.name}")
+            path.touch(mode=0o600)
+            path.write_bytes(key.export_private_key())
+            key.write_public_key(path.with_suffix(".pub"))
+    return paths

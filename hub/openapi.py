@@ -31,6 +31,16 @@ OPTIONS = {
     "autostop_hours": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 168},
     "volume_gb": {"type": ["integer", "null"], "minimum": 1, "maximum": 4096},
 }
+SSH_ACCESS = {
+    "enabled": BOOLEAN,
+    "keypairs": {"type": "array", "items": STRING, "description": "ids of your key pairs"},
+    "allowed_cidrs": {
+        "type": "array",
+        "items": STRING,
+        "maxItems": 20,
+        "description": "client addresses allowed (IPv4/IPv6 CIDRs); empty: the admin's default",
+    },
+}
 IMAGE_CHANGE = {
     "display_name": STRING,
     "description": STRING,
@@ -63,6 +73,7 @@ SCHEMAS = {
             "workspace": NULLABLE_STRING,
             "volume_gb": {"type": ["integer", "null"]},
             "volume": {"oneOf": [{"type": "null"}, ref("Volume")]},
+            "ssh": {"oneOf": [{"type": "null"}, ref("SSH")]},
             "started": NULLABLE_STRING,
             "last_activity": NULLABLE_STRING,
             "url": NULLABLE_STRING,
@@ -77,7 +88,15 @@ SCHEMAS = {
         },
         ("name", "image", "spec"),
     ),
-    "InstanceChange": obj(OPTIONS),
+    "InstanceChange": obj({**OPTIONS, "ssh": ref("SSHChange")}),
+    "SSHChange": obj(SSH_ACCESS),
+    "SSH": obj(
+        {
+            **SSH_ACCESS,
+            "command": {"type": "string", "description": "ssh command line through the gateway"},
+            "config": {"type": "string", "description": "a ~/.ssh/config block for IDEs"},
+        }
+    ),
     "InstanceList": listing("instances", "Instance"),
     "Image": obj(
         {
@@ -242,7 +261,8 @@ OPERATIONS = {
         "Instance",
     ),
     ("/instances/{owner}/{name}", "patch"): (
-        "Change image (stopped only), spec (a running instance restarts), tags or auto-stop",
+        "Change image (stopped only), spec (a running instance restarts), tags, auto-stop, "
+        "or SSH access (at once, running or not)",
         "instances:update",
         [OWNER, NAME],
         "InstanceChange",

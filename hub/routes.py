@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from atelier.hub import ssh
 from atelier.hub.handlers import DELETE_VOLUME
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
@@ -80,6 +82,20 @@ class InstanceBase(BaseHandler):
         return {
             **instance_json(owner, name, servers[name], record),
             "volume": self.volume(owner, name),
+            "ssh": self.ssh(owner, name),
+        }
+
+    def ssh(self, owner: str, name: str) -> dict | None:
+        """The instance's SSH settings and how to connect; None where the gateway is off."""
+        gateway = self.context.settings.ssh
+        if not gateway.enabled:
+            return None
+        access = self.context.store.ssh_access(owner, name) or ssh.Access()
+        host = gateway.host(self.context.settings.ip)
+        return {
+            **access.to_json(),
+            "command": ssh.ssh_command(owner, name, host, gateway.port),
+            "config": ssh.ssh_config(owner, name, host, gateway.port),
         }
 
     def volume(self, owner: str, name: str) -> dict | None:
@@ -153,11 +169,30 @@ class InstanceHandler(InstanceBase):
 
     async def patch(self, owner, name):
         caller = self.require("custom:atelier:instances:update")
-        changes = self.body(INSTANCE_FIELDS)
+        changes = self.body((*INSTANCE_FIELDS, "ssh"))
         current = await self.instance(caller, owner, name)
-        options = {key: current[key] for key in INSTANCE_FIELDS} | changes
-        await self.hub_call(caller, "PATCH", owner, name, {"user_options": options})
+        access = self.ssh_change(owner, name, changes.pop("ssh")) if "ssh" in changes else None
+        if changes or access is None:
+            options = {key: current[key] for key in INSTANCE_FIELDS} | changes
+            await self.hub_call(caller, "PATCH", owner, name, {"user_options": options})
+        if access is not None:
+            self.context.store.set_ssh_access(owner, name, access)
+            summary = json.dumps({"ssh": access.to_json()})
+            self.audit(
+                caller, "updateNotebook", "instance", f"{owner}/{name}", reason=summary, owner=owner
+            )
         self.reply(await self.instance(caller, owner, name))
+
+    def ssh_change(self, owner: str, name: str, value) -> ssh.Access:
+        """The new SSH settings (changeable while running: the gateway reads them per login)."""
+        if not self.context.settings.ssh.enabled:
+            raise APIError(400, "invalid", "the SSH gateway is off in atelier.yaml", "ssh")
+        current = self.context.store.ssh_access(owner, name) or ssh.Access()
+        key_ids = {key["id"] for key in self.context.store.keypairs(owner)}
+        try:
+            return ssh.parse_access(value, current, key_ids)
+        except core.OptionsError as error:
+            raise APIError(400, "invalid", error.message, error.field) from None
 
     async def delete(self, owner, name):
         caller = self.require("custom:atelier:instances:delete")

@@ -131,6 +131,36 @@ class AuthConfig(Strict):
         return self
 
 
+class SSHConfig(Strict):
+    enabled: bool = Field(True, description="run the SSH gateway")
+    ip: str = Field("0.0.0.0", description="where the gateway listens")
+    port: int = Field(2222, ge=1, le=65535)
+    public_host: str = Field(
+        "",
+        description="host name users connect to; default: the hub's ip (localhost for 127.0.0.1)",
+    )
+    default_allowed_cidrs: list[str] = Field(
+        [], max_length=20, description="used where an instance's allow-list is empty"
+    )
+    max_failed_logins: int = Field(10, ge=1, le=1000, description="per source address...")
+    failed_login_window_seconds: int = Field(60, ge=1, le=86400, description="...in this window")
+
+    @field_validator("default_allowed_cidrs")
+    @classmethod
+    def _networks(cls, cidrs: list[str]) -> list[str]:
+        from atelier.hub.ssh import check_cidrs
+
+        try:
+            return list(check_cidrs(cidrs, "default_allowed_cidrs"))
+        except core.OptionsError as error:
+            raise ValueError(error.message) from None
+
+    def host(self, hub_ip: str) -> str:
+        if self.public_host:
+            return self.public_host
+        return "localhost" if hub_ip in ("127.0.0.1", "0.0.0.0", "") else hub_ip
+
+
 class Settings(Strict):
     backend: Literal["local"] = "local"
     data_dir: Path = Path(".atelier")
@@ -151,6 +181,7 @@ class Settings(Strict):
         None, description="null: detect with nvidia-smi/npu-smi"
     )
     auth: AuthConfig = AuthConfig()
+    ssh: SSHConfig = SSHConfig()
     limits: LimitsConfig = LimitsConfig()
     culling: CullingConfig = CullingConfig()
     autostop_every_seconds: int = Field(60, ge=1, le=3600)

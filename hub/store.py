@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from atelier.hub import ssh
 from atelier.spawner import core
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -84,6 +85,14 @@ class InstanceRecord(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     workspace: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    ssh_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    ssh_keypairs: Mapped[list] = mapped_column(JSON, default=list)
+    ssh_allowed_cidrs: Mapped[list] = mapped_column(JSON, default=list)
+
+    def ssh_access(self) -> ssh.Access:
+        return ssh.Access(
+            self.ssh_enabled, tuple(self.ssh_keypairs or ()), tuple(self.ssh_allowed_cidrs or ())
+        )
 
 
 class VolumeRecord(Base):
@@ -294,6 +303,20 @@ class Store:
         with self.session() as db, db.begin():
             db.get(InstanceRecord, (owner, name)).workspace = workspace
 
+    def ssh_access(self, owner: str, name: str) -> ssh.Access | None:
+        """An instance's SSH settings; None when there is no such instance."""
+        with self.session() as db:
+            record = db.get(InstanceRecord, (owner, name))
+            return record.ssh_access() if record else None
+
+    def set_ssh_access(self, owner: str, name: str, access: ssh.Access) -> None:
+        self.instance_created(owner, name)
+        with self.session() as db, db.begin():
+            record = db.get(InstanceRecord, (owner, name))
+            record.ssh_enabled = access.enabled
+            record.ssh_keypairs = list(access.keypairs)
+            record.ssh_allowed_cidrs = list(access.allowed_cidrs)
+
     def workspace_usage(self, workspace: str) -> int:
         with self.session() as db:
             query = select(func.count()).where(InstanceRecord.workspace == workspace)
@@ -357,7 +380,25 @@ class Store:
             if record is None or record.owner != owner:
                 return False
             db.delete(record)
+            instances = select(InstanceRecord).where(InstanceRecord.owner == owner)
+            for instance in db.scalars(instances):
+                if key_id in (instance.ssh_keypairs or ()):
+                    instance.ssh_keypairs = [k for k in instance.ssh_keypairs if k != key_id]
             return True
+
+    def keypair_owner(self, fingerprint: str) -> str | None:
+        """Who registered a key (any one of them, if several did)."""
+        with self.session() as db:
+            query = select(KeyPairRecord.owner).where(KeyPairRecord.fingerprint == fingerprint)
+            return db.scalars(query).first()
+
+    def keypair_id(self, owner: str, fingerprint: str) -> str | None:
+        """Which of the owner's key pairs has this fingerprint."""
+        with self.session() as db:
+            query = select(KeyPairRecord.id).where(
+                KeyPairRecord.owner == owner, KeyPairRecord.fingerprint == fingerprint
+            )
+            return db.scalars(query).first()
 
     # workspaces ----------------------------------------------------------------------------
     def workspaces(self) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import os
 import pwd
@@ -35,6 +36,12 @@ def instance_home(data_dir: Path, owner: str, instance: str) -> Path:
     return Path(data_dir) / "instances" / owner / instance
 
 
+def ssh_socket(data_dir: Path, owner: str, instance: str) -> Path:
+    """Where an instance's SSH endpoint listens: a short path (Unix sockets allow 107 bytes)."""
+    digest = hashlib.sha256(f"{owner}/{instance}".encode()).hexdigest()[:16]
+    return Path(data_dir) / "run" / digest / "ssh.sock"
+
+
 def account_name(hub_user: str) -> str:
     """The system account of a hub user: `atelier-<name>`, hashed when the name cannot be one."""
     if ACCOUNT_NAME.match(hub_user):
@@ -46,10 +53,28 @@ def hub_account() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
+def pty_needs_tty_group(mounts: str | None = None) -> bool:
+    """Whether new terminals belong to the user's own group (devpts mounted without gid=5):
+    then a non-root sshd must chown them to `tty`, which only members of `tty` may do."""
+    mounts = Path("/proc/mounts").read_text() if mounts is None else mounts
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == "/dev/pts" and fields[2] == "devpts":
+            return "gid=" not in fields[3]
+    return False
+
+
 def ensure_account(name: str) -> None:
-    """Create a locked system account without a login password, like The Littlest JupyterHub."""
+    """Create a locked system account without a login password, like The Littlest JupyterHub.
+
+    Its home is `/`: each instance sets HOME to its own directory, and sshd needs a home it
+    can enter. It is in the `tty` group where sshd needs that to hand it a terminal.
+    """
+    groups = ["--groups", "tty"] if pty_needs_tty_group() else []
     try:
-        pwd.getpwnam(name)
+        home = pwd.getpwnam(name).pw_dir
+        if home != "/" or (groups and name not in grp.getgrnam("tty").gr_mem):
+            run("usermod", "--home", "/", *(["--append", *groups] if groups else []), name)
         return
     except KeyError:
         pass
@@ -58,9 +83,10 @@ def ensure_account(name: str) -> None:
             "useradd",
             "--system",
             "--user-group",
+            *groups,
             "--no-create-home",
             "--home-dir",
-            "/nonexistent",
+            "/",
             "--shell",
             "/bin/bash",
             name,
@@ -72,8 +98,8 @@ def ensure_account(name: str) -> None:
         raise RuntimeError(f"useradd {name} failed: {result.stderr.strip()}")
 
 
-def prepare_home(home: Path, account: str | None) -> None:
-    """Create the instance directory, private to its account (0700); parents only traversable."""
+def prepare_private_dir(home: Path, account: str | None) -> None:
+    """Create a directory private to an account (0700); its parents only traversable."""
     home.parent.mkdir(parents=True, exist_ok=True)
     for parent in (home.parent, home.parent.parent):
         parent.chmod(0o711)

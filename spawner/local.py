@@ -61,6 +61,9 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     store_url = Unicode(help="SQLAlchemy URL of Atelier's store (catalog)").tag(config=True)
     limits = Dict(help="Limits, as atelier.yaml's `limits` block").tag(config=True)
     devices = List(help="The accelerator inventory: [{kind, type, index}, ...]").tag(config=True)
+    ssh_gateway_key = Unicode(
+        help="The SSH gateway's public key, which instance SSH endpoints accept; empty: no SSH"
+    ).tag(config=True)
     isolate_users = Bool(
         help="Run each hub user's instances as their own system account (needs root)"
     ).tag(config=True)
@@ -161,7 +164,9 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         try:
             self._report(45, "Preparing the work directory")
             self.account = await self._prepare_account()
-            accounts.prepare_home(self.home, self.account if self.isolate_users else None)
+            owner = self.account if self.isolate_users else None
+            accounts.prepare_private_dir(self.home, owner)
+            accounts.prepare_private_dir(self.ssh_socket.parent, owner)
             self._report(55, "Attaching the work volume")
             self._attach_volume(plan)
             self.cgroup = accounts.memory_cgroup(self.holder, plan.spec.memory_gb * 1024**3)
@@ -176,11 +181,25 @@ class LocalInstanceSpawner(LocalProcessSpawner):
                 "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
                 "VIRTUAL_ENV": str(bin_dir.parent),
                 "SHELL": "/bin/bash",
+                **self._ssh_environment(),
             }
             return await super().start()
         except BaseException:
             self._release()
             raise
+
+    @property
+    def ssh_socket(self) -> Path:
+        return accounts.ssh_socket(Path(self.data_dir), self.user.name, self.name)
+
+    def _ssh_environment(self) -> dict:
+        """What the instance's SSH endpoint (atelier.extensions.ssh) needs to start."""
+        if not self.ssh_gateway_key:
+            return {}
+        return {
+            "ATELIER_SSH_SOCKET": str(self.ssh_socket),
+            "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
+        }
 
     @property
     def volume(self) -> LocalVolume:
@@ -214,6 +233,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self.store.forget_volume(self.user.name, self.name)
         self._audit_volume("deleteVolume")
         shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.ssh_socket.parent, ignore_errors=True)
 
     async def _prepare_account(self) -> str:
         if not self.isolate_users:

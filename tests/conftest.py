@@ -54,6 +54,7 @@ class Hub:
         self.dir = WORK / f"hub-{secrets.token_hex(4)}"
         self.dir.mkdir(mode=0o711)
         self.port = free_port()
+        self.ssh_port = free_port()
         config = yaml.safe_load(DEFAULT_CONFIG.read_text())
         config.update(
             data_dir=str(self.dir / "data"),
@@ -65,6 +66,7 @@ class Hub:
             devices=[{"kind": "gpu", "type": "a100", "index": i} for i in (0, 1)],
             culling={"idle_minutes": 0},
             autostop_every_seconds=1,
+            ssh={"ip": "127.0.0.1", "port": self.ssh_port, "max_failed_logins": 1000},
         )
         config["images"].append({"name": FAKE_GPU, "display_name": "Test GPU image"})
         config["limits"]["instances_per_user"] = 4

@@ -1,0 +1,349 @@
+"""The SSH gateway: one port for every instance, `ssh -p 2222 <user>+<instance>@<host>`.
+
+A hub-managed service built on asyncssh. It authenticates the user's public key against the
+store, checks the instance's SSH settings and the client's address (atelier.hub.ssh decides),
+then relays each channel (shell, exec, SFTP/scp, -L/-D forwarding) to the instance's own SSH
+endpoint: an OpenSSH `sshd -i` that the instance runs behind a Unix socket
+(atelier.extensions.ssh), so the user lands in the instance's environment, as its account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import socket
+import time
+
+import asyncssh
+
+from atelier.hub import ssh
+from atelier.hub.context import store_url
+from atelier.hub.hubconfig import settings_from_environment
+from atelier.hub.keypairs import deployment_keys
+from atelier.hub.settings import Settings
+from atelier.hub.store import Store
+from atelier.spawner.accounts import ssh_socket
+
+log = logging.getLogger("atelier.sshgateway")
+# AES-GCM first: OpenSSL does it in hardware, which is what bounds the gateway's throughput
+CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+
+
+TOO_MANY = "too many failed logins from this address; try again later"
+
+
+class InstanceUnavailable(Exception):
+    pass
+
+
+class Gateway:
+    """What every connection shares: settings, store, keys and the failed-login limit."""
+
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self.data_dir = settings.data_dir.absolute()
+        self.host_key, self.client_key = deployment_keys(self.data_dir)
+        self.failures = ssh.FailureLimit(
+            settings.ssh.max_failed_logins, settings.ssh.failed_login_window_seconds
+        )
+
+    def audit(self, username: str, address: str, actor: str, result: str, reason: str):
+        """One sshLogin event per connection: its success, or its last refusal."""
+        owner, instance = ssh.parse_login(username) or ("", username)
+        self.store.record(
+            actor=actor or "unknown",
+            source_ip=address,
+            action="sshLogin",
+            resource_type="instance",
+            resource=f"{owner}/{instance}" if owner else instance,
+            owner=owner,
+            result=result,
+            reason=reason,
+        )
+
+    async def listen(self) -> asyncssh.SSHAcceptor:
+        return await asyncssh.create_server(
+            lambda: Connection(self),
+            self.settings.ssh.ip,
+            self.settings.ssh.port,
+            server_host_keys=[str(self.host_key)],
+            encryption_algs=CIPHERS,
+            encoding=None,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            line_editor=False,
+            login_timeout=30,
+        )
+
+
+class Connection(asyncssh.SSHServer):
+    """One client connection: authentication, then a relay to one instance."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.address = ""
+        self.login: tuple[str, str] | None = None
+        self.username = ""
+        self.refused: tuple[str, str] | None = None  # (actor, reason) of the last refusal
+        self.hopeless = False
+        self.fingerprint = ""
+        self.authenticated = False
+        self._upstream: asyncio.Future | None = None
+
+    # authentication -----------------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.address = conn.get_extra_info("peername")[0]
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        self.login = ssh.parse_login(username)
+        if self.gateway.failures.blocked(self.address, time.monotonic()):
+            self.refused = ("", TOO_MANY)
+        elif self.login is None:
+            self.refused = ("", f"{username!r} is not <user>+<instance>")
+        self.hopeless = self.refused is not None
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self.hopeless:
+            return False
+        fingerprint = key.get_fingerprint("sha256")
+        owner, instance = self.login
+        store = self.gateway.store
+        reason = ssh.refusal(
+            store.ssh_access(owner, instance),
+            store.keypair_id(owner, fingerprint),
+            self.address,
+            tuple(self.gateway.settings.ssh.default_allowed_cidrs),
+        )
+        if reason is not None:
+            self.refused = (store.keypair_owner(fingerprint) or "", f"{reason}; key {fingerprint}")
+            return False
+        self.fingerprint = fingerprint
+        return True
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        self.gateway.audit(self.username, self.address, self.login[0], "success", self.fingerprint)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._upstream is not None and self._upstream.done() and not self._upstream.exception():
+            self._upstream.result().close()
+        if not self.authenticated and self.refused is not None:
+            self.gateway.failures.fail(self.address, time.monotonic())
+            actor, reason = self.refused
+            self.gateway.audit(self.username, self.address, actor, "failure", reason)
+
+    # channels -------------------------------------------------------------------------------
+    def session_requested(self):
+        return self._session()
+
+    async def _session(self) -> asyncssh.SSHServerSession:
+        try:
+            return Downstream(await self.upstream())
+        except InstanceUnavailable as error:
+            return Notice(str(error))
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int):
+        return self._forward(dest_host, dest_port)
+
+    async def _forward(self, host: str, port: int):
+        try:
+            upstream = await self.upstream()
+        except InstanceUnavailable as error:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(error)) from None
+        return await self.conn.forward_tunneled_connection(upstream, host, port)
+
+    def upstream(self) -> asyncio.Future:
+        """The SSH connection to the instance's endpoint, opened on first use."""
+        if self._upstream is None:
+            self._upstream = asyncio.ensure_future(self._connect())
+        return self._upstream
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        owner, instance = self.login
+        path = ssh_socket(self.gateway.data_dir, owner, instance)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, str(path))
+            account = pwd.getpwuid(os.stat(path).st_uid).pw_name
+        except OSError:
+            sock.close()
+            raise InstanceUnavailable(
+                f"instance {instance} is stopped; start it from the hub"
+            ) from None
+        return await asyncssh.connect(
+            sock=sock,
+            username=account,
+            client_keys=[str(self.gateway.client_key)],
+            known_hosts=None,  # the socket is the instance's own, reachable by root only
+            encryption_algs=CIPHERS,
+            encoding=None,
+        )
+
+
+class Downstream(asyncssh.SSHServerSession):
+    """The user's side of a session, relayed to a session on the instance's endpoint."""
+
+    def __init__(self, upstream: asyncssh.SSHClientConnection):
+        self.upstream = upstream
+        self.request: dict = {}
+        self.up: asyncssh.SSHClientChannel | None = None
+        self.early: list[bytes | None] = []  # what came before the instance's side was open
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type, term_size, term_modes) -> bool:
+        self.request.update(term_type=term_type, term_size=term_size, term_modes=term_modes)
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self.request["command"] = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        self.request["subsystem"] = subsystem
+        return True
+
+    def session_started(self) -> None:
+        self.chan.pause_reading()  # until the instance's side is open
+        asyncio.ensure_future(self._open())
+
+    async def _open(self) -> None:
+        try:
+            self.up, _ = await self.upstream.create_session(
+                lambda: Upstream(self.chan),
+                env=self.chan.get_environment(),
+                encoding=None,
+                **self.request,
+            )
+        except (asyncssh.Error, OSError) as error:
+            with contextlib.suppress(BrokenPipeError):
+                self.chan.write_stderr(f"the instance refused the session: {error}\r\n".encode())
+                self.chan.exit(255)
+            return
+        for data in self.early:
+            self.up.write_eof() if data is None else self.up.write(data)
+        self.chan.resume_reading()
+
+    def data_received(self, data: bytes, datatype) -> None:
+        if self.up is None:
+            self.early.append(data)
+        else:
+            self.up.write(data)
+
+    def eof_received(self) -> bool:
+        if self.up is None:
+            self.early.append(None)
+        else:
+            self.up.write_eof()
+        return True
+
+    def terminal_size_changed(self, width, height, pixwidth, pixheight) -> None:
+        if self.up is not None:
+            self.up.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal: str) -> None:
+        if self.up is not None:
+            self.up.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self.up is not None:
+            self.up.send_break(msec)
+        return True
+
+    def pause_writing(self) -> None:
+        self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.up.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        if self.up is not None:
+            self.up.close()
+
+
+class Upstream(asyncssh.SSHClientSession):
+    """The instance's side of a session: output, exit status and flow control go back."""
+
+    def __init__(self, down: asyncssh.SSHServerChannel):
+        self.down = down
+
+    def data_received(self, data: bytes, datatype) -> None:
+        self.down.write(data, datatype)
+
+    def eof_received(self) -> bool:
+        self.down.write_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.down.exit(status)
+
+    def exit_signal_received(self, signal, core_dumped, msg, lang) -> None:
+        self.down.exit_with_signal(signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        self.down.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.down.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.down.close()
+
+
+class Notice(asyncssh.SSHServerSession):
+    """A session that only says why there is nothing to connect to, then closes."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type, term_size, term_modes) -> bool:
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        self.chan.write_stderr(f"{self.message}\r\n".encode())
+        self.chan.exit(1)
+
+
+async def serve(settings: Settings) -> None:
+    gateway = Gateway(settings, Store(store_url(settings)))
+    server = await gateway.listen()
+    log.info("SSH gateway listening on %s:%s", settings.ssh.ip, settings.ssh.port)
+    await server.wait_closed()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    asyncio.run(serve(settings_from_environment()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""SSH through the gateway with Debian's OpenSSH client (ssh, scp, sftp) into real instances."""
+
+import hashlib
+import os
+import pty
+import select
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+from conftest import BASE, environ_of, free_port
+
+pytestmark = pytest.mark.e2e
+USER, OTHER = "sshdev", "sshother"
+SPEC = "cpu.2u4g"
+
+
+class Client:
+    """Debian's OpenSSH client with one key, talking to the test hub's gateway."""
+
+    def __init__(self, hub, directory, name: str):
+        self.hub = hub
+        self.key = directory / name
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True
+        )
+        self.public = self.key.with_suffix(".pub").read_text()
+        self.known_hosts = directory / "known_hosts"
+
+    def options(self) -> list[str]:
+        return [
+            *("-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"),
+            *("-o", "StrictHostKeyChecking=accept-new"),
+            *("-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR"),
+        ]
+
+    def ssh(self, login: str, *command: str, **kwargs) -> subprocess.CompletedProcess:
+        kwargs = {"capture_output": True, "text": True, "timeout": 60, **kwargs}
+        argv = ["ssh", *self.options(), "-p", str(self.hub.ssh_port), f"{login}@127.0.0.1"]
+        return subprocess.run([*argv, *command], **kwargs)
+
+    def forward(self, login: str, local: int, remote: int, *extra: str) -> subprocess.Popen:
+        """`ssh -N -L local:127.0.0.1:remote`, running until killed."""
+        argv = ["ssh", *self.options(), "-p", str(self.hub.ssh_port), "-N", *extra]
+        argv += ["-o", "ExitOnForwardFailure=yes", "-L", f"{local}:127.0.0.1:{remote}"]
+        return subprocess.Popen([*argv, f"{login}@127.0.0.1"])
+
+
+@pytest.fixture(scope="module")
+def setup(hub, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ssh")
+    token, other_token = hub.add_user(USER), hub.add_user(OTHER)
+    client, stranger, other = (Client(hub, directory, n) for n in ("laptop", "stranger", "other"))
+    key = hub.atelier(
+        "POST", "/keypairs", token, json={"name": "laptop", "public_key": client.public}
+    )
+    assert key.status_code == 201, key.text
+    spare = hub.atelier("POST", "/keypairs", token, json={"name": "spare", "generate": True})
+    assert spare.status_code == 201, spare.text
+    theirs = {"name": "theirs", "public_key": other.public}
+    assert hub.atelier("POST", "/keypairs", other_token, json=theirs).status_code == 201
+    for owner, owner_token in ((USER, token), (OTHER, other_token)):
+        hub.start(owner, "lab", owner_token, {"image": BASE, "spec": SPEC})
+    access = {"enabled": True, "keypairs": [key.json()["id"]], "allowed_cidrs": ["127.0.0.0/8"]}
+    changed = hub.atelier("PATCH", f"/instances/{USER}/lab", token, json={"ssh": access})
+    assert changed.status_code == 200, changed.text
+    return {
+        "token": token,
+        "other_token": other_token,
+        "client": client,
+        "stranger": stranger,
+        "other": other,
+        "key": key.json(),
+        "spare": spare.json(),
+        "directory": directory,
+    }
+
+
+def login_events(hub, since_id: int = 0) -> list[dict]:
+    events = hub.atelier("GET", "/audit?action=sshLogin&limit=500").json()["events"]
+    return [e for e in reversed(events) if e["id"] > since_id]
+
+
+def last_event_id(hub) -> int:
+    events = hub.atelier("GET", "/audit?limit=1").json()["events"]
+    return events[0]["id"] if events else 0
+
+
+def test_the_instance_shows_how_to_connect(hub, setup):
+    instance = hub.atelier("GET", f"/instances/{USER}/lab", setup["token"]).json()
+    assert instance["ssh"]["enabled"] is True
+    assert instance["ssh"]["keypairs"] == [setup["key"]["id"]]
+    assert instance["ssh"]["command"] == f"ssh -p {hub.ssh_port} {USER}+lab@localhost"
+    assert f"User {USER}+lab" in instance["ssh"]["config"]
+
+
+def test_exec_runs_in_the_instance_environment_with_exit_codes(hub, setup):
+    client = setup["client"]
+    lab_pid = hub.servers(USER)["lab"]["state"]["pid"]
+    lab_env = environ_of(lab_pid)
+    shell = client.ssh(
+        f"{USER}+lab",
+        'echo "$(id -un) $PWD $HOME $MEM_LIMIT $VIRTUAL_ENV"; '
+        'python -c "import sys; print(sys.prefix)"; '
+        'test -n "$JUPYTERHUB_API_TOKEN" && echo token; echo hi > work/from-ssh.txt; exit 7',
+    )
+    assert shell.returncode == 7, shell.stderr
+    first, prefix, token = shell.stdout.splitlines()
+    assert first.split() == [
+        lab_env["USER"],
+        lab_env["HOME"],
+        lab_env["HOME"],
+        lab_env["MEM_LIMIT"],
+        lab_env["VIRTUAL_ENV"],
+    ]
+    assert prefix == lab_env["VIRTUAL_ENV"]
+    assert token == "token"
+    assert shell.stderr == ""
+    # the same work volume JupyterLab sees
+    lab = requests.get(
+        f"{hub.url}/user/{USER}/lab/api/contents/work/from-ssh.txt",
+        headers={"Authorization": f"token {setup['token']}"},
+        timeout=30,
+    )
+    assert lab.json()["content"] == "hi\n"
+    assert client.ssh(f"{USER}+lab", "true").returncode == 0
+    assert client.ssh(f"{USER}+lab", "kill -9 $$").returncode == 255  # killed by a signal
+
+
+def test_an_interactive_shell_gets_a_pty(hub, setup):
+    client = setup["client"]
+    argv = ["ssh", *client.options(), "-tt", "-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1"]
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.execvp("ssh", argv)
+    output = b""
+
+    def read_until(marker: bytes, timeout: float = 30) -> bytes:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while marker not in output and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 0.5)[0]:
+                try:
+                    output += os.read(terminal, 4096)
+                except OSError:
+                    break
+        assert marker in output, output.decode(errors="replace")
+        return output
+
+    os.write(terminal, b"tty; echo answer=$((6*7)); stty size\n")
+    read_until(b"answer=42")
+    assert b"/dev/pts/" in output
+    os.write(terminal, b"exit 5\n")
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 5
+
+
+def test_sftp_and_scp_copy_files_intact(hub, setup):
+    client, directory = setup["client"], setup["directory"]
+    big = directory / "big.bin"
+    big.write_bytes(os.urandom(100 * 1024 * 1024))
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    port, login = str(hub.ssh_port), f"{USER}+lab@127.0.0.1"
+    scp = subprocess.run(
+        ["scp", *client.options(), "-P", port, str(big), f"{login}:work/big.bin"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert scp.returncode == 0, scp.stderr
+    remote = client.ssh(f"{USER}+lab", "sha256sum work/big.bin")
+    assert remote.stdout.split()[0] == digest
+    back = directory / "back.bin"
+    scp = subprocess.run(
+        ["scp", *client.options(), "-P", port, f"{login}:work/big.bin", str(back)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert scp.returncode == 0, scp.stderr
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+
+    small = directory / "notes.txt"
+    small.write_text("sftp works\n")
+    batch = directory / "batch"
+    batch.write_text(f"put {small} work/notes.txt\nget work/notes.txt {directory}/notes-back.txt\n")
+    sftp = subprocess.run(
+        ["sftp", *client.options(), "-P", port, "-b", str(batch), login],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sftp.returncode == 0, sftp.stderr
+    assert (directory / "notes-back.txt").read_text() == "sftp works\n"
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_local_forwarding_reaches_the_instance_jupyterlab(hub, setup):
+    lab_url = environ_of(hub.servers(USER)["lab"]["state"]["pid"])["JUPYTERHUB_SERVICE_URL"]
+    lab_port = int(lab_url.rsplit(":", 1)[1].split("/", 1)[0])
+    local = free_port()
+    tunnel = setup["client"].forward(f"{USER}+lab", local, lab_port)
+    try:
+        wait_for_port(local)
+        status = requests.get(f"http://127.0.0.1:{local}/user/{USER}/lab/api", timeout=30)
+        assert status.status_code == 200
+        assert "version" in status.json()
+    finally:
+        tunnel.kill()
+
+
+def test_the_vscode_pattern_bash_script_on_stdin_then_forward(hub, setup):
+    """VS Code Remote-SSH: `ssh -T host bash` runs a script that starts a server and says
+    where it listens; then a second connection forwards a local port to it."""
+    client = setup["client"]
+    script = (
+        "python - <<'EOF' &\n"
+        "import http.server, socketserver\n"
+        "server = socketserver.TCPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n"
+        "print(f'listeningOn=={server.server_address[1]}==', flush=True)\n"
+        "server.serve_forever()\n"
+        "EOF\n"
+        "wait\n"
+    )
+    server = subprocess.Popen(
+        ["ssh", *client.options(), "-T", "-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1", "bash"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    server.stdin.write(script)
+    server.stdin.close()
+    line = server.stdout.readline()
+    assert line.startswith("listeningOn=="), line
+    remote = int(line.split("==")[1])
+    local = free_port()
+    tunnel = client.forward(f"{USER}+lab", local, remote)
+    try:
+        wait_for_port(local)
+        listing = requests.get(f"http://127.0.0.1:{local}/", timeout=30)
+        assert listing.status_code == 200
+        assert "work/" in listing.text  # served from the instance's directory
+    finally:
+        tunnel.kill()
+        server.kill()
+
+
+def refused(result: subprocess.CompletedProcess) -> bool:
+    return result.returncode == 255 and "Permission denied (publickey)" in result.stderr
+
+
+def test_every_refusal_is_refused_and_audited(hub, setup):
+    client, stranger, other = setup["client"], setup["stranger"], setup["other"]
+    token, key = setup["token"], setup["key"]
+    since = last_event_id(hub)
+    assert refused(stranger.ssh(f"{USER}+lab", "true"))  # a key nobody registered
+    assert refused(other.ssh(f"{USER}+lab", "true"))  # another user's key
+    assert refused(client.ssh(f"{OTHER}+lab", "true"))  # another user's instance
+    assert refused(client.ssh(f"{USER}+nothere", "true"))
+    assert refused(client.ssh(USER, "true"))  # not <user>+<instance>
+    only_password = subprocess.run(
+        ["ssh", *client.options(), "-o", "PreferredAuthentications=password,keyboard-interactive"]
+        + ["-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused(only_password)
+
+    # settings change while the instance runs, and count for the next connection at once
+    def change(**access):
+        response = hub.atelier("PATCH", f"/instances/{USER}/lab", token, json={"ssh": access})
+        assert response.status_code == 200, response.text
+
+    change(allowed_cidrs=["10.0.0.0/8"])
+    assert refused(client.ssh(f"{USER}+lab", "true"))
+    change(allowed_cidrs=[])  # empty: the admin's default, which is nobody here
+    assert refused(client.ssh(f"{USER}+lab", "true"))
+    change(allowed_cidrs=["127.0.0.1/32"], keypairs=[setup["spare"]["id"]])
+    assert refused(client.ssh(f"{USER}+lab", "true"))
+    change(keypairs=[key["id"]], enabled=False)
+    assert refused(client.ssh(f"{USER}+lab", "true"))
+    change(enabled=True)
+    assert client.ssh(f"{USER}+lab", "true").returncode == 0
+
+    events = login_events(hub, since)
+    failures = [e for e in events if e["result"] == "failure"]
+    reasons = [e["reason"] for e in failures]
+    assert len(failures) == 9, reasons
+    assert all(e["source_ip"] == "127.0.0.1" and e["action"] == "sshLogin" for e in events)
+    assert "not one of the user's key pairs" in reasons[0]
+    assert failures[0]["actor"] == "unknown"
+    assert failures[1]["actor"] == OTHER  # whose key it was
+    assert failures[2]["owner"] == OTHER and failures[2]["actor"] == USER
+    assert "no such instance" in reasons[3]
+    assert "is not <user>+<instance>" in reasons[4]
+    assert "address 127.0.0.1 is not in" in reasons[5]
+    assert "address 127.0.0.1 is not in" in reasons[6]
+    assert "not allowed for this instance" in reasons[7]
+    assert "SSH is disabled" in reasons[8]
+    assert key["fingerprint"] in reasons[2]
+    successes = [e for e in events if e["result"] == "success"]
+    assert [(e["reason"], e["resource"]) for e in successes] == [
+        (key["fingerprint"], f"{USER}/lab")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"ssh": {"allowed_cidrs": ["10.0.0.0/33"]}}, "ssh.allowed_cidrs"),
+        ({"ssh": {"keypairs": ["nope"]}}, "ssh.keypairs"),
+        ({"ssh": {"enabled": True, "port": 22}}, "ssh.port"),
+        ({"ssh": {"enabled": True}, "spec": "cpu.nope"}, "spec"),
+    ],
+)
+def test_bad_ssh_settings_change_nothing(hub, setup, body, field):
+    before = hub.atelier("GET", f"/instances/{USER}/lab", setup["token"]).json()
+    response = hub.atelier("PATCH", f"/instances/{USER}/lab", setup["token"], json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field
+    assert (
+        hub.atelier("GET", f"/instances/{USER}/lab", setup["token"]).json()["ssh"] == before["ssh"]
+    )
+
+
+def test_another_user_cannot_change_ssh_settings(hub, setup):
+    body = {"ssh": {"enabled": True, "allowed_cidrs": ["0.0.0.0/0"]}}
+    response = hub.atelier("PATCH", f"/instances/{USER}/lab", setup["other_token"], json=body)
+    assert response.status_code == 404
+
+
+def test_the_host_key_is_the_deployments_own(hub, setup):
+    scan = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", "-p", str(hub.ssh_port), "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    offered = scan.stdout.split()[2]
+    kept = (hub.dir / "data" / "ssh" / "host_ed25519_key.pub").read_text().split()[1]
+    assert offered == kept
+
+
+def test_deleting_a_key_refuses_it_at_once(hub, setup):
+    token = setup["token"]
+    client = setup["client"]
+    assert client.ssh(f"{USER}+lab", "true").returncode == 0
+    deleted = hub.atelier("DELETE", f"/keypairs/{setup['key']['id']}", token)
+    assert deleted.status_code == 204
+    assert refused(client.ssh(f"{USER}+lab", "true"))
+    assert hub.atelier("GET", f"/instances/{USER}/lab", token).json()["ssh"]["keypairs"] == []
+    again = hub.atelier(
+        "POST", "/keypairs", token, json={"name": "l2", "public_key": client.public}
+    )
+    access = {"ssh": {"keypairs": [again.json()["id"]]}}
+    assert hub.atelier("PATCH", f"/instances/{USER}/lab", token, json=access).status_code == 200
+    assert client.ssh(f"{USER}+lab", "true").returncode == 0
+
+
+def test_a_stopped_instance_says_so_and_closes(hub, setup):
+    client = setup["client"]
+    argv = ["ssh", *client.options(), "-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1"]
+    session = subprocess.Popen([*argv, "sleep 600"], stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    stopped = hub.api("DELETE", f"/users/{USER}/servers/lab", setup["token"])
+    assert stopped.status_code in (202, 204)
+    hub.wait_for(lambda: not hub.servers(USER)["lab"]["ready"], what="lab stopped")
+    assert session.wait(30) != 0  # the open session ends with the instance
+    result = client.ssh(f"{USER}+lab", "true", timeout=30)
+    assert result.returncode == 1
+    assert "instance lab is stopped; start it from the hub" in result.stderr
