@@ -16,6 +16,10 @@ _jinja = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoe
 FLAVOR_TITLES = {"cpu": "CPU", "gpu": "GPU (CUDA)", "ascend": "Ascend (CANN)"}
 
 
+def render(template: str, **values) -> str:
+    return _jinja.get_template(template).render(**values)
+
+
 def options_from_form(formdata: dict[str, list[str]]) -> dict:
     """Form fields (lists of strings) -> the JSON options the API takes."""
 
@@ -147,4 +151,5 @@ def home_view(context, user) -> dict:
         "idle_minutes": context.settings.culling.idle_minutes,
         "now": datetime.now(UTC),
         "limit": context.settings.limits.instances_per_user,
+        "ssh_page": "/services/atelier/ssh" if context.settings.ssh.enabled else None,
     }

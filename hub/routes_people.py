@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
 from atelier.hub.keypairs import generate_key_pair, inspect_public_key
+from atelier.hub.pages import render
 from atelier.hub.routes import CatalogBase
 from atelier.hub.service import APIError, BaseHandler, not_found
 from atelier.hub.store import CatalogError
@@ -151,6 +155,28 @@ class KeyPairHandler(BaseHandler):
         self.audit(caller, "deleteKeyPair", "keypair", key_id, "success", "", caller.name)
         self.set_status(204)
         self.finish()
+
+
+class SSHPage(BaseHandler):
+    """The SSH page: key pairs, and each instance's SSH settings and how to connect."""
+
+    def get_login_url(self):
+        return HubOAuthenticated.get_login_url(self)  # a page: send the browser to sign in
+
+    @web.authenticated
+    def get(self):
+        caller = self.require("custom:atelier:keypairs:manage")
+        gateway = self.context.settings.ssh
+        page = render(
+            "ssh.html",
+            api=self.settings["prefix"] + "/api/v1",
+            user=caller.name,
+            xsrf=self.xsrf_token.decode(),
+            host=gateway.host(self.context.settings.ip),
+            port=gateway.port,
+        )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(page)
 
 
 KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

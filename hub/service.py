@@ -180,9 +180,6 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def get_login_url(self):
         raise APIError(401, "unauthenticated", "sign in or send 'Authorization: token <token>'")
 
-    def check_xsrf_cookie(self):
-        """Token-authenticated API: no cookie-based forms post here."""
-
     def check_hub_user(self, model):
         try:
             return super().check_hub_user(model)
@@ -292,15 +289,19 @@ class NotFoundHandler(BaseHandler):
 def make_app(context: Context, hub: HubClient) -> web.Application:
     from atelier.hub.openapi import OpenAPIHandler
     from atelier.hub.routes import all_routes
+    from atelier.hub.routes_people import SSHPage
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE}/").rstrip("/")
     handlers = [(prefix + "/api/v1" + path, handler) for path, handler in all_routes()]
     handlers += [
         (prefix + "/api/v1/openapi.json", OpenAPIHandler),
         (prefix + "/oauth_callback", HubOAuthCallbackHandler),
+        (prefix + "/ssh", SSHPage),
         (r".*", NotFoundHandler),
     ]
-    return web.Application(handlers, context=context, hub=hub, cookie_secret=os.urandom(32))
+    return web.Application(
+        handlers, context=context, hub=hub, prefix=prefix, cookie_secret=os.urandom(32)
+    )
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import pwd
+import signal
 import socket
 import time
 
@@ -335,6 +336,7 @@ class Notice(asyncssh.SSHServerSession):
 async def serve(settings: Settings) -> None:
     gateway = Gateway(settings, Store(store_url(settings)))
     server = await gateway.listen()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.close)  # hub stops
     log.info("SSH gateway listening on %s:%s", settings.ssh.ip, settings.ssh.port)
     await server.wait_closed()
 

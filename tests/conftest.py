@@ -66,8 +66,13 @@ class Hub:
             devices=[{"kind": "gpu", "type": "a100", "index": i} for i in (0, 1)],
             culling={"idle_minutes": 0},
             autostop_every_seconds=1,
-            ssh={"ip": "127.0.0.1", "port": self.ssh_port, "max_failed_logins": 1000},
         )
+        config["ssh"] = {
+            "ip": "127.0.0.1",
+            "max_failed_logins": 1000,
+            **overrides.pop("ssh", {}),
+            "port": self.ssh_port,
+        }
         config["images"].append({"name": FAKE_GPU, "display_name": "Test GPU image"})
         config["limits"]["instances_per_user"] = 4
         for key, value in overrides.items():

@@ -156,3 +156,33 @@ def test_deprecated_image_notice_names_the_successor(hub):
         assert f'<option value="{BASE}"' not in page  # no longer offered for new instances
     finally:
         hub.cli("images", "update", BASE, "--status", "active")
+
+
+def test_ssh_page_adds_key_pairs_and_sets_instance_access(hub):
+    hub.start("admin", "sshpage", hub.admin_token, {"image": BASE, "spec": "cpu.2u4g"})
+    session = sign_in(hub, "admin", hub.admin_password)
+    assert 'href="/services/atelier/ssh#sshpage"' in home(hub, session)
+    page = session.get(f"{hub.url}/services/atelier/ssh", timeout=30)  # signs in by OAuth
+    assert page.status_code == 200
+    assert f"port <code>{hub.ssh_port}</code>" in page.text
+    xsrf = re.search(r'data-xsrf="([^"]+)"', page.text).group(1)
+    api = f"{hub.url}/services/atelier/api/v1"
+
+    # the page's script calls the API with the service's cookie and the page's xsrf token
+    forged = session.post(f"{api}/keypairs", json={"name": "forged", "generate": True}, timeout=30)
+    assert forged.status_code == 401  # a cookie without the xsrf token is not enough
+    headers = {"X-XSRFToken": xsrf}
+    generated = session.post(
+        f"{api}/keypairs", json={"name": "page", "generate": True}, headers=headers, timeout=30
+    )
+    assert generated.status_code == 201, generated.text
+    assert generated.json()["private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    access = {"ssh": {"enabled": True, "keypairs": [generated.json()["id"]], "allowed_cidrs": []}}
+    changed = session.patch(
+        f"{api}/instances/admin/sshpage", json=access, headers=headers, timeout=30
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["ssh"]["command"] == f"ssh -p {hub.ssh_port} admin+sshpage@localhost"
+    listed = session.get(f"{api}/keypairs", headers=headers, timeout=30).json()["keypairs"]
+    assert [key["name"] for key in listed] == ["page"]
+    assert "private_key" not in listed[0]

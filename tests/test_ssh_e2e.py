@@ -10,7 +10,7 @@ import time
 
 import pytest
 import requests
-from conftest import BASE, environ_of, free_port
+from conftest import BASE, Hub, environ_of, free_port
 
 pytestmark = pytest.mark.e2e
 USER, OTHER = "sshdev", "sshother"
@@ -382,3 +382,26 @@ def test_a_stopped_instance_says_so_and_closes(hub, setup):
     result = client.ssh(f"{USER}+lab", "true", timeout=30)
     assert result.returncode == 1
     assert "instance lab is stopped; start it from the hub" in result.stderr
+
+
+def test_failed_logins_from_an_address_are_limited(envs_dir, tmp_path):
+    """After max_failed_logins failures, even the right key is refused for the window."""
+    limited = Hub(envs_dir, ssh={"ip": "127.0.0.1", "max_failed_logins": 3})
+    try:
+        token = limited.add_user(USER)
+        client, stranger = Client(limited, tmp_path, "right"), Client(limited, tmp_path, "wrong")
+        body = {"name": "right", "public_key": client.public}
+        key = limited.atelier("POST", "/keypairs", token, json=body).json()
+        limited.start(USER, "lab", token, {"image": BASE, "spec": SPEC})
+        access = {"enabled": True, "keypairs": [key["id"]], "allowed_cidrs": ["127.0.0.1/32"]}
+        patched = limited.atelier("PATCH", f"/instances/{USER}/lab", token, json={"ssh": access})
+        assert patched.status_code == 200
+        assert client.ssh(f"{USER}+lab", "true").returncode == 0
+        for _ in range(3):
+            assert refused(stranger.ssh(f"{USER}+lab", "true"))
+        assert refused(client.ssh(f"{USER}+lab", "true"))
+        events = login_events(limited)
+        assert "too many failed logins from this address" in events[-1]["reason"]
+        assert [e["result"] for e in events] == ["success"] + ["failure"] * 4
+    finally:
+        limited.stop()
