@@ -1,9 +1,9 @@
 """SSH through the gateway against a plain OpenSSH sshd on loopback, in one run.
 
 Starts an Atelier hub (the e2e harness) with one running instance whose SSH settings allow a
-fresh key, and beside it Debian's sshd as a normal root daemon on another loopback port that
-logs in as the same instance account. With the stock OpenSSH client and its default
-algorithms, it measures:
+fresh key, and beside it Debian's sshd on another loopback port, run as the instance's
+account (a root sshd refuses the locked system accounts instances run as). With the stock
+OpenSSH client and its default algorithms, it measures:
 
 - time to first command: wall time of `ssh <target> true` (new connection each time);
 - scp throughput: a 512 MB file of random bytes copied into the instance's work volume and
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--connects", type=int, default=10)
     args = parser.parse_args()
     if os.geteuid() != 0:
-        raise SystemExit("run as root: the plain sshd logs in as the instance's account")
+        raise SystemExit("run as root: the plain sshd runs as the instance's account")
 
     build_env(WORK / "envs", BASE)
     hub = Hub(WORK / "envs")
@@ -123,13 +123,19 @@ def main() -> None:
             }
             hub.atelier("PATCH", f"/instances/{USER}/lab", token, json={"ssh": access})
 
-            keygen(scratch / "host_key")
-            (scratch / "authorized_keys").write_text(public)
+            account = account_name(USER)
+            plain = scratch / "plain"
+            plain.mkdir()
+            keygen(plain / "host_key")
+            (plain / "authorized_keys").write_text(public)
             plain_port = free_port()
-            config = scratch / "sshd_config"
-            config.write_text(PLAIN_SSHD.format(port=plain_port, dir=scratch))
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
-            sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)])
+            config = plain / "sshd_config"
+            config.write_text(PLAIN_SSHD.format(port=plain_port, dir=plain))
+            subprocess.run(["chown", "-R", account, str(plain)], check=True)
+            scratch.chmod(0o711)
+            sshd = subprocess.Popen(
+                ["runuser", "-u", account, "--", "/usr/sbin/sshd", "-D", "-e", "-f", str(config)]
+            )
             time.sleep(0.5)
 
             big = scratch / "big.bin"
@@ -139,7 +145,7 @@ def main() -> None:
             work = instance_home(hub.dir / "data", USER, "lab") / "work"
             key_path = scratch / "client"
             targets = [
-                Target("plain_sshd", plain_port, account_name(USER), key_path, scratch),
+                Target("plain_sshd", plain_port, account, key_path, scratch),
                 Target("gateway", hub.ssh_port, f"{USER}+lab", key_path, scratch),
             ]
             results = {
