@@ -66,6 +66,11 @@ def hub_error(code: int, data) -> APIError:
 
 
 class InstanceBase(BaseHandler):
+    def instance_records(self, owner: str) -> dict:
+        return self.recent.get(
+            ("instances", owner), lambda: self.context.store.instance_records(owner)
+        )
+
     async def owned_servers(self, caller: Caller, owner: str) -> dict:
         if not caller.admin and owner != caller.name:
             raise not_found(f"user {owner!r}")
@@ -78,7 +83,7 @@ class InstanceBase(BaseHandler):
         servers = await self.owned_servers(caller, owner)
         if name not in servers:
             raise not_found(f"instance {owner}/{name}")
-        record = self.context.store.instance_records(owner).get(name)
+        record = self.instance_records(owner).get(name)
         return {
             **instance_json(owner, name, servers[name], record),
             "volume": self.volume(owner, name),
@@ -128,7 +133,7 @@ class InstancesHandler(InstanceBase):
             servers_by_owner = {owner: await self.owned_servers(caller, owner)}
         instances = []
         for owner, servers in servers_by_owner.items():
-            records = self.context.store.instance_records(owner)
+            records = self.instance_records(owner)
             instances += [instance_json(owner, n, s, records.get(n)) for n, s in servers.items()]
         self.reply({"instances": sorted(instances, key=lambda i: (i["owner"], i["name"]))})
 
@@ -235,6 +240,9 @@ class VolumeExpandHandler(InstanceBase):
 class CatalogBase(BaseHandler):
     noun = ""
 
+    def catalog_images(self) -> list[core.Image]:
+        return self.recent.get("images", self.context.store.images)
+
     def catalog_change(self, caller: Caller, action: str, name: str, change):
         """Apply a catalog change, audit it, and map refusals to 400/404."""
         try:
@@ -260,7 +268,7 @@ class ImagesHandler(CatalogBase):
     async def get(self):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
-        images = visible_images(self.context.store.images(), caller, workspaces)
+        images = visible_images(self.catalog_images(), caller, workspaces)
         self.reply({"images": [core.image_json(i) for i in images]})
 
     def post(self):
@@ -282,7 +290,7 @@ class ImageHandler(CatalogBase):
     async def get(self, name):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
-        images = visible_images(self.context.store.images(), caller, workspaces)
+        images = visible_images(self.catalog_images(), caller, workspaces)
         image = {i.name: i for i in images}.get(name)
         if image is None:
             raise not_found(f"image {name!r}")

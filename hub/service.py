@@ -8,6 +8,7 @@ the service's token, so the hub keeps validating and auditing them in one place.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -85,25 +86,56 @@ class Caller:
 class HubClient:
     """The hub's REST API, called with the service's token on behalf of a caller."""
 
-    MEMBERSHIP_SECONDS = 5
+    FRESH_SECONDS = 1.0  # a user model this young is answered as it is
+    STALE_SECONDS = 5.0  # up to this old, too, while a fresh one is fetched in the background
 
     def __init__(self, api_url: str, token: str):
         self.api_url, self.token = api_url.rstrip("/"), token
         self.http = AsyncHTTPClient()
-        self._memberships: dict[str, tuple[float, frozenset[str]]] = {}
+        self._users: dict[str, tuple[float, dict | None]] = {}
+        self._fetching: dict[str, asyncio.Future] = {}
+        self._generation = 0  # counts the changes made through this service
+
+    async def user(self, name: str) -> dict | None:
+        """A hub user's model with stopped servers; None when there is none.
+
+        Reads are served from a short-lived copy so that many callers polling do not each
+        cost a hub request; changes made through this service are seen at once.
+        """
+        cached = self._users.get(name)
+        age = time.monotonic() - cached[0] if cached else None
+        if age is not None and age <= self.STALE_SECONDS:
+            if age > self.FRESH_SECONDS:
+                self._fetch(name)
+            return cached[1]
+        return await self._fetch(name)
+
+    def _fetch(self, name: str) -> asyncio.Future:
+        """One hub request per user at a time, however many callers wait for it."""
+        if name not in self._fetching:
+            self._fetching[name] = asyncio.ensure_future(self._fetch_user(name))
+        return self._fetching[name]
+
+    async def _fetch_user(self, name: str) -> dict | None:
+        started, generation = time.monotonic(), self._generation
+        try:
+            code, model = await self.request("GET", f"/users/{quote(name)}?include_stopped_servers")
+        finally:
+            if self._fetching.get(name) is asyncio.current_task():
+                del self._fetching[name]
+        model = model if code == 200 else None
+        if generation == self._generation:  # nothing changed meanwhile through this service
+            self._users[name] = (started, model)
+        return model
 
     async def memberships(self, user: str) -> frozenset[str]:
-        """The groups (workspaces) of a user, as the hub has them a few seconds ago at most."""
-        now = time.monotonic()
-        cached = self._memberships.get(user)
-        if cached is None or now - cached[0] > self.MEMBERSHIP_SECONDS:
-            code, model = await self.request("GET", f"/users/{quote(user)}")
-            cached = (now, frozenset(model.get("groups", ())) if code == 200 else frozenset())
-            self._memberships[user] = cached
-        return cached[1]
+        """The groups (workspaces) of a user."""
+        return frozenset(((await self.user(user)) or {}).get("groups", ()))
 
     async def request(self, method: str, path: str, caller: Caller | None = None, body=None):
         headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
+        if method != "GET":
+            self._forget_users()
         if caller is not None:
             headers["X-Atelier-Actor"] = caller.name
             headers["X-Atelier-Source-IP"] = caller.source_ip
@@ -118,13 +150,21 @@ class HubClient:
             ),
             raise_error=False,
         )
+        if method != "GET":
+            self._forget_users()  # again: a read made during the change may predate it
         data = json.loads(response.body) if response.body else None
         return response.code, data
 
+    def _forget_users(self) -> None:
+        """Whatever a change touches is read afresh."""
+        self._generation += 1
+        self._users.clear()
+        self._fetching.clear()
+
     async def servers(self, owner: str) -> dict | None:
         """An owner's instances (named servers) by name; None when there is no such user."""
-        code, user = await self.request("GET", f"/users/{quote(owner)}?include_stopped_servers")
-        return None if code == 404 else instances_of(user)
+        user = await self.user(owner)
+        return None if user is None else instances_of(user)
 
     async def group_members(self, name: str) -> list[str] | None:
         code, group = await self.request("GET", f"/groups/{quote(name)}")
@@ -133,7 +173,6 @@ class HubClient:
     async def set_group(self, name: str, members: list[str] | None, caller: Caller) -> None:
         """Create the group if needed and make its members exactly `members` (None: as they are,
         for example when an OAuth provider's group claims manage them)."""
-        self._memberships.clear()
         current = await self.group_members(name)
         if current is None:
             await self.request("POST", f"/groups/{quote(name)}", caller, {"users": []})
@@ -152,7 +191,6 @@ class HubClient:
                     raise APIError(400, "invalid", data.get("message", "refused"), "members")
 
     async def delete_group(self, name: str, caller: Caller) -> None:
-        self._memberships.clear()
         await self.request("DELETE", f"/groups/{quote(name)}", caller)
 
     async def all_servers(self) -> dict[str, dict]:
@@ -166,8 +204,46 @@ def instances_of(user: dict) -> dict:
     return {name: server for name, server in (user.get("servers") or {}).items() if name}
 
 
+class Recent:
+    """Answers of repeated reads, kept for `seconds`: many users polling the catalog or their
+    instances cost one store query a second, not one each. Cleared by any change made through
+    the service, so its own writes are read back at once."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._values: dict = {}
+
+    def get(self, key, read):
+        now = time.monotonic()
+        hit = self._values.get(key)
+        if hit is None or now - hit[0] > self.seconds:
+            hit = (now, read())
+            self._values[key] = hit
+        return hit[1]
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """JSON in and out, the caller, and errors in one shape."""
+
+    async def prepare(self):
+        """Identify the caller without blocking: JupyterHub's synchronous lookup waits for a
+        helper thread on every request, which stalls every other request meanwhile."""
+        model = await self.hub_auth.get_user(self, sync=False)
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
+
+    def on_finish(self):
+        if self.request.method != "GET":
+            self.recent.clear()  # after the change, so no read made during it lingers
+
+    @property
+    def recent(self) -> Recent:
+        return self.settings["recent"]
 
     @property
     def context(self) -> Context:
@@ -300,12 +376,16 @@ def make_app(context: Context, hub: HubClient) -> web.Application:
         (r".*", NotFoundHandler),
     ]
     return web.Application(
-        handlers, context=context, hub=hub, prefix=prefix, cookie_secret=os.urandom(32)
+        handlers,
+        context=context,
+        hub=hub,
+        prefix=prefix,
+        recent=Recent(1.0),
+        cookie_secret=os.urandom(32),
     )
 
 
 def main() -> None:
-    import asyncio
     from urllib.parse import urlparse
 
     from atelier.hub.hubconfig import settings_from_environment
