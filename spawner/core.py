@@ -6,6 +6,7 @@ realise an `InstancePlan`; the hub's API and form call the same validation.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -68,7 +69,7 @@ class Image:
     visibility: str = "public"  # public | shared (with one workspace)
     workspace: str | None = None
 
-    @property
+    @functools.cached_property
     def parts(self) -> dict[str, str]:
         match = IMAGE_NAME.match(self.name)
         if match is None:
