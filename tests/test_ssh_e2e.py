@@ -221,6 +221,36 @@ def test_local_forwarding_reaches_the_instance_jupyterlab(hub, setup):
         tunnel.kill()
 
 
+def socks5_get(proxy_port: int, port: int, path: str) -> bytes:
+    """An HTTP GET to 127.0.0.1:port inside the instance, through `ssh -D`'s SOCKS5 proxy."""
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=30) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert sock.recv(2) == b"\x05\x00"
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + port.to_bytes(2, "big"))
+        assert sock.recv(10)[1] == 0  # succeeded
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_dynamic_forwarding_reaches_the_instance(hub, setup):
+    lab_url = environ_of(hub.servers(USER)["lab"]["state"]["pid"])["JUPYTERHUB_SERVICE_URL"]
+    lab_port = int(lab_url.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = free_port()
+    client = setup["client"]
+    argv = ["ssh", *client.options(), "-p", str(hub.ssh_port), "-N", "-D", str(proxy)]
+    tunnel = subprocess.Popen([*argv, "-o", "ExitOnForwardFailure=yes", f"{USER}+lab@127.0.0.1"])
+    try:
+        wait_for_port(proxy)
+        answer = socks5_get(proxy, lab_port, f"/user/{USER}/lab/api")
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert b'"version"' in answer
+    finally:
+        tunnel.kill()
+
+
 def test_the_vscode_pattern_bash_script_on_stdin_then_forward(hub, setup):
     """VS Code Remote-SSH: `ssh -T host bash` runs a script that starts a server and says
     where it listens; then a second connection forwards a local port to it."""
