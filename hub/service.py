@@ -283,6 +283,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def require(self, scope: str) -> Caller:
         caller = self.caller
         if not caller.may(scope):
+            if self.request.method != "GET":  # a refused change is audited too
+                noun = scope.split(":")[2]
+                self.audit(caller, "accessDenied", noun, self.request.path, "failure", scope)
             raise APIError(403, "forbidden", f"this needs the scope {scope}")
         return caller
 

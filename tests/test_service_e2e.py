@@ -152,6 +152,10 @@ def test_scopes_decide_what_a_token_may_do(hub):
         "message": "this needs the scope custom:atelier:instances:create",
     }
     assert hub.atelier("GET", "/instances", reader).json()["instances"] == []
+    denied = hub.atelier("GET", "/audit?action=accessDenied&actor=yuri").json()["events"]
+    assert [(e["resource"], e["reason"], e["result"]) for e in denied] == [
+        ("/services/atelier/api/v1/instances", "custom:atelier:instances:create", "failure")
+    ]
     no_access = hub.add_user("yuri", ["read:users!user"])
     assert hub.atelier("GET", "/instances", no_access).status_code == 403
     assert (
