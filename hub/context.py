@@ -68,11 +68,12 @@ class Context:
         return size
 
     def catalog_for(self, user) -> core.Catalog:
-        """What a hub user may choose from: public images and their workspaces' shared ones."""
+        """What a hub user may choose from: public images, their workspaces' shared ones and
+        their own private ones."""
         catalog = self.catalog()
         if user.admin:
             return catalog
-        return catalog.for_member(frozenset(group.name for group in user.groups))
+        return catalog.for_user(user.name, frozenset(group.name for group in user.groups))
 
 
 def store_url(settings: Settings) -> str:

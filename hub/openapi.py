@@ -47,8 +47,9 @@ IMAGE_CHANGE = {
     "status": {"enum": ["active", "deprecated", "disabled"]},
     "successor": NULLABLE_STRING,
     "accelerator_types": {"type": "array", "items": STRING},
-    "visibility": {"enum": ["public", "shared"]},
+    "visibility": {"enum": ["public", "shared", "private"]},
     "workspace": NULLABLE_STRING,
+    "owner": NULLABLE_STRING,
 }
 SCHEMAS = {
     "Error": obj(
@@ -113,8 +114,9 @@ SCHEMAS = {
             "status": STRING,
             "successor": NULLABLE_STRING,
             "accelerator_types": {"type": "array", "items": STRING},
-            "visibility": {"enum": ["public", "shared"]},
+            "visibility": {"enum": ["public", "shared", "private"]},
             "workspace": NULLABLE_STRING,
+            "owner": NULLABLE_STRING,
         }
     ),
     "ImageCreate": obj({"name": STRING, **IMAGE_CHANGE}, ("name",)),

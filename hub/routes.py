@@ -49,8 +49,8 @@ def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> 
 
 
 def visible_images(images: list[core.Image], caller: Caller, workspaces) -> list[core.Image]:
-    """Public images, and the shared images of the caller's workspaces (admins: all)."""
-    return [image for image in images if caller.admin or image.visible_to(workspaces)]
+    """Public images, the caller's workspaces' shared ones and their own (admins: all)."""
+    return [i for i in images if caller.admin or i.visible_to(caller.name, workspaces)]
 
 
 def hub_error(code: int, data) -> APIError:
@@ -142,7 +142,7 @@ class InstancesHandler(InstanceBase):
         body = self.body(
             ("name", "owner", "workspace", *INSTANCE_FIELDS), required=("name", "image", "spec")
         )
-        owner = body.pop("owner", caller.name)
+        owner = body.pop("owner", None) or caller.name
         name = body.pop("name")
         workspace = body.pop("workspace", None)
         if name in await self.owned_servers(caller, owner):
@@ -243,6 +243,12 @@ class CatalogBase(BaseHandler):
     def catalog_images(self) -> list[core.Image]:
         return self.recent.get("images", self.context.store.images)
 
+    async def check_owner(self, body: dict) -> None:
+        """A private image belongs to a hub user that exists."""
+        owner = body.get("owner")
+        if owner is not None and await self.hub.user(owner) is None:
+            raise APIError(400, "invalid", f"no hub user named {owner!r}", "owner")
+
     def catalog_change(self, caller: Caller, action: str, name: str, change):
         """Apply a catalog change, audit it, and map refusals to 400/404."""
         try:
@@ -271,10 +277,11 @@ class ImagesHandler(CatalogBase):
         images = visible_images(self.catalog_images(), caller, workspaces)
         self.reply({"images": [core.image_json(i) for i in images]})
 
-    def post(self):
+    async def post(self):
         caller = self.require("custom:atelier:images:admin")
         body = self.body(("name", *IMAGE_FIELDS), required=("name",))
         body["accelerator_types"] = tuple(body.get("accelerator_types") or ())
+        await self.check_owner(body)
         image = self.catalog_change(
             caller,
             "createImage",
@@ -296,11 +303,12 @@ class ImageHandler(CatalogBase):
             raise not_found(f"image {name!r}")
         self.reply(core.image_json(image))
 
-    def patch(self, name):
+    async def patch(self, name):
         caller = self.require("custom:atelier:images:admin")
         body = self.body(IMAGE_FIELDS)
         if "accelerator_types" in body:
             body["accelerator_types"] = tuple(body["accelerator_types"] or ())
+        await self.check_owner(body)
         image = self.catalog_change(
             caller, "updateImage", name, lambda: self.context.store.update_image(name, **body)
         )

@@ -43,7 +43,7 @@ SCOPES = {
 USER_SCOPES = [scope for scope in SCOPES if not scope.endswith(":admin")]
 FIELD_TYPES = {
     "name": str,
-    "owner": str,
+    "owner": (str, type(None)),
     "display_name": str,
     "description": str,
     "status": str,

@@ -55,6 +55,7 @@ class ImageRecord(Base):
     accelerator_types: Mapped[list] = mapped_column(JSON, default=list)
     visibility: Mapped[str] = mapped_column(String(16), default="public")
     workspace: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     def to_image(self) -> core.Image:
         return core.Image(
@@ -66,6 +67,7 @@ class ImageRecord(Base):
             tuple(self.accelerator_types or ()),
             self.visibility,
             self.workspace,
+            self.owner,
         )
 
 
@@ -194,6 +196,7 @@ IMAGE_FIELDS = (
     "accelerator_types",
     "visibility",
     "workspace",
+    "owner",
 )
 SPEC_FIELDS = ("display_name", "disabled")
 
@@ -522,7 +525,9 @@ def _check_image(image: core.Image, existing: list[core.Image], workspaces: set[
     if image.visibility not in core.IMAGE_VISIBILITIES:
         raise CatalogError("visibility", f"must be one of {', '.join(core.IMAGE_VISIBILITIES)}")
     if (image.visibility == "shared") != (image.workspace is not None):
-        raise CatalogError("workspace", "a shared image names its workspace; a public one none")
+        raise CatalogError("workspace", "a shared image names its workspace; others none")
+    if (image.visibility == "private") != (image.owner is not None):
+        raise CatalogError("owner", "a private image names its owner; others none")
     if image.workspace is not None and image.workspace not in workspaces:
         raise CatalogError("workspace", f"no workspace named {image.workspace!r}")
     names = {other.name for other in existing}

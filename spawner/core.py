@@ -27,7 +27,7 @@ SPEC_NAME_FORMAT = "cpu.<C>u<M>g, gpu.<N>x<type>.<C>u<M>g or ascend.<N>x<type>.<
 INSTANCE_NAME = re.compile(r"^[a-z0-9-]+$")
 FLAVORS = ("cpu", "gpu", "ascend")
 IMAGE_STATUSES = ("active", "deprecated", "disabled")
-IMAGE_VISIBILITIES = ("public", "shared")
+IMAGE_VISIBILITIES = ("public", "shared", "private")
 WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 OPTION_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 MAX_AUTOSTOP_HOURS = 24 * 7
@@ -66,8 +66,9 @@ class Image:
     status: str = "active"
     successor: str | None = None
     accelerator_types: tuple[str, ...] = ()
-    visibility: str = "public"  # public | shared (with one workspace)
+    visibility: str = "public"  # public | shared (with one workspace) | private (one user's)
     workspace: str | None = None
+    owner: str | None = None  # of a private image
 
     @functools.cached_property
     def parts(self) -> dict[str, str]:
@@ -93,8 +94,11 @@ class Image:
     def title(self) -> str:
         return self.display_name or self.name
 
-    def visible_to(self, workspaces: frozenset[str]) -> bool:
-        """Public images, and shared images to members of their workspace."""
+    def visible_to(self, user: str, workspaces: frozenset[str]) -> bool:
+        """Public images; shared images to members of their workspace; private ones to
+        their owner."""
+        if self.visibility == "private":
+            return self.owner == user
         return self.visibility == "public" or self.workspace in workspaces
 
 
@@ -155,6 +159,7 @@ def image_json(image: Image) -> dict:
         "accelerator_types": list(image.accelerator_types),
         "visibility": image.visibility,
         "workspace": image.workspace,
+        "owner": image.owner,
     }
 
 
@@ -207,10 +212,11 @@ class Catalog:
             if not spec.disabled and spec_fits_image(image, spec) and self.can_satisfy(spec)
         ]
 
-    def for_member(self, workspaces: frozenset[str]) -> Catalog:
-        """The catalog as a member of these workspaces sees it: public and their shared images."""
+    def for_user(self, user: str, workspaces: frozenset[str]) -> Catalog:
+        """The catalog as a user in these workspaces sees it: public images, their workspaces'
+        shared images and their own private ones."""
         images = {
-            name: image for name, image in self.images.items() if image.visible_to(workspaces)
+            name: image for name, image in self.images.items() if image.visible_to(user, workspaces)
         }
         return replace(self, images=images)
 

@@ -337,6 +337,36 @@ def test_schemathesis_finds_no_fault_in_the_read_only_routes(hub):
     assert "Tested: 12" in result.stdout  # every GET operation
 
 
+def test_private_images_are_their_owners_alone(hub, envs_dir):
+    private = "mine_1.0-cpu-py_3.11-debian_12-x86_64"
+    if not (envs_dir / private).exists():  # its local environment: the base one
+        (envs_dir / private).symlink_to(envs_dir / BASE)
+    owner, other = hub.add_user("priya"), hub.add_user("piet")
+    image = {"name": private, "visibility": "private", "owner": "priya"}
+    no_owner = hub.atelier("POST", "/images", json={**image, "owner": None})
+    assert error_of(no_owner, 400)["field"] == "owner"
+    ghost = hub.atelier("POST", "/images", json={**image, "owner": "nobody-here"})
+    assert error_of(ghost, 400) == {
+        "code": "invalid",
+        "field": "owner",
+        "message": "no hub user named 'nobody-here'",
+    }
+    assert hub.atelier("POST", "/images", json=image).status_code == 201
+    assert hub.atelier("GET", f"/images/{private}", owner).json()["owner"] == "priya"
+    assert private not in [i["name"] for i in hub.atelier("GET", "/images", other).json()["images"]]
+    assert hub.atelier("GET", f"/images/{private}", other).status_code == 404
+    theirs = {"name": "p1", "image": private, "spec": "cpu.2u4g"}
+    refused = hub.atelier("POST", "/instances", other, json=theirs)
+    assert error_of(refused, 400)["message"] == f"no image named {private!r} in the catalog"
+    assert hub.atelier("GET", "/instances", other).json()["instances"] == []
+    made = hub.atelier("POST", "/instances", owner, json=theirs)
+    assert made.status_code == 201, made.text
+    assert (
+        hub.atelier("DELETE", "/instances/priya/p1?confirm=delete-volume", owner).status_code == 204
+    )
+    assert hub.atelier("DELETE", f"/images/{private}").status_code == 204
+
+
 def test_workspaces_share_images_and_quota_with_members_only(hub, envs_dir):
     shared = "vision_1.0-cpu-py_3.11-debian_12-x86_64"
     if not (envs_dir / shared).exists():  # its local environment: the base one
