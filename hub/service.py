@@ -9,6 +9,7 @@ the service's token, so the hub keeps validating and auditing them in one place.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -398,6 +399,7 @@ def main() -> None:
         hub = HubClient(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
         url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
         make_app(context, hub).listen(url.port, url.hostname)
+        gc.freeze()  # start-up's objects live as long as the service: keep them out of GC scans
         retention = timedelta(days=context.settings.audit_retention_days)
         while True:
             context.store.expire_audit(datetime.now(UTC) - retention)

@@ -301,6 +301,21 @@ class Store:
             rows = db.scalars(select(InstanceRecord).where(InstanceRecord.owner == owner))
             return {row.name: (as_utc(row.created), row.workspace) for row in rows}
 
+    def all_instance_records(self) -> dict[str, dict[str, tuple[datetime, str | None]]]:
+        """Every owner's instance records, from one query: {owner: {name: (created, workspace)}}."""
+        records: dict[str, dict] = {}
+        with self.session() as db:
+            for owner, name, created, workspace in db.execute(
+                select(
+                    InstanceRecord.owner,
+                    InstanceRecord.name,
+                    InstanceRecord.created,
+                    InstanceRecord.workspace,
+                )
+            ):
+                records.setdefault(owner, {})[name] = (as_utc(created), workspace)
+        return records
+
     def place_instance(self, owner: str, name: str, workspace: str | None) -> None:
         self.instance_created(owner, name)
         with self.session() as db, db.begin():

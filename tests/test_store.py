@@ -59,6 +59,12 @@ def test_instance_records(url):
     first = store.instance_created("alice", "lab")
     assert store.instance_created("alice", "lab") == first
     assert list(store.created_times("alice")) == ["lab"] and store.created_times("bob") == {}
+    store.place_instance("bob", "gpu", "vision")
+    assert store.all_instance_records() == {
+        "alice": {"lab": (first, None)},
+        "bob": {"gpu": store.instance_records("bob")["gpu"]},
+    }
+    assert store.all_instance_records()["bob"]["gpu"][1] == "vision"
     store.forget_instance("alice", "lab")
     assert store.created_times("alice") == {}
 
