@@ -8,6 +8,7 @@ handler a timer that does nothing; all else is NativeAuthenticator's own.
 
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import LoginHandler
+from tornado import web
 
 
 class _NullTimer:
@@ -42,7 +43,13 @@ class AtelierAuthenticator(NativeAuthenticator):
         return result
 
 
-def record_login(authenticator, handler, username: str, success: bool) -> None:
+def record_login(
+    authenticator,
+    handler,
+    username: str,
+    success: bool,
+    reason: str = "wrong password, unknown user or not yet approved",
+) -> None:
     authenticator.parent.atelier.store.record(
         actor=username,
         source_ip=handler.request.remote_ip,
@@ -51,7 +58,7 @@ def record_login(authenticator, handler, username: str, success: bool) -> None:
         resource=username,
         owner=username,
         result="success" if success else "failure",
-        reason="" if success else "wrong password, unknown user or not yet approved",
+        reason="" if success else reason,
     )
 
 
@@ -59,3 +66,26 @@ def audit_oauth_login(authenticator, handler, authentication: dict) -> dict:
     """`post_auth_hook` for OAuthenticator: a successful sign-in is an audit event."""
     record_login(authenticator, handler, authentication["name"], True)
     return authentication
+
+
+class AuditedOAuth:
+    """Mixed into an OAuthenticator: a sign-in that comes back from the provider refused
+    (an unconfirmed code, or a user outside `allowed_groups`) is an audit event too."""
+
+    async def authenticate(self, handler, data=None):
+        try:
+            authenticated = await super().authenticate(handler, data)
+        except web.HTTPError as error:
+            record_login(self, handler, "unknown", False, f"the provider refused: {error}")
+            raise
+        if authenticated is None:
+            record_login(self, handler, "unknown", False, "the provider did not confirm it")
+        elif not self.allow_all and not await self.check_allowed(
+            authenticated["name"], authenticated
+        ):
+            record_login(self, handler, authenticated["name"], False, "not in allowed_groups")
+        return authenticated
+
+
+def audited(authenticator_class: type) -> type:
+    return type(authenticator_class.__name__, (AuditedOAuth, authenticator_class), {})

@@ -6,9 +6,10 @@ import os
 import shutil
 import stat
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from atelier.hub.auth import audit_oauth_login
+from atelier.hub.auth import audit_oauth_login, audited
 from atelier.hub.context import inventory, store_url
 from atelier.hub.keypairs import deployment_keys
 from atelier.hub.pages import TEMPLATES
@@ -129,7 +130,8 @@ def configure_sign_in(c, settings: Settings) -> None:
         c.Authenticator.allow_all = True  # NativeAuthenticator lets in only approved accounts
         return
     entry_point, class_name = OAUTHENTICATORS[auth.kind]
-    c.JupyterHub.authenticator_class = entry_point
+    (oauthenticator,) = entry_points(group="jupyterhub.authenticators", name=entry_point)
+    c.JupyterHub.authenticator_class = audited(oauthenticator.load())
     oauth = c[class_name]
     oauth.client_id = auth.client_id
     oauth.client_secret = auth.client_secret

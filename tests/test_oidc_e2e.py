@@ -58,3 +58,17 @@ def test_oidc_sign_in_and_group_claims_as_workspaces(envs_dir, oidc):
         hub.atelier("DELETE", "/instances/olga/o1?confirm=delete-volume", token)
     finally:
         hub.stop()
+
+
+def test_a_user_outside_the_allowed_groups_is_refused_and_audited(envs_dir, oidc):
+    hub = Hub(envs_dir, auth={**oidc.settings(), "allowed_groups": ["admins"]})
+    try:
+        refused = requests.Session().get(f"{hub.url}/hub/oauth_login?next=/hub/home", timeout=60)
+        assert refused.status_code == 403
+        assert hub.api("GET", "/users/olga").status_code == 404  # never created
+        events = hub.atelier("GET", "/audit?action=login").json()["events"]
+        assert [(e["actor"], e["result"], e["reason"]) for e in events] == [
+            ("olga", "failure", "not in allowed_groups")
+        ]
+    finally:
+        hub.stop()
