@@ -1,9 +1,11 @@
 """The instance's SSH endpoint: OpenSSH's sshd, one `sshd -i` per connection from the gateway.
 
-It listens on a Unix socket in a directory private to the instance's account, accepts only
-the gateway's key, and starts every session with the JupyterLab server's environment in the
-instance's directory. It runs in threads of the server, and each sshd is told to end when its
-thread does, so SSH dies with the instance.
+It listens on a Unix socket in a directory private to the instance's account (only that
+account and root, the gateway, can connect), accepts only the gateway's key, and starts every
+session with the JupyterLab server's environment in the instance's directory. For SFTP (and
+so scp) the gateway may instead ask for OpenSSH's sftp-server alone, sparing the bulk of a
+transfer a second encryption. It runs in threads of the server, and each process it starts is
+told to end when its thread does, so SSH dies with the instance.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 PR_SET_PDEATHSIG = 1
+ASK_SSHD, ASK_SFTP = b"sshd\n", b"sftp\n"  # what the gateway asks for, first thing
 # set by sshd itself for each session, or meaningless in one
 NOT_PASSED = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "USER", "LOGNAME", "MAIL"}
 SESSION = """\
@@ -69,21 +72,33 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def serve_one(connection: socket.socket, config: Path) -> None:
+def serve_one(connection: socket.socket, config: Path, home: str) -> None:
+    """What the gateway asks for first: `sshd` (an SSH connection) or `sftp` (SFTP alone)."""
     with connection:
+        connection.settimeout(10)
+        try:
+            wanted = connection.recv(len(ASK_SSHD), socket.MSG_WAITALL)
+        except OSError:
+            return
+        connection.settimeout(None)
+        commands = {ASK_SSHD: [SSHD, "-i", "-e", "-f", str(config)], ASK_SFTP: [SFTP_SERVER]}
+        if wanted not in commands:
+            return
         process = subprocess.Popen(
-            [SSHD, "-i", "-e", "-f", str(config)],
+            commands[wanted],
             stdin=connection,
             stdout=connection,
+            cwd=home,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks
         )
     process.wait()
 
 
-def serve(listener: socket.socket, config: Path) -> None:
+def serve(listener: socket.socket, config: Path, home: str) -> None:
     while True:
         connection, _ = listener.accept()
-        threading.Thread(target=serve_one, args=(connection, config), daemon=True).start()
+        args = (connection, config, home)
+        threading.Thread(target=serve_one, args=args, daemon=True).start()
 
 
 def start(socket_path: Path, gateway_key: str, environment: dict[str, str]) -> bool:
@@ -106,5 +121,6 @@ def start(socket_path: Path, gateway_key: str, environment: dict[str, str]) -> b
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(socket_path))
     listener.listen(64)
-    threading.Thread(target=serve, args=(listener, config), daemon=True, name="ssh").start()
+    home = environment.get("HOME", "/")
+    threading.Thread(target=serve, args=(listener, config, home), daemon=True, name="ssh").start()
     return True

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pwd
 import signal
 import socket
+import struct
 import time
 
 import asyncssh
@@ -34,6 +34,8 @@ log = logging.getLogger("atelier.sshgateway")
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 
 
+ASK_SSHD, ASK_SFTP = b"sshd\n", b"sftp\n"  # as atelier.extensions.ssh reads them
+PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 TOO_MANY = "too many failed logins from this address; try again later"
 
 
@@ -147,13 +149,7 @@ class Connection(asyncssh.SSHServer):
 
     # channels -------------------------------------------------------------------------------
     def session_requested(self):
-        return self._session()
-
-    async def _session(self) -> asyncssh.SSHServerSession:
-        try:
-            return Downstream(await self.upstream())
-        except InstanceUnavailable as error:
-            return Notice(str(error))
+        return Downstream(self)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int):
         return self._forward(dest_host, dest_port)
@@ -171,19 +167,28 @@ class Connection(asyncssh.SSHServer):
             self._upstream = asyncio.ensure_future(self._connect())
         return self._upstream
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
+    async def endpoint(self, ask: bytes) -> socket.socket:
+        """A connection to the instance's endpoint that has asked for `sshd` or `sftp`."""
         owner, instance = self.login
-        path = ssh_socket(self.gateway.data_dir, owner, instance)
         sock = socket.socket(socket.AF_UNIX)
         sock.setblocking(False)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, str(path))
-            account = pwd.getpwuid(os.stat(path).st_uid).pw_name
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(sock, str(ssh_socket(self.gateway.data_dir, owner, instance)))
+            await loop.sock_sendall(sock, ask)
         except OSError:
             sock.close()
             raise InstanceUnavailable(
                 f"instance {instance} is stopped; start it from the hub"
             ) from None
+        return sock
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        sock = await self.endpoint(ASK_SSHD)
+        # log in as the account the endpoint runs as (its sshd can log in no other)
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEER_CREDENTIALS.size)
+        _, uid, _ = PEER_CREDENTIALS.unpack(credentials)
+        account = pwd.getpwuid(uid).pw_name
         return await asyncssh.connect(
             sock=sock,
             username=account,
@@ -195,12 +200,13 @@ class Connection(asyncssh.SSHServer):
 
 
 class Downstream(asyncssh.SSHServerSession):
-    """The user's side of a session, relayed to a session on the instance's endpoint."""
+    """The user's side of a session, relayed to a session on the instance's endpoint; an
+    SFTP session goes to the instance's sftp-server directly."""
 
-    def __init__(self, upstream: asyncssh.SSHClientConnection):
-        self.upstream = upstream
+    def __init__(self, connection: Connection):
+        self.connection = connection
         self.request: dict = {}
-        self.up: asyncssh.SSHClientChannel | None = None
+        self.up: asyncssh.SSHClientChannel | asyncio.Transport | None = None
         self.early: list[bytes | None] = []  # what came before the instance's side was open
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -227,16 +233,24 @@ class Downstream(asyncssh.SSHServerSession):
 
     async def _open(self) -> None:
         try:
-            self.up, _ = await self.upstream.create_session(
-                lambda: Upstream(self.chan),
-                env=self.chan.get_environment(),
-                encoding=None,
-                **self.request,
-            )
-        except (asyncssh.Error, OSError) as error:
+            if self.request.get("subsystem") == "sftp":
+                sock = await self.connection.endpoint(ASK_SFTP)
+                loop = asyncio.get_running_loop()
+                self.up, _ = await loop.create_unix_connection(
+                    lambda: SFTPServer(self.chan), sock=sock
+                )
+            else:
+                upstream = await self.connection.upstream()
+                self.up, _ = await upstream.create_session(
+                    lambda: Upstream(self.chan),
+                    env=self.chan.get_environment(),
+                    encoding=None,
+                    **self.request,
+                )
+        except (InstanceUnavailable, asyncssh.Error, OSError) as error:
             with contextlib.suppress(BrokenPipeError):
-                self.chan.write_stderr(f"the instance refused the session: {error}\r\n".encode())
-                self.chan.exit(255)
+                self.chan.write_stderr(f"{error}\r\n".encode())
+                self.chan.exit(1 if isinstance(error, InstanceUnavailable) else 255)
             return
         for data in self.early:
             self.up.write_eof() if data is None else self.up.write(data)
@@ -256,15 +270,15 @@ class Downstream(asyncssh.SSHServerSession):
         return True
 
     def terminal_size_changed(self, width, height, pixwidth, pixheight) -> None:
-        if self.up is not None:
+        if isinstance(self.up, asyncssh.SSHClientChannel):
             self.up.change_terminal_size(width, height, pixwidth, pixheight)
 
     def signal_received(self, signal: str) -> None:
-        if self.up is not None:
+        if isinstance(self.up, asyncssh.SSHClientChannel):
             self.up.send_signal(signal)
 
     def break_received(self, msec: int) -> bool:
-        if self.up is not None:
+        if isinstance(self.up, asyncssh.SSHClientChannel):
             self.up.send_break(msec)
         return True
 
@@ -308,30 +322,28 @@ class Upstream(asyncssh.SSHClientSession):
         self.down.close()
 
 
-class Notice(asyncssh.SSHServerSession):
-    """A session that only says why there is nothing to connect to, then closes."""
+class SFTPServer(asyncio.Protocol):
+    """The instance's sftp-server, spoken to over its socket: SFTP needs no second SSH hop."""
 
-    def __init__(self, message: str):
-        self.message = message
+    def __init__(self, down: asyncssh.SSHServerChannel):
+        self.down = down
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
-        self.chan = chan
+    def data_received(self, data: bytes) -> None:
+        self.down.write(data)
 
-    def pty_requested(self, term_type, term_size, term_modes) -> bool:
-        return True
+    def eof_received(self) -> bool:
+        self.down.write_eof()
+        return False  # sftp-server has ended: close, and report it
 
-    def shell_requested(self) -> bool:
-        return True
+    def pause_writing(self) -> None:
+        self.down.pause_reading()
 
-    def exec_requested(self, command: str) -> bool:
-        return True
+    def resume_writing(self) -> None:
+        self.down.resume_reading()
 
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return True
-
-    def session_started(self) -> None:
-        self.chan.write_stderr(f"{self.message}\r\n".encode())
-        self.chan.exit(1)
+    def connection_lost(self, exc) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self.down.exit(0 if exc is None else 1)
 
 
 async def serve(settings: Settings) -> None:
