@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -71,7 +72,8 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=60, help="seconds between checks")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[autostop %(asctime)s] %(message)s")
-    asyncio.run(run(args.every))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
+        asyncio.run(run(args.every))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the service's token, so the hub keeps validating and auditing them in one place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -405,7 +406,8 @@ def main() -> None:
             context.store.expire_audit(datetime.now(UTC) - retention)
             await asyncio.sleep(3600)
 
-    asyncio.run(serve())
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
+        asyncio.run(serve())
 
 
 if __name__ == "__main__":
