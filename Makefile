@@ -25,12 +25,13 @@ install: system $(BIN)/.installed node_modules/.installed
 # instance account can read (a Python under /root is not readable by them).
 # Work volumes are XFS filesystems in loop-mounted files (xfsprogs). Instances run OpenSSH's
 # sshd behind the SSH gateway (openssh-server; policy-rc.d keeps Debian from starting the
-# system's own sshd on port 22); the tests use the real ssh, scp and sftp.
-SYSTEM_PACKAGES := python3-venv xfsprogs openssh-server openssh-client
+# system's own sshd on port 22); the tests use the real ssh, scp and sftp, and drive pages in
+# a headless Chromium.
+SYSTEM_PACKAGES := python3-venv xfsprogs openssh-server openssh-client chromium chromium-driver
 
 system:
 	@/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null && command -v mkfs.xfs >/dev/null \
-		&& test -x /usr/sbin/sshd && command -v scp >/dev/null || \
+		&& test -x /usr/sbin/sshd && command -v scp >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
 		&& chmod +x /usr/sbin/policy-rc.d \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \

@@ -205,3 +205,18 @@ def owner_of(pid: int) -> str:
     import pwd
 
     return pwd.getpwuid(uid).pw_name
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, driven through Debian's chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)  # --no-sandbox: the tests run as root
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    driver.set_window_size(1280, 1024)
+    yield driver
+    driver.quit()

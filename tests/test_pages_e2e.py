@@ -1,10 +1,14 @@
 """The hub's pages as a browser meets them: sign-in, sign-up approval, home, create form."""
 
 import re
+import subprocess
 
 import pytest
 import requests
 from conftest import BASE, FAKE_GPU, TORCH
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 pytestmark = pytest.mark.e2e
 
@@ -186,3 +190,73 @@ def test_ssh_page_adds_key_pairs_and_sets_instance_access(hub):
     listed = session.get(f"{api}/keypairs", headers=headers, timeout=30).json()["keypairs"]
     assert [key["name"] for key in listed] == ["page"]
     assert "private_key" not in listed[0]
+
+
+def test_ssh_page_in_a_browser_from_new_key_to_a_working_login(hub, browser, tmp_path):
+    """Sign in, open the SSH page from the home page, generate a key pair, allow it on a
+    running instance, then log in with it; a bad CIDR shows the API's error on the page."""
+    if not hub.servers("admin").get("sshpage", {}).get("ready"):
+        hub.start("admin", "sshpage", hub.admin_token, {"image": BASE, "spec": "cpu.2u4g"})
+    # the page re-renders after every change: an element may go stale while being read
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    browser.get(f"{hub.url}/hub/login")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys(hub.admin_password)
+    browser.find_element(By.NAME, "password").submit()
+    wait.until(lambda b: "/hub/home" in b.current_url)
+    browser.find_element(By.ID, "ssh-page").click()
+    card = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "[data-instance=sshpage]"))
+    assert f"ssh -p {hub.ssh_port} admin+sshpage@localhost" in card.text
+
+    browser.find_element(By.ID, "key-name").send_keys("browser")
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#add-keypair button"))
+    shown = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#private-key pre").text)
+    assert shown.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    key_file = tmp_path / "atelier"
+    key_file.write_text(shown + "\n")
+    key_file.chmod(0o600)
+
+    def card_form():
+        return wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "[data-instance=sshpage] form"))
+
+    wait.until(lambda b: "browser" in card_form().text)  # the new key pair is offered
+    form = card_form()
+    if not form.find_element(By.NAME, "enabled").is_selected():
+        click(browser, form.find_element(By.NAME, "enabled"))
+    for box in form.find_elements(By.NAME, "keypairs"):
+        if box.find_element(By.XPATH, "..").text == "browser" and not box.is_selected():
+            click(browser, box)
+    cidrs = form.find_element(By.NAME, "allowed_cidrs")
+    cidrs.clear()
+    cidrs.send_keys("127.0.0.1/32")
+    click(browser, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+    wait.until(lambda b: "127.0.0.1/32" in str(ssh_settings(hub)["allowed_cidrs"]))
+    ssh = subprocess.run(
+        ["ssh", "-i", str(key_file), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+        + ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        + ["-p", str(hub.ssh_port), "admin+sshpage@127.0.0.1", "echo from-the-browser-key"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ssh.stdout.strip() == "from-the-browser-key", ssh.stderr
+
+    form = card_form()
+    cidrs = form.find_element(By.NAME, "allowed_cidrs")
+    cidrs.clear()
+    cidrs.send_keys("10.0.0.0/33")
+    click(browser, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+    message = wait.until(lambda b: b.find_element(By.ID, "message").text)
+    assert message.startswith("ssh.allowed_cidrs: '10.0.0.0/33' is not an IPv4/IPv6 CIDR")
+    assert ssh_settings(hub)["allowed_cidrs"] == ["127.0.0.1/32"]  # nothing changed
+
+
+def click(browser, element) -> None:
+    """Click as a user would, after scrolling the element into the middle of the window."""
+    script = "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})"
+    browser.execute_script(script, element)  # instant: Bootstrap makes scrolling smooth
+    element.click()
+
+
+def ssh_settings(hub) -> dict:
+    return hub.atelier("GET", "/instances/admin/sshpage").json()["ssh"]
