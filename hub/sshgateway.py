@@ -5,6 +5,7 @@ store, checks the instance's SSH settings and the client's address (atelier.hub.
 then relays each channel (shell, exec, SFTP/scp, -L/-D forwarding) to the instance's own SSH
 endpoint: an OpenSSH `sshd -i` that the instance runs behind a Unix socket
 (atelier.extensions.ssh), so the user lands in the instance's environment, as its account.
+SFTP sessions (and so scp) go to the instance's sftp-server over that socket directly.
 """
 
 from __future__ import annotations
@@ -32,15 +33,13 @@ log = logging.getLogger("atelier.sshgateway")
 # AES-GCM only: one hardware-accelerated OpenSSL call per packet. OpenSSH clients prefer
 # chacha20-poly1305, which asyncssh does in two steps: offering it halves scp throughput.
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
-
-
 ASK_SSHD, ASK_SFTP = b"sshd\n", b"sftp\n"  # as atelier.extensions.ssh reads them
 PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 TOO_MANY = "too many failed logins from this address; try again later"
 
 
 class InstanceUnavailable(Exception):
-    pass
+    """The instance is not running: nothing listens on its endpoint."""
 
 
 class Gateway:
@@ -193,7 +192,7 @@ class Connection(asyncssh.SSHServer):
             sock=sock,
             username=account,
             client_keys=[str(self.gateway.client_key)],
-            known_hosts=None,  # the socket is the instance's own, reachable by root only
+            known_hosts=None,  # the socket is the instance's own, in its private directory
             encryption_algs=CIPHERS,
             encoding=None,
         )
