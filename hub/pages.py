@@ -91,8 +91,10 @@ def status_of(spawner) -> str:
         return {"spawn": "creating", "stop": "stopping"}.get(spawner.pending, spawner.pending)
     if spawner.ready:
         return "running"
-    if spawner._spawn_future is not None and spawner._spawn_future.done():
-        return "failed"
+    # a stopped instance comes as JupyterHub's orm row, without a start future
+    spawned = getattr(spawner, "_spawn_future", None)
+    if spawned is not None and spawned.done() and spawned.exception() is not None:
+        return "failed"  # its last start failed (a stop after a good start keeps that future)
     return "stopped"
 
 

@@ -8,7 +8,7 @@ import requests
 from conftest import BASE, FAKE_GPU, TORCH
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +41,31 @@ def test_admin_signs_in_with_the_generated_password(hub):
     wrong = sign_in(hub, "admin", "not-the-password")
     assert "Invalid username or password." in wrong.last.text
     assert "/hub/login" in wrong.get(f"{hub.url}/hub/home", timeout=30).url
+
+
+def test_home_page_in_a_browser_creates_stops_and_deletes_an_instance(hub, browser):
+    wait = browser_home(hub, browser)
+    browser.find_element(By.ID, "atelier-name").send_keys("clicked")
+    Select(browser.find_element(By.ID, "atelier-image")).select_by_value(BASE)
+    Select(browser.find_element(By.ID, "atelier-spec")).select_by_value("cpu.2u4g")
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#create-instance button[type=submit]"))
+    wait.until(lambda b: "/user/admin/clicked/" in b.current_url)  # JupyterLab opens
+    assert hub.servers("admin")["clicked"]["ready"]
+
+    def row():
+        browser.get(f"{hub.url}/hub/home")
+        return browser.find_element(By.CSS_SELECTOR, "tr[data-instance=clicked]")
+
+    assert row().find_element(By.CLASS_NAME, "status").text == "running"
+    click(browser, row().find_element(By.CSS_SELECTOR, "button[data-action=stop]"))
+    wait.until(lambda b: not hub.servers("admin")["clicked"]["ready"])
+    wait.until(lambda b: row().find_element(By.CLASS_NAME, "status").text == "stopped")
+    click(browser, row().find_element(By.CSS_SELECTOR, "button[data-action=delete]"))
+    alert = wait.until(lambda b: b.switch_to.alert)
+    assert "Every file in work/ is lost" in alert.text
+    alert.accept()
+    wait.until(lambda b: "clicked" not in hub.servers("admin"))
+    assert script_errors(browser) == []
 
 
 def test_sign_up_waits_for_admin_approval(hub):
@@ -197,13 +222,7 @@ def test_ssh_page_in_a_browser_from_new_key_to_a_working_login(hub, browser, tmp
     running instance, then log in with it; a bad CIDR shows the API's error on the page."""
     if not hub.servers("admin").get("sshpage", {}).get("ready"):
         hub.start("admin", "sshpage", hub.admin_token, {"image": BASE, "spec": "cpu.2u4g"})
-    # the page re-renders after every change: an element may go stale while being read
-    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
-    browser.get(f"{hub.url}/hub/login")
-    browser.find_element(By.NAME, "username").send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys(hub.admin_password)
-    browser.find_element(By.NAME, "password").submit()
-    wait.until(lambda b: "/hub/home" in b.current_url)
+    wait = browser_home(hub, browser)
     browser.find_element(By.ID, "ssh-page").click()
     card = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "[data-instance=sshpage]"))
     assert f"ssh -p {hub.ssh_port} admin+sshpage@localhost" in card.text
@@ -249,6 +268,26 @@ def test_ssh_page_in_a_browser_from_new_key_to_a_working_login(hub, browser, tmp
     message = wait.until(lambda b: b.find_element(By.ID, "message").text)
     assert message.startswith("ssh.allowed_cidrs: '10.0.0.0/33' is not an IPv4/IPv6 CIDR")
     assert ssh_settings(hub)["allowed_cidrs"] == ["127.0.0.1/32"]  # nothing changed
+    assert script_errors(browser) == []
+
+
+def browser_home(hub, browser) -> WebDriverWait:
+    """The home page in the browser, signed in as admin; a wait for what comes next."""
+    # pages re-render after every change: an element may go stale while being read
+    wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+    browser.get(f"{hub.url}/hub/home")
+    if "/hub/login" in browser.current_url:
+        browser.find_element(By.NAME, "username").send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys(hub.admin_password)
+        browser.find_element(By.NAME, "password").submit()
+        wait.until(lambda b: "/hub/home" in b.current_url)
+    return wait
+
+
+def script_errors(browser) -> list[str]:
+    """What the pages' scripts (and their pattern attributes) raised since the last call."""
+    messages = [entry["message"] for entry in browser.get_log("browser")]
+    return [m for m in messages if "Uncaught" in m or "SyntaxError" in m]
 
 
 def click(browser, element) -> None:
