@@ -166,7 +166,8 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.account = await self._prepare_account()
             owner = self.account if self.isolate_users else None
             accounts.prepare_private_dir(self.home, owner)
-            accounts.prepare_private_dir(self.ssh_socket.parent, owner)
+            if self.ssh_gateway_key:  # the SSH endpoint's directory
+                accounts.prepare_private_dir(self.ssh_socket.parent, owner)
             self._report(55, "Attaching the work volume")
             self._attach_volume(plan)
             self.cgroup = accounts.memory_cgroup(self.holder, plan.spec.memory_gb * 1024**3)

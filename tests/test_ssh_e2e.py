@@ -36,16 +36,24 @@ class Client:
             *("-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR"),
         ]
 
+    def argv(self, login: str, *options: str) -> list[str]:
+        """`ssh` with this key and `options` to `login` at the gateway; add the command."""
+        port = str(self.hub.ssh_port)
+        return ["ssh", *self.options(), "-p", port, *options, f"{login}@127.0.0.1"]
+
     def ssh(self, login: str, *command: str, **kwargs) -> subprocess.CompletedProcess:
         kwargs = {"capture_output": True, "text": True, "timeout": 60, **kwargs}
-        argv = ["ssh", *self.options(), "-p", str(self.hub.ssh_port), f"{login}@127.0.0.1"]
-        return subprocess.run([*argv, *command], **kwargs)
+        return subprocess.run([*self.argv(login), *command], **kwargs)
 
-    def forward(self, login: str, local: int, remote: int, *extra: str) -> subprocess.Popen:
+    def tunnel(self, login: str, *forwarding: str) -> subprocess.Popen:
+        """`ssh -N` with these forwarding options (-L, -D), running until killed."""
+        return subprocess.Popen(
+            self.argv(login, "-N", "-o", "ExitOnForwardFailure=yes", *forwarding)
+        )
+
+    def forward(self, login: str, local: int, remote: int) -> subprocess.Popen:
         """`ssh -N -L local:127.0.0.1:remote`, running until killed."""
-        argv = ["ssh", *self.options(), "-p", str(self.hub.ssh_port), "-N", *extra]
-        argv += ["-o", "ExitOnForwardFailure=yes", "-L", f"{local}:127.0.0.1:{remote}"]
-        return subprocess.Popen([*argv, f"{login}@127.0.0.1"])
+        return self.tunnel(login, "-L", f"{local}:127.0.0.1:{remote}")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +139,7 @@ def test_exec_runs_in_the_instance_environment_with_exit_codes(hub, setup):
 
 def test_an_interactive_shell_gets_a_pty(hub, setup):
     client = setup["client"]
-    argv = ["ssh", *client.options(), "-tt", "-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1"]
+    argv = client.argv(f"{USER}+lab", "-tt")
     pid, terminal = pty.fork()
     if pid == 0:
         os.execvp("ssh", argv)
@@ -197,6 +205,12 @@ def test_sftp_and_scp_copy_files_intact(hub, setup):
     assert (directory / "notes-back.txt").read_text() == "sftp works\n"
 
 
+def lab_port(hub) -> int:
+    """The loopback port the instance's JupyterLab listens on."""
+    lab_url = environ_of(hub.servers(USER)["lab"]["state"]["pid"])["JUPYTERHUB_SERVICE_URL"]
+    return int(lab_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
 def wait_for_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -208,10 +222,8 @@ def wait_for_port(port: int, timeout: float = 20) -> None:
 
 
 def test_local_forwarding_reaches_the_instance_jupyterlab(hub, setup):
-    lab_url = environ_of(hub.servers(USER)["lab"]["state"]["pid"])["JUPYTERHUB_SERVICE_URL"]
-    lab_port = int(lab_url.rsplit(":", 1)[1].split("/", 1)[0])
     local = free_port()
-    tunnel = setup["client"].forward(f"{USER}+lab", local, lab_port)
+    tunnel = setup["client"].forward(f"{USER}+lab", local, lab_port(hub))
     try:
         wait_for_port(local)
         status = requests.get(f"http://127.0.0.1:{local}/user/{USER}/lab/api", timeout=30)
@@ -236,15 +248,11 @@ def socks5_get(proxy_port: int, port: int, path: str) -> bytes:
 
 
 def test_dynamic_forwarding_reaches_the_instance(hub, setup):
-    lab_url = environ_of(hub.servers(USER)["lab"]["state"]["pid"])["JUPYTERHUB_SERVICE_URL"]
-    lab_port = int(lab_url.rsplit(":", 1)[1].split("/", 1)[0])
     proxy = free_port()
-    client = setup["client"]
-    argv = ["ssh", *client.options(), "-p", str(hub.ssh_port), "-N", "-D", str(proxy)]
-    tunnel = subprocess.Popen([*argv, "-o", "ExitOnForwardFailure=yes", f"{USER}+lab@127.0.0.1"])
+    tunnel = setup["client"].tunnel(f"{USER}+lab", "-D", str(proxy))
     try:
         wait_for_port(proxy)
-        answer = socks5_get(proxy, lab_port, f"/user/{USER}/lab/api")
+        answer = socks5_get(proxy, lab_port(hub), f"/user/{USER}/lab/api")
         assert answer.startswith(b"HTTP/1.1 200")
         assert b'"version"' in answer
     finally:
@@ -265,7 +273,7 @@ def test_the_vscode_pattern_bash_script_on_stdin_then_forward(hub, setup):
         "wait\n"
     )
     server = subprocess.Popen(
-        ["ssh", *client.options(), "-T", "-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1", "bash"],
+        [*client.argv(f"{USER}+lab", "-T"), "bash"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -301,8 +309,12 @@ def test_every_refusal_is_refused_and_audited(hub, setup):
     assert refused(client.ssh(f"{USER}+nothere", "true"))
     assert refused(client.ssh(USER, "true"))  # not <user>+<instance>
     only_password = subprocess.run(
-        ["ssh", *client.options(), "-o", "PreferredAuthentications=password,keyboard-interactive"]
-        + ["-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1", "true"],
+        [
+            *client.argv(
+                f"{USER}+lab", "-o", "PreferredAuthentications=password,keyboard-interactive"
+            )
+        ]
+        + ["true"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -402,8 +414,9 @@ def test_deleting_a_key_refuses_it_at_once(hub, setup):
 
 def test_a_stopped_instance_says_so_and_closes(hub, setup):
     client = setup["client"]
-    argv = ["ssh", *client.options(), "-p", str(hub.ssh_port), f"{USER}+lab@127.0.0.1"]
-    session = subprocess.Popen([*argv, "sleep 600"], stderr=subprocess.DEVNULL)
+    session = subprocess.Popen(
+        [*client.argv(f"{USER}+lab"), "sleep 600"], stderr=subprocess.DEVNULL
+    )
     time.sleep(2)
     stopped = hub.api("DELETE", f"/users/{USER}/servers/lab", setup["token"])
     assert stopped.status_code in (202, 204)
