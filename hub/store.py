@@ -297,23 +297,25 @@ class Store:
 
     def instance_records(self, owner: str) -> dict[str, tuple[datetime, str | None]]:
         """Each instance of an owner: (created, workspace)."""
-        with self.session() as db:
-            rows = db.scalars(select(InstanceRecord).where(InstanceRecord.owner == owner))
-            return {row.name: (as_utc(row.created), row.workspace) for row in rows}
+        return self.all_instance_records(owner).get(owner, {})
 
-    def all_instance_records(self) -> dict[str, dict[str, tuple[datetime, str | None]]]:
-        """Every owner's instance records, from one query: {owner: {name: (created, workspace)}}."""
+    def all_instance_records(
+        self, owner: str | None = None
+    ) -> dict[str, dict[str, tuple[datetime, str | None]]]:
+        """Instance records of every owner (or one), from one query:
+        {owner: {name: (created, workspace)}}."""
+        query = select(
+            InstanceRecord.owner,
+            InstanceRecord.name,
+            InstanceRecord.created,
+            InstanceRecord.workspace,
+        )
+        if owner is not None:
+            query = query.where(InstanceRecord.owner == owner)
         records: dict[str, dict] = {}
         with self.session() as db:
-            for owner, name, created, workspace in db.execute(
-                select(
-                    InstanceRecord.owner,
-                    InstanceRecord.name,
-                    InstanceRecord.created,
-                    InstanceRecord.workspace,
-                )
-            ):
-                records.setdefault(owner, {})[name] = (as_utc(created), workspace)
+            for row_owner, name, created, workspace in db.execute(query):
+                records.setdefault(row_owner, {})[name] = (as_utc(created), workspace)
         return records
 
     def place_instance(self, owner: str, name: str, workspace: str | None) -> None:
