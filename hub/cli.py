@@ -33,26 +33,42 @@ def open_store(args) -> Store:
 
 
 # run ----------------------------------------------------------------------------------------
-def cmd_run(args) -> None:
+def buildable_images(settings: Settings) -> list[str]:
+    """Catalog images with a local definition that this machine can run, built or not."""
     from atelier.hub.context import Context
+    from atelier.spawner.envs import has_definition
+
+    context = Context.from_settings(settings)
+    context.store.seed(*settings.initial_catalog())
+    return [i.name for i in context.catalog().runnable_images() if has_definition(i.name)]
+
+
+def build_images(settings: Settings, names: list[str]) -> None:
+    """Build image environments one after another, printing which (i/n) and each step."""
+    from atelier.spawner.envs import build_env
+
+    def progress(prefix: str):
+        return lambda step: print(f"{prefix}: {step}", flush=True)
+
+    for number, name in enumerate(names, 1):
+        build_env(settings.resolved_envs_dir, name, progress(f"[{number}/{len(names)}] {name}"))
+
+
+def cmd_run(args) -> None:
     from atelier.hub.hubconfig import prepare_data_dir
-    from atelier.spawner.envs import build_env, has_definition
 
     settings = load_settings(args.config, data_dir=args.data_dir, port=args.port)
     for key, value in (
         ("ATELIER_CONFIG", args.config),
         ("ATELIER_DATA_DIR", args.data_dir),
         ("ATELIER_PORT", args.port),
+        ("ATELIER_STOP_INSTANCES_ON_EXIT", "1" if args.stop_instances_on_exit else None),
     ):
         if value is not None:
             os.environ[key] = str(value)
     prepare_data_dir(settings)
     if not args.no_build:
-        context = Context.from_settings(settings)
-        context.store.seed(*settings.initial_catalog())
-        for image in context.catalog().offered_images():
-            if has_definition(image.name):
-                build_env(settings.resolved_envs_dir, image.name)
+        build_images(settings, buildable_images(settings))
     from atelier.hub.app import AtelierHub
 
     AtelierHub.launch_instance(["-f", str(CONFIG_FILE)])
@@ -147,11 +163,8 @@ def cmd_images(args) -> None:
         store.delete_image(args.name)
         print(f"deleted image {args.name}")
     elif args.action == "build":
-        from atelier.spawner.envs import build_env
-
         settings = settings_for(args)
-        for name in args.names or [i.name for i in settings.images if i.to_image().flavor == "cpu"]:
-            print(f"{name}: {build_env(settings.resolved_envs_dir, name)}")
+        build_images(settings, args.names or buildable_images(settings))
 
 
 def cmd_specs(args) -> None:
@@ -264,6 +277,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="public port (default from atelier.yaml: 8000)")
     run.add_argument("--data-dir", help="state directory (default .atelier)")
     run.add_argument("--no-build", action="store_true", help="do not build image environments")
+    run.add_argument(
+        "--stop-instances-on-exit",
+        action="store_true",
+        help="stop every instance when the hub stops (by default they keep running)",
+    )
     run.set_defaults(func=cmd_run)
 
     token = commands.add_parser("token", help="print a new API token for a hub user")

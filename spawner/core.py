@@ -226,15 +226,23 @@ class Catalog:
             return True
         return spec.accelerator_count <= self.accelerators.get(spec.accelerator_type, 0)
 
-    def offered_images(self) -> list[Image]:
-        """Images the create form offers: active, runnable here, with at least one spec."""
+    def runnable_images(self) -> list[Image]:
+        """Images this backend can start, realised or not: not disabled, of its architecture,
+        with at least one spec it can satisfy (what `atelier run` builds)."""
         return [
             image
             for image in self.images.values()
-            if image.status == "active"
+            if image.status != "disabled"
             and (self.arch is None or image.arch == self.arch)
-            and (self.realised is None or image.name in self.realised)
             and self.available_specs(image)
+        ]
+
+    def offered_images(self) -> list[Image]:
+        """Images the create form offers: active and runnable here, realised already."""
+        return [
+            image
+            for image in self.runnable_images()
+            if image.status == "active" and (self.realised is None or image.name in self.realised)
         ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,14 +67,19 @@ def is_built(envs_dir: Path, image: str) -> bool:
 
 
 def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) -> Path:
-    """Build (or refresh) the environment of one image; returns its directory."""
+    """Build (or refresh) the environment of one image, logging each step (a first build
+    takes minutes); returns its directory."""
+    started = time.monotonic()
     target = envs_dir / image
-    if not is_built(envs_dir, image):
-        log(f"Building the local environment of {image} (this takes a few minutes once)")
+    if is_built(envs_dir, image):
+        log("already built")
+    else:
+        log("creating the environment")
         shutil.rmtree(target, ignore_errors=True)
         envs_dir.mkdir(parents=True, exist_ok=True)
         run(base_python(), "-m", "venv", str(target))
         pip = str(target / "bin" / "pip")
+        log("installing packages (a few minutes the first time)")
         run(
             pip,
             "install",
@@ -83,8 +89,10 @@ def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) ->
             str(requirements_file(image)),
         )
         (target / STAMP).write_text(requirements_digest(requirements_file(image)))
+    log("installing Atelier's extension")
     install_extension(target)
     envs_dir.chmod(0o755)
+    log(f"done in {time.monotonic() - started:.0f} s")
     return target
 
 

@@ -1,10 +1,13 @@
 """The admin's `atelier images|specs|token` commands against a real store."""
 
 import json
+import re
 
 import pytest
+import yaml
 
-from atelier.hub.cli import main
+from atelier.hub.cli import buildable_images, main
+from atelier.hub.settings import DEFAULT_CONFIG, load_settings
 
 BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
 TORCH = "pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64"
@@ -113,3 +116,40 @@ def test_configuration_errors_stop_the_cli(tmp_path, atelier):
     bad.write_text("port: 1\nimages: []\nspecs: []\n")
     code, _, err = atelier("--config", str(bad), "images", "list")
     assert code == 2 and "images: List should have at least 1 item" in err
+
+
+CUDA = "pytorch_2.4.0-cuda_12.4-py_3.11-ubuntu_22.04-x86_64"
+
+
+def config_file(tmp_path, **changes) -> str:
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config.update(data_dir=str(tmp_path / "data"), **changes)
+    path = tmp_path / "atelier.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "devices, built",
+    [
+        ([], {BASE, TORCH}),  # a CPU-only machine: no GPU or Ascend environment
+        ([{"kind": "gpu", "type": "a100", "index": 0}], {BASE, TORCH, CUDA}),
+    ],
+)
+def test_run_builds_every_image_this_machine_can_run_built_or_not(tmp_path, devices, built):
+    """A fresh `atelier run` builds the images the form will offer (never the aarch64
+    Ascend image on this machine), though none of them is built yet."""
+    settings = load_settings(
+        config_file(tmp_path, envs_dir=str(tmp_path / "envs"), devices=devices)
+    )
+    assert set(buildable_images(settings)) == built
+
+
+def test_images_build_prints_which_image_and_each_step(tmp_path, envs_dir, capsys):
+    path = config_file(tmp_path, envs_dir=str(envs_dir))
+    assert main(["--config", path, "images", "build", BASE, TORCH]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"[1/2] {BASE}: already built"
+    assert f"[2/2] {TORCH}: installing Atelier's extension" in lines
+    assert re.fullmatch(rf"\[2/2\] {TORCH}: done in \d+ s", lines[-1])

@@ -1,5 +1,6 @@
 """The pure planner: names, flavor/spec rules, options, limits and lifecycle changes."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -129,6 +130,13 @@ def test_form_offers_only_what_this_backend_can_run():
     assert offered == {CPU.name, BASE.name, CUDA.name}
     assert [s.name for s in here.available_specs(CUDA)] == ["gpu.1xa100.8u64g"]
     assert [s.name for s in here.available_specs(CPU)] == ["cpu.2u8g"]  # disabled spec hidden
+
+
+def test_runnable_images_are_what_this_backend_can_start_realised_or_not():
+    here = replace(catalog({"a100": 1}, arch="x86_64"), realised=frozenset())
+    assert here.offered_images() == []  # nothing built yet
+    # deprecated images still start their instances; disabled ones, wrong arch or GPU never
+    assert {i.name for i in here.runnable_images()} == {CPU.name, BASE.name, CUDA.name, OLD.name}
 
 
 def test_a_cpu_only_machine_offers_no_gpu_images():
