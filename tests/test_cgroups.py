@@ -87,20 +87,16 @@ def test_device_rules_allow_the_basic_nodes_and_the_held_devices_only(held, rule
 
 
 def test_device_rules_never_allow_what_is_not_held():
-    for held in ([], [gpu(1)], [npu(0)], [gpu(0), gpu(2)]):
+    shared = {"gpu": {"nvidiactl", "nvidia-modeset", "nvidia-uvm", "nvidia-uvm-tools"}}
+    shared["ascend"] = {"davinci_manager", "devmm_svm", "hisi_hdc"}
+    own = {"gpu": "nvidia{}", "ascend": "davinci{}"}
+    for held in ([], [gpu(1)], [npu(0)], [gpu(0), gpu(2)], [gpu(0), npu(1)]):
+        expected = set(BASIC)
+        for device in held:
+            expected |= {own[device.kind].format(device.index), *shared[device.kind]}
         allowed = set(device_rules(held, NODES))
-        for name, (kind, major, minor) in NODES.items():
-            own = name in {f"nvidia{d.index}" for d in held if d.kind == "gpu"} | {
-                f"davinci{d.index}" for d in held if d.kind == "ascend"
-            }
-            shared = (name.startswith("nvidia") and not name[6:].isdigit()) and any(
-                d.kind == "gpu" for d in held
-            )
-            shared |= name in ("davinci_manager", "devmm_svm", "hisi_hdc") and any(
-                d.kind == "ascend" for d in held
-            )
-            expected = name in BASIC or own or shared
-            assert (f"{kind} {major}:{minor} rwm" in allowed) == expected, (held, name)
+        rule_of = {name: f"{t} {major}:{minor} rwm" for name, (t, major, minor) in NODES.items()}
+        assert {name for name, rule in rule_of.items() if rule in allowed} == expected, held
         assert "a *:* rwm" not in allowed
 
 
