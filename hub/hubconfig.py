@@ -75,7 +75,8 @@ def configure(c, settings: Settings | None = None) -> None:
     c.ConfigurableHTTPProxy.command = [proxy_command()]
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
-    c.JupyterHub.cleanup_servers = True
+    # instances outlive the hub (a restart picks them up) unless the operator asks otherwise
+    c.JupyterHub.cleanup_servers = os.environ.get("ATELIER_STOP_INSTANCES_ON_EXIT") == "1"
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = settings.limits.instances_per_user
     c.JupyterHub.default_url = "/hub/home"
@@ -155,9 +156,11 @@ def configure_sign_in(c, settings: Settings) -> None:
 
 
 def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[dict, dict]:
-    """A hub-managed service and the role that gives it exactly `scopes`."""
+    """A hub-managed service (a module run so that it ends with this hub process) and the
+    role that gives it exactly `scopes`."""
     role = {"name": f"{name}-service", "services": [name], "scopes": scopes}
-    return {"name": name, "command": [sys.executable, "-m", *command], **more}, role
+    launcher = [sys.executable, "-m", "atelier.hub.managed", str(os.getpid())]
+    return {"name": name, "command": [*launcher, *command], **more}, role
 
 
 def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], list[dict]]:

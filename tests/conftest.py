@@ -50,6 +50,8 @@ def envs_dir() -> Path:
 class Hub:
     """One `atelier run` process on free loopback ports, with its own data dir."""
 
+    run_options: tuple[str, ...] = ()  # more options of `atelier run`
+
     def __init__(self, envs: Path, **overrides):
         self.dir = WORK / f"hub-{secrets.token_hex(4)}"
         self.dir.mkdir(mode=0o711)
@@ -91,24 +93,32 @@ class Hub:
         self.admin_password = password.read_text().strip() if password.exists() else None
         self.admin_token = self.cli("token", "admin").strip()
 
-    def launch(self) -> None:
+    def launch(self, preexec_fn=None) -> None:
         self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "atelier.hub.cli", "--config", str(self.config)]
         self.process = subprocess.Popen(
-            [*command, "run", "--no-build"],
+            [*command, "run", "--no-build", *self.run_options],
             cwd=self.dir,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "ATELIER_CONFIG": str(self.config)},
+            preexec_fn=preexec_fn,
         )
 
-    def restart(self) -> None:
-        """Stop the hub (it stops every instance) and start it again on the same data."""
-        self.process.terminate()
-        self.process.wait(60)
-        self.log.close()
+    def restart(self, kill: bool = False) -> None:
+        """Stop the hub (SIGTERM, or SIGKILL with `kill`) and start it again on the same data;
+        running instances keep running and the new hub picks them up."""
+        self.halt(kill)
         self.launch()
         self.wait_for(self.sign_in, 60, "the hub to start again")
+
+    def halt(self, kill: bool = False) -> float:
+        """Stop the hub process alone (instances outlive it); returns how long it took."""
+        started = time.monotonic()
+        (self.process.kill if kill else self.process.terminate)()
+        self.process.wait(60)
+        self.log.close()
+        return time.monotonic() - started
 
     def cli(self, *argv: str) -> str:
         result = subprocess.run(
@@ -170,6 +180,9 @@ class Hub:
         )
 
     def stop(self) -> None:
+        """Stop every instance, then the hub (instances would outlive it)."""
+        if self.process.poll() is None and hasattr(self, "admin_token"):
+            self.stop_instances()
         self.process.terminate()
         try:
             self.process.wait(30)
@@ -178,6 +191,18 @@ class Hub:
         self.log.close()
         if not os.environ.get("ATELIER_KEEP_TEST_HUBS"):  # keep logs and data for debugging
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop_instances(self) -> None:
+        def active() -> list[str]:
+            users = self.api("GET", "/users").json()
+            return [f"/users/{u['name']}/servers/{n}" for u in users for n in u["servers"] if n]
+
+        try:
+            for server in active():
+                self.api("DELETE", server)
+            self.wait_for(lambda: not active(), 60, "every instance to stop")
+        except (requests.RequestException, AssertionError) as error:
+            print(f"could not stop every instance: {error}")
 
     def log_text(self) -> str:
         return (self.dir / "hub.log").read_text()
