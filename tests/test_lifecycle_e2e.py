@@ -34,7 +34,8 @@ def alive(pid: int) -> bool:
 
 
 def services_of(hub: Hub) -> list[int]:
-    """The hub's managed services (Atelier service, auto-stop, SSH gateway) and its proxy."""
+    """The hub's managed services (Atelier service, auto-stop, SSH gateway, idle culler) and
+    its proxy."""
     services = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
@@ -44,7 +45,7 @@ def services_of(hub: Hub) -> list[int]:
             continue
         if parent == hub.process.pid and b"atelier.hub.managed" in command:
             services.append(int(entry.name))
-    assert len(services) == 3, services
+    assert len(services) == 4, services
     return [*services, int((hub.dir / "data" / "proxy.pid").read_text())]
 
 
@@ -72,7 +73,7 @@ def assert_picked_up(hub: Hub, token: str, client: Client, pid: int) -> None:
 
 
 def test_instances_outlive_the_hub_stopped_from_a_script_or_killed(envs_dir, tmp_path):
-    hub = ScriptedHub(envs_dir)
+    hub = ScriptedHub(envs_dir, culling={"idle_minutes": 60})
     try:
         token = hub.add_user(USER)
         client = Client(hub, tmp_path, "laptop")
@@ -98,7 +99,7 @@ def test_instances_outlive_the_hub_stopped_from_a_script_or_killed(envs_dir, tmp
 
         # kill -9: the services end with the hub; the proxy goes on serving until the next
         # hub replaces it
-        services, proxy = services_of(hub)[:3], services_of(hub)[3]
+        *services, proxy = services_of(hub)
         hub.halt(kill=True)
         hub.wait_for(lambda: not [p for p in services if alive(p)], 5, "services to end")
         assert alive(pid) and alive(proxy)
