@@ -188,7 +188,18 @@ def cmd_specs(args) -> None:
 
 
 # instances and audit, through the Atelier API (the SDK) ---------------------------------------
-INSTANCE_COLUMNS = ("owner", "name", "status", "image", "spec", "volume_gb", "tags", "created")
+# reason: why a failed instance failed
+INSTANCE_COLUMNS = (
+    "owner",
+    "name",
+    "status",
+    "image",
+    "spec",
+    "volume_gb",
+    "tags",
+    "created",
+    "reason",
+)
 
 
 def cmd_instances(args) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
 from atelier.spawner import core
+from atelier.spawner.checks import visible_catalog
 from atelier.spawner.devices import Allocator, Device, detect_devices
 from atelier.spawner.local import local_catalog, shared_allocator, shared_store
 from atelier.spawner.volumes import LocalVolume
@@ -68,12 +69,8 @@ class Context:
         return size
 
     def catalog_for(self, user) -> core.Catalog:
-        """What a hub user may choose from: public images, their workspaces' shared ones and
-        their own private ones."""
-        catalog = self.catalog()
-        if user.admin:
-            return catalog
-        return catalog.for_user(user.name, frozenset(group.name for group in user.groups))
+        """What a hub user may choose from (see `visible_catalog`)."""
+        return visible_catalog(self.catalog(), user)
 
 
 def store_url(settings: Settings) -> str:

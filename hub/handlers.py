@@ -7,14 +7,15 @@ so a bad request answers 400 naming the field and the hub's state does not chang
 
 from __future__ import annotations
 
+from jupyterhub.apihandlers.auth import OAuthAuthorizeHandler
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.apihandlers.users import UserServerAPIHandler
 from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from atelier.hub.pages import status_of
-from atelier.spawner import core
+from atelier.hub.pages import create_form, options_from_form
+from atelier.spawner import checks, core
 from atelier.spawner.devices import DevicesUnavailable
 
 
@@ -35,26 +36,28 @@ class InstanceChecks:
             return f"service:{user.name}", self.request.remote_ip
         return (user.name if user else ""), self.request.remote_ip
 
+    def audit(self, action: str, owner: str, name: str, result: str, reason: str = "") -> None:
+        actor, source_ip = self.actor()
+        self.context.store.record(
+            actor=actor,
+            source_ip=source_ip,
+            action=action,
+            resource_type="instance",
+            resource=f"{owner}/{name}",
+            owner=owner,
+            result=result,
+            reason=reason,
+        )
+
     async def audited(self, action: str, owner: str, name: str, work) -> None:
         """Run `work` and record one audit event with its result."""
-        actor, source_ip = self.actor()
-        result, reason = "success", ""
         try:
             await work
-        except web.HTTPError as error:
-            result, reason = "failure", error.log_message or error.reason or ""
+        except Exception as error:
+            reason = getattr(error, "log_message", None) or str(error)
+            self.audit(action, owner, name, "failure", reason)
             raise
-        finally:
-            self.context.store.record(
-                actor=actor,
-                source_ip=source_ip,
-                action=action,
-                resource_type="instance",
-                resource=f"{owner}/{name}",
-                owner=owner,
-                result=result,
-                reason=reason,
-            )
+        self.audit(action, owner, name, "success")
 
     def lifecycle_action(self, user_name: str, name: str) -> str:
         user = self.find_user(user_name)
@@ -67,9 +70,14 @@ class InstanceChecks:
         except core.OptionsError as error:
             raise web.HTTPError(400, str(error)) from None
 
+    def status(self, user, name: str) -> str:
+        spawner = user.get_spawner(name)
+        failure = self.context.store.failure(user.name, name)
+        return core.instance_status(spawner.pending, spawner.ready, failure)
+
     def check_options(self, user_name: str, name: str, raw: dict | None) -> bool:
-        """Validate options for instance `name` (None: reuse its stored options); True when
-        the change needs the running instance to restart."""
+        """Run the one check every door runs on options for instance `name` (None: its
+        stored options); True when the change needs the running instance to restart."""
         user = self.find_user(user_name)
         if user is None:
             raise web.HTTPError(404)
@@ -78,25 +86,21 @@ class InstanceChecks:
         orm_spawner = user.orm_spawners.get(name)
         stored = orm_spawner.user_options if orm_spawner is not None else None
         try:
-            options = core.parse_options((stored or {}) if raw is None else raw, context.limits)
-            catalog = context.catalog_for(user)
-            plan = core.plan_instance(user.name, name, options, catalog, context.limits)
-            restart = False
+            plan = checks.check_instance(
+                user,
+                name,
+                (stored or {}) if raw is None else raw,
+                catalog=context.catalog(),
+                store=context.store,
+                allocator=context.allocator,
+                limits=context.limits,
+            )
             if stored and raw is not None:
                 old = core.InstanceOptions(**{k: stored.get(k) for k in core.OPTION_FIELDS})
-                restart = core.check_change(old, options, status_of(user.get_spawner(name)))
-            self.check_devices(f"{user.name}:{name}", plan)
-            if context.store.volume_size(user.name, name) is None:
-                total = context.store.volume_total_gb(user.name) + plan.volume_gb
-                core.check_volume_quota(total, context.limits, "volume_gb")
+                return core.check_change(old, plan.options, self.status(user, name))
         except (core.OptionsError, DevicesUnavailable) as error:
             raise web.HTTPError(400, str(error)) from None
-        return restart
-
-    def check_devices(self, holder: str, plan: core.InstancePlan) -> None:
-        self.context.allocator.available(
-            holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
-        )
+        return False
 
 
 class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
@@ -129,7 +133,13 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
     async def _patch(self, user_name, server_name):
         body = self.get_json_body() or {}
         if isinstance(body, dict) and "name" in body:
-            self.check_name(str(body["name"]))
+            # JupyterHub would move only its own record: the volume, SSH settings and
+            # workspace would stay behind under the old name
+            raise web.HTTPError(
+                400,
+                "name: renaming instances is not supported; create a new instance and copy "
+                "what you need from this one's work volume",
+            )
         user = self.find_user(user_name)
         spawner = user.spawners.get(server_name) if user else None
         if spawner is not None and spawner.ready and set(body) == {"user_options"}:
@@ -139,9 +149,8 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
             self.check_options(user_name, server_name, body["user_options"])
         await super().patch(user_name, server_name)
         # JupyterHub saves the new options in the database only; show them in the model too
-        name = body.get("name", server_name)
-        if name in user.spawners and name in user.orm_spawners:
-            user.spawners[name].user_options = user.orm_spawners[name].user_options
+        if server_name in user.spawners and server_name in user.orm_spawners:
+            user.spawners[server_name].user_options = user.orm_spawners[server_name].user_options
 
     async def change_running(self, user, spawner, options: dict) -> None:
         """Tags and auto-stop change in place; a new spec restarts the instance."""
@@ -170,6 +179,8 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         await self.audited(action, user_name, server_name, super().delete(user_name, server_name))
         if remove:
             self.context.store.forget_instance(user_name, server_name)
+        else:  # stopped on purpose: no longer failed
+            self.context.store.set_failure(user_name, server_name, None)
 
 
 class VolumeExpandAPIHandler(InstanceChecks, APIHandler):
@@ -193,19 +204,75 @@ class VolumeExpandAPIHandler(InstanceChecks, APIHandler):
 
 
 class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
-    """/hub/spawn/<user>/<name>: refuse a bad instance name before a server record exists."""
+    """/hub/spawn/<user>/<name>, the home page's create form. A GET only shows the form: it
+    refuses options in the query and defines no server. A POST runs the API's check and audit
+    before JupyterHub defines or starts anything, and shows a refusal on the form (400)."""
 
-    @web.authenticated
-    def get(self, user_name=None, server_name=""):
+    @needs_scope("servers")
+    async def _get(self, user_name, server_name, display_name):
+        user = self.find_user(user_name)
+        if user is None:
+            raise web.HTTPError(404)
         self.check_name(server_name)
-        return super().get(user_name, server_name)
+        asked = sorted(set(self.request.query_arguments) - {"next", "display_name", "_xsrf"})
+        if asked:
+            message = (
+                f"{asked[0].removeprefix('opt-')}: a GET never creates or starts an instance; "
+                "submit the form or call the API"
+            )
+            action = self.lifecycle_action(user.name, server_name)
+            self.audit(action, user.name, server_name, "failure", message)
+            return await self.show_form(user, server_name, message, 400)
+        if server_name not in user.orm_spawners:
+            return await self.show_form(user, server_name)
+        return await super()._get(user_name, server_name, display_name)
 
-    @web.authenticated
-    async def post(self, user_name=None, server_name="", display_name=""):
-        self.check_name(server_name)
-        action = self.lifecycle_action(user_name, server_name)
-        work = super().post(user_name, server_name, display_name)
-        await self.audited(action, user_name, server_name, work)
+    @needs_scope("servers")
+    async def _post(self, user_name, server_name, display_name):
+        user = self.find_user(user_name)
+        if user is None:
+            raise web.HTTPError(404)
+        form = {k: [v.decode() for v in vs] for k, vs in self.request.body_arguments.items()}
+        action = self.lifecycle_action(user.name, server_name)
+        work = self.spawn_from_form(user, server_name, display_name, form)
+        try:
+            await self.audited(action, user.name, server_name, work)
+        except web.HTTPError as error:
+            await self.show_form(user, server_name, error.log_message, error.status_code)
+
+    async def spawn_from_form(self, user, name: str, display_name: str, form: dict) -> None:
+        self.check_name(name)
+        await self._check_named_server_request(user, name, display_name)  # instances per user
+        try:
+            options = options_from_form(form)
+        except core.OptionsError as error:
+            raise web.HTTPError(400, str(error)) from None
+        self.check_options(user.name, name, options)
+        spawner = user.get_or_create_spawner(name, display_name, replace_failed=True)
+        if spawner.active:
+            raise web.HTTPError(400, f"instance {name} is already {self.status(user, name)}")
+        pending_url = self._get_pending_url(user, name)
+        await self._wrap_spawn_single_user(user, name, display_name, spawner, pending_url, options)
+
+    async def show_form(self, user, name: str, message: str = "", status: int = 200) -> None:
+        """The form for instance `name`, with only the images `user` may see."""
+        orm_spawner = user.orm_spawners.get(name)
+        chosen = orm_spawner.user_options if orm_spawner is not None else None
+        self.set_status(status)
+        form = create_form(self.context, user, chosen)
+        self.finish(await self._render_form(user, form, message=message))
+
+
+class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
+    """/hub/api/oauth2/authorize: a browser opening an instance's JupyterLab passes here once
+    per session (the instance's own cookie covers the rest), so openNotebook is audited here."""
+
+    def send_oauth_response(self, headers, body, status):
+        super().send_oauth_response(headers, body, status)
+        client = self.oauth_provider.fetch_by_client_id(self.get_argument("client_id", ""))
+        spawner = client.spawner if client is not None else None
+        if spawner is not None and status == 302:
+            self.audit("openNotebook", spawner.user.name, spawner.name, "success")
 
 
 ATELIER_SERVICE = "atelier"
@@ -214,4 +281,5 @@ HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),
     (r"/api/users/([^/]+)/servers/([^/]+)/volume/expand", VolumeExpandAPIHandler),
     (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),
+    (r"/api/oauth2/authorize", OpenNotebookHandler),
 ]

@@ -64,7 +64,8 @@ SCHEMAS = {
         {
             "owner": STRING,
             "name": STRING,
-            "status": {"enum": ["creating", "running", "stopping", "stopped"]},
+            "status": {"enum": ["creating", "running", "stopping", "stopped", "failed"]},
+            "reason": NULLABLE_STRING,
             "image": NULLABLE_STRING,
             "spec": NULLABLE_STRING,
             "tags": TAGS,

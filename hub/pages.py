@@ -9,6 +9,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from atelier.spawner import core
+from atelier.spawner.checks import visible_catalog
 from atelier.spawner.volumes import LocalVolume
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -67,9 +68,19 @@ def form_context(catalog: core.Catalog, limits: core.Limits) -> dict:
 
 
 def render_options_form(spawner) -> str:
-    """JupyterHub's `options_form` for the spawn page (/hub/spawn/<user>/<name>)."""
+    """JupyterHub's `options_form` for the spawn page of an instance (/hub/spawn/<user>/<name>)."""
+    catalog = visible_catalog(spawner.catalog(), spawner.user)
+    return options_form(catalog, spawner.core_limits, spawner.user_options)
+
+
+def create_form(context, user, chosen: dict | None = None) -> str:
+    """The create form as `user` may fill it in: only the images they may see."""
+    return options_form(context.catalog_for(user), context.limits, chosen)
+
+
+def options_form(catalog: core.Catalog, limits: core.Limits, chosen: dict | None) -> str:
     return _jinja.get_template("options_form.html").render(
-        **form_context(spawner.catalog(), spawner.core_limits), chosen=spawner.user_options or {}
+        **form_context(catalog, limits), chosen=chosen or {}
     )
 
 
@@ -82,20 +93,9 @@ class InstanceRow:
     created: datetime | None
     autostop_at: datetime | None
     notice: str
+    reason: str | None  # why it failed
     volume_gb: int | None
     volume_used_bytes: int | None
-
-
-def status_of(spawner) -> str:
-    if spawner.pending:
-        return {"spawn": "creating", "stop": "stopping"}.get(spawner.pending, spawner.pending)
-    if spawner.ready:
-        return "running"
-    # a stopped instance comes as JupyterHub's orm row, without a start future
-    spawned = getattr(spawner, "_spawn_future", None)
-    if spawned is not None and spawned.done() and spawned.exception() is not None:
-        return "failed"  # its last start failed (a stop after a good start keeps that future)
-    return "stopped"
 
 
 def image_notice(images: dict[str, core.Image], name: str | None) -> str:
@@ -113,24 +113,27 @@ def image_notice(images: dict[str, core.Image], name: str | None) -> str:
 
 def instance_rows(user, images: dict[str, core.Image], context):
     store = context.store
-    created = store.created_times(user.name)
+    records = store.instance_records(user.name)
     rows = []
     for spawner in user.all_spawners(include_default=False):
+        created, _, failure = records.get(spawner.name, (None, None, None))
+        status = core.instance_status(spawner.pending, spawner.ready, failure)
         options = spawner.orm_spawner.user_options or {}
         started = spawner.orm_spawner.started
         running = spawner.ready
         rows.append(
             InstanceRow(
                 name=spawner.name,
-                status=status_of(spawner),
+                status=status,
                 url=user.server_url(spawner.name),
                 options=options,
-                created=created.get(spawner.name),
+                created=created,
                 autostop_at=core.autostop_at(
                     started.replace(tzinfo=UTC) if running and started else None,
                     options.get("autostop_hours"),
                 ),
                 notice=image_notice(images, options.get("image")),
+                reason=failure if status == "failed" else None,
                 volume_gb=store.volume_size(user.name, spawner.name),
                 volume_used_bytes=context.volume(user.name, spawner.name).used_bytes(),
             )
@@ -145,9 +148,7 @@ def home_view(context, user) -> dict:
     catalog = context.catalog_for(user)
     return {
         "instances": instance_rows(user, catalog.images, context),
-        "form": _jinja.get_template("options_form.html").render(
-            **form_context(catalog, context.limits), chosen={}
-        ),
+        "form": options_form(catalog, context.limits, None),
         "isolated": context.isolated,
         "volumes_enforced": LocalVolume.enforced(),
         "idle_minutes": context.settings.culling.idle_minutes,

@@ -19,12 +19,9 @@ FIELD_PREFIX = re.compile(r"^([a-z_][\w.]*): ")
 
 
 def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> dict:
-    created, workspace = record or (None, None)
+    created, workspace, failure = record or (None, None, None)
     options = server.get("user_options") or {}
-    pending = server.get("pending")
-    status = {"spawn": "creating", "stop": "stopping"}.get(
-        pending, "running" if server.get("ready") else "stopped"
-    )
+    status = core.instance_status(server.get("pending"), server.get("ready"), failure)
     started = server.get("started") if status == "running" else None
     stop_at = core.autostop_at(
         datetime.fromisoformat(started.replace("Z", "+00:00")) if started else None,
@@ -34,6 +31,7 @@ def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> 
         "owner": owner,
         "name": name,
         "status": status,
+        "reason": failure if status == "failed" else None,
         "image": options.get("image"),
         "spec": options.get("spec"),
         "tags": options.get("tags") or {},
@@ -117,6 +115,7 @@ class InstanceBase(BaseHandler):
     async def hub_call(self, caller: Caller, method: str, owner: str, name: str, body=None):
         path = f"/users/{quote(owner)}/servers/{quote(name)}"
         code, data = await self.hub.request(method, path, caller, body)
+        self.recent.clear()  # the hub's spawner may have changed the records (a failure)
         if code >= 400:
             raise hub_error(code, data)
 

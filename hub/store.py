@@ -90,6 +90,7 @@ class InstanceRecord(Base):
     ssh_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     ssh_keypairs: Mapped[list] = mapped_column(JSON, default=list)
     ssh_allowed_cidrs: Mapped[list] = mapped_column(JSON, default=list)
+    failure_reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
     def ssh_access(self) -> ssh.Access:
         return ssh.Access(
@@ -292,31 +293,44 @@ class Store:
                 db.add(record)
             return as_utc(record.created)
 
-    def created_times(self, owner: str) -> dict[str, datetime]:
-        return {name: created for name, (created, _) in self.instance_records(owner).items()}
-
-    def instance_records(self, owner: str) -> dict[str, tuple[datetime, str | None]]:
-        """Each instance of an owner: (created, workspace)."""
+    def instance_records(self, owner: str) -> dict[str, tuple[datetime, str | None, str | None]]:
+        """Each instance of an owner: (created, workspace, failure reason)."""
         return self.all_instance_records(owner).get(owner, {})
 
     def all_instance_records(
         self, owner: str | None = None
-    ) -> dict[str, dict[str, tuple[datetime, str | None]]]:
+    ) -> dict[str, dict[str, tuple[datetime, str | None, str | None]]]:
         """Instance records of every owner (or one), from one query:
-        {owner: {name: (created, workspace)}}."""
+        {owner: {name: (created, workspace, failure reason)}}."""
         query = select(
             InstanceRecord.owner,
             InstanceRecord.name,
             InstanceRecord.created,
             InstanceRecord.workspace,
+            InstanceRecord.failure_reason,
         )
         if owner is not None:
             query = query.where(InstanceRecord.owner == owner)
         records: dict[str, dict] = {}
         with self.session() as db:
-            for row_owner, name, created, workspace in db.execute(query):
-                records.setdefault(row_owner, {})[name] = (as_utc(created), workspace)
+            for row_owner, name, created, workspace, failure in db.execute(query):
+                records.setdefault(row_owner, {})[name] = (as_utc(created), workspace, failure)
         return records
+
+    def failure(self, owner: str, name: str) -> str | None:
+        """Why the instance failed: its last start failed or its process died; None if not."""
+        with self.session() as db:
+            record = db.get(InstanceRecord, (owner, name))
+            return record.failure_reason if record else None
+
+    def set_failure(self, owner: str, name: str, reason: str | None) -> None:
+        """Record why the instance failed (kept across hub restarts); None clears it."""
+        if reason is not None:
+            self.instance_created(owner, name)
+        with self.session() as db, db.begin():
+            record = db.get(InstanceRecord, (owner, name))
+            if record is not None:
+                record.failure_reason = reason[:2000] if reason else None
 
     def place_instance(self, owner: str, name: str, workspace: str | None) -> None:
         self.instance_created(owner, name)

@@ -80,9 +80,12 @@ class Client:
 
     # instances
     def instances(self, owner: str | None = None) -> list[dict]:
+        """Each instance as `instance` shows it."""
         return self.request("GET", "/instances", owner=owner)["instances"]
 
     def instance(self, name: str, owner: str | None = None) -> dict:
+        """Its `status` (creating, running, stopping, stopped or failed; a failed one's
+        `reason` says why), options, volume and SSH settings."""
         return self.request("GET", self._instance_path(name, owner))
 
     def create_instance(self, name: str, image: str, spec: str, **options) -> dict:

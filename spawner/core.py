@@ -424,13 +424,28 @@ def choose(options: InstanceOptions, catalog: Catalog) -> tuple[Image, Spec]:
     return image, spec
 
 
+def instance_status(pending: str | None, ready: bool, failure: str | None) -> str:
+    """What an instance is doing: creating or stopping while the hub works on it, running
+    once it answers, failed when its last start failed or its process died, else stopped."""
+    if pending:
+        return {"spawn": "creating", "stop": "stopping"}.get(pending, pending)
+    if ready:
+        return "running"
+    return "failed" if failure else "stopped"
+
+
 def check_change(old: InstanceOptions, new: InstanceOptions, status: str) -> bool:
-    """Apply the change rules; return True when the change needs a restart."""
+    """Apply the change rules (ModelArts': the image only while stopped, the spec while
+    stopped, running or failed); return True when the change needs a restart."""
     if new.volume_gb not in (None, old.volume_gb):
         raise OptionsError("volume_gb", "is set at creation; grow the volume with volume/expand")
-    if new.image != old.image and status not in ("stopped", "failed"):
+    if new.image != old.image and status != "stopped":
         raise OptionsError(
             "image", f"can change only while the instance is stopped, it is {status}"
+        )
+    if new.spec != old.spec and status not in ("stopped", "running", "failed"):
+        raise OptionsError(
+            "spec", f"can change while the instance is stopped, running or failed, it is {status}"
         )
     return status == "running" and new.spec != old.spec
 

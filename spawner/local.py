@@ -17,7 +17,7 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
 from traitlets import Bool, Dict, List, Unicode, default
 
-from atelier.spawner import accounts, core
+from atelier.spawner import accounts, checks, core
 from atelier.spawner.devices import (
     Allocator,
     Device,
@@ -99,12 +99,16 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     def catalog(self) -> core.Catalog:
         return local_catalog(self.store, self.allocator, Path(self.envs_dir))
 
-    def plan(self, user_options: dict | None = None) -> core.InstancePlan:
-        options = core.parse_options(
-            self.user_options if user_options is None else user_options, self.core_limits
-        )
-        return core.plan_instance(
-            self.user.name, self.name, options, self.catalog(), self.core_limits
+    def check(self) -> core.InstancePlan:
+        """The check every door runs, once more here: the last line, whichever door it was."""
+        return checks.check_instance(
+            self.user,
+            self.name,
+            self.user_options,
+            catalog=self.catalog(),
+            store=self.store,
+            allocator=self.allocator,
+            limits=self.core_limits,
         )
 
     @property
@@ -116,16 +120,6 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         from atelier.hub.pages import render_options_form
 
         return render_options_form
-
-    def options_from_form(self, formdata: dict) -> dict:
-        from atelier.hub.pages import options_from_form
-
-        try:
-            options = options_from_form(formdata)
-            self.plan(options)
-        except core.OptionsError as error:
-            raise SpawnException(str(error), reason="options", status_code=400) from None
-        return options
 
     # the lifecycle ------------------------------------------------------------------------------
     def _report(self, progress: int, message: str) -> None:
@@ -145,11 +139,25 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         return accounts.instance_home(Path(self.data_dir), self.user.name, self.name)
 
     async def start(self):
+        """Start the instance; why it failed, if it does, is kept in the store (the instance
+        shows as failed, also after a hub restart) until a start succeeds or it is stopped."""
+        self.store.set_failure(self.user.name, self.name, None)
+        try:
+            return await self._start()
+        except Exception as error:
+            self._record_failure(getattr(error, "log_message", None) or str(error))
+            raise
+
+    def _record_failure(self, reason: str) -> None:
+        self.log.warning("%s failed: %s", self._log_name, reason)
+        self.store.set_failure(self.user.name, self.name, reason)
+
+    async def _start(self):
         self._events = []
         self._report(10, "Planning the instance")
         try:
-            plan = self.plan()
-        except core.OptionsError as error:
+            plan = self.check()
+        except (core.OptionsError, DevicesUnavailable) as error:
             raise SpawnException(str(error), reason="options", status_code=400) from None
 
         self.store.instance_created(self.user.name, self.name)
@@ -268,12 +276,19 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         return preexec
 
     async def poll(self):
+        had_process = bool(self.pid)
         status = await super().poll()
         if status is not None:
+            # dead while starting, or while running without anyone stopping it
+            if had_process and (self._waiting_for_response or not self._stop_pending):
+                when = "during start-up" if self._waiting_for_response else "unexpectedly"
+                self._record_failure(f"JupyterLab exited {when} (exit status {status})")
             self._release()
         return status
 
     async def stop(self, now=False):
+        if self._waiting_for_response:  # the hub gave up waiting for it to answer
+            self._record_failure(f"JupyterLab did not answer within {self.http_timeout} seconds")
         await super().stop(now=now)
         self._release()
 

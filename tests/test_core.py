@@ -232,14 +232,35 @@ def test_good_instance_names(name):
 OLD_OPTIONS = InstanceOptions(CPU.name, "cpu.2u8g")
 
 
-@pytest.mark.parametrize("status", ["stopped", "failed"])
-def test_image_and_spec_change_while_stopped_or_failed(status):
-    assert core.check_change(OLD_OPTIONS, InstanceOptions(BASE.name, "cpu.8u32g"), status) is False
+def test_image_and_spec_change_while_stopped():
+    new = InstanceOptions(BASE.name, "cpu.8u32g")
+    assert core.check_change(OLD_OPTIONS, new, "stopped") is False
 
 
-def test_image_cannot_change_while_running():
-    with pytest.raises(OptionsError, match="only while the instance is stopped, it is running"):
-        core.check_change(OLD_OPTIONS, InstanceOptions(BASE.name, "cpu.2u8g"), "running")
+@pytest.mark.parametrize("status", ["running", "failed", "creating"])
+def test_image_changes_only_while_stopped(status):
+    with pytest.raises(OptionsError, match=f"only while the instance is stopped, it is {status}"):
+        core.check_change(OLD_OPTIONS, InstanceOptions(BASE.name, "cpu.2u8g"), status)
+
+
+def test_spec_changes_while_failed_without_restart_but_not_while_stopping():
+    assert core.check_change(OLD_OPTIONS, InstanceOptions(CPU.name, "cpu.8u32g"), "failed") is False
+    with pytest.raises(OptionsError, match="spec: can change while the instance is stopped, runn"):
+        core.check_change(OLD_OPTIONS, InstanceOptions(CPU.name, "cpu.8u32g"), "stopping")
+
+
+@pytest.mark.parametrize(
+    ("pending", "ready", "failure", "status"),
+    [
+        ("spawn", False, "old", "creating"),
+        ("stop", False, None, "stopping"),
+        (None, True, None, "running"),
+        (None, False, "volume missing", "failed"),
+        (None, False, None, "stopped"),
+    ],
+)
+def test_instance_status(pending, ready, failure, status):
+    assert core.instance_status(pending, ready, failure) == status
 
 
 def test_spec_change_while_running_restarts():

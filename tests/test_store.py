@@ -58,15 +58,22 @@ def test_instance_records(url):
     store = Store(url)
     first = store.instance_created("alice", "lab")
     assert store.instance_created("alice", "lab") == first
-    assert list(store.created_times("alice")) == ["lab"] and store.created_times("bob") == {}
+    assert list(store.instance_records("alice")) == ["lab"] and store.instance_records("bob") == {}
     store.place_instance("bob", "gpu", "vision")
     assert store.all_instance_records() == {
-        "alice": {"lab": (first, None)},
+        "alice": {"lab": (first, None, None)},
         "bob": {"gpu": store.instance_records("bob")["gpu"]},
     }
     assert store.all_instance_records()["bob"]["gpu"][1] == "vision"
+    store.set_failure("alice", "lab", "volume missing")
+    assert Store(url).failure("alice", "lab") == "volume missing"  # kept across restarts
+    assert store.instance_records("alice")["lab"][2] == "volume missing"
+    store.set_failure("alice", "lab", None)
+    assert store.failure("alice", "lab") is None
     store.forget_instance("alice", "lab")
-    assert store.created_times("alice") == {}
+    assert store.instance_records("alice") == {}
+    store.set_failure("alice", "lab", None)  # clearing defines nothing
+    assert store.instance_records("alice") == {}
 
 
 def test_audit_visibility_filters_pages_and_retention(url):

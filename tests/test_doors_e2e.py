@@ -1,0 +1,188 @@
+"""Every door into an instance runs one check and one audit (issue 9, points 8, 13-15).
+
+Attacks through the hub's own create form (`/hub/spawn/<user>/<name>`, signed in with a
+session cookie and the xsrf token, as the home page posts it) and its GET URL; renames; an
+instance whose start fails shows as failed, with the reason, across a hub restart; opening
+JupyterLab in a browser session is audited once.
+"""
+
+import re
+
+import pytest
+import requests
+from conftest import BASE
+
+from atelier.sdk import Client
+
+pytestmark = pytest.mark.e2e
+
+PRIVATE = "bobs_1.0-cpu-py_3.11-debian_12-x86_64"  # bob's own image
+BROKEN = "broken_1.0-cpu-py_3.11-debian_12-x86_64"  # an environment that cannot start
+
+
+@pytest.fixture(scope="module")
+def mallory(hub, envs_dir) -> requests.Session:
+    """A signed-in user (sign-up, then admin approval) next to bob, who has a private image."""
+    if not (envs_dir / PRIVATE).exists():
+        (envs_dir / PRIVATE).symlink_to(envs_dir / BASE)
+    hub.add_user("bob")
+    image = {"name": PRIVATE, "visibility": "private", "owner": "bob"}
+    assert hub.atelier("POST", "/images", json=image).status_code == 201
+    password = "correct-horse-battery"
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/signup", timeout=30)
+    session.post(
+        f"{hub.url}/hub/signup",
+        data={
+            "username": "mallory",
+            "signup_password": password,
+            "signup_password_confirmation": password,
+            "email": "mallory@example.org",
+            "_xsrf": session.cookies["_xsrf"],
+        },
+        timeout=30,
+    )
+    admin = requests.Session()
+    admin.get(f"{hub.url}/hub/login", timeout=30)
+    admin.post(
+        f"{hub.url}/hub/login",
+        data={"username": "admin", "password": hub.admin_password, "_xsrf": admin.cookies["_xsrf"]},
+        timeout=30,
+    )
+    admin.get(f"{hub.url}/hub/authorize/mallory", timeout=30)
+    session.post(
+        f"{hub.url}/hub/login",
+        data={"username": "mallory", "password": password, "_xsrf": session.cookies["_xsrf"]},
+        timeout=30,
+    )
+    assert "Your instances" in session.get(f"{hub.url}/hub/home", timeout=30).text
+    return session
+
+
+def submit_form(hub, session, name: str, **fields) -> requests.Response:
+    """POST the create form as the home page does (multipart, with the xsrf token)."""
+    files = {key: (None, value) for key, value in {**fields, "_xsrf": xsrf(session)}.items()}
+    return session.post(f"{hub.url}/hub/spawn/mallory/{name}", files=files, timeout=60)
+
+
+def xsrf(session) -> str:
+    return session.cookies.get("_xsrf", path="/hub/") or session.cookies["_xsrf"]
+
+
+def events(hub, action: str, resource: str) -> list[dict]:
+    """Audit events (oldest first), as the admin reads them."""
+    query = f"/audit?action={action}&resource={resource}"
+    return hub.atelier("GET", query).json()["events"][::-1]
+
+
+def test_the_form_refuses_a_volume_past_the_quota(hub, mallory):
+    response = submit_form(hub, mallory, "big", image=BASE, spec="cpu.2u4g", volume_gb="1000")
+    assert response.status_code == 400
+    message = "volume_gb: your volumes would hold 1000 GB; the quota is 200 GB"
+    assert message in response.text  # shown on the form
+    assert "big" not in hub.servers("mallory")  # nothing defined, no volume made
+    assert hub.atelier("GET", "/quotas", hub.cli("token", "mallory").strip()).json()[
+        "volume_gb"
+    ] == {"used": 0, "allowed": 200}
+    [event] = events(hub, "createNotebook", "mallory/big")
+    assert (event["actor"], event["result"], event["reason"]) == ("mallory", "failure", message)
+
+
+def test_the_form_refuses_another_users_private_image(hub, mallory):
+    page = mallory.get(f"{hub.url}/hub/home", timeout=30).text
+    assert PRIVATE not in page  # not offered
+    response = submit_form(hub, mallory, "theirs", image=PRIVATE, spec="cpu.2u4g")
+    assert response.status_code == 400
+    message = f"image: no image named {PRIVATE!r} in the catalog"
+    assert message.replace("'", "&#39;") in response.text
+    assert "theirs" not in hub.servers("mallory")
+    [event] = events(hub, "createNotebook", "mallory/theirs")
+    assert (event["result"], event["reason"]) == ("failure", message)
+
+
+def test_a_get_with_options_starts_nothing_and_defines_nothing(hub, mallory):
+    url = f"{hub.url}/hub/spawn/mallory/sneaky?image={BASE}&spec=cpu.2u4g&volume_gb=1000"
+    response = mallory.get(url, timeout=60)
+    assert response.status_code == 400
+    assert "image: a GET never creates or starts an instance" in response.text
+    assert "sneaky" not in hub.servers("mallory")
+    [event] = events(hub, "createNotebook", "mallory/sneaky")
+    assert event["result"] == "failure"
+
+    opened = mallory.get(f"{hub.url}/hub/spawn/mallory/peek", timeout=60)  # the form, only
+    assert opened.status_code == 200 and f'<option value="{BASE}"' in opened.text
+    assert PRIVATE not in opened.text
+    assert "peek" not in hub.servers("mallory")
+
+
+def test_the_form_creates_and_opening_jupyterlab_is_audited_once(hub, mallory):
+    response = submit_form(hub, mallory, "lab", image=BASE, spec="cpu.2u4g", volume_gb="2")
+    assert response.status_code == 200, response.text
+    hub.wait_for(lambda: hub.servers("mallory")["lab"]["ready"], what="mallory:lab ready")
+    [created] = events(hub, "createNotebook", "mallory/lab")
+    assert (created["actor"], created["result"]) == ("mallory", "success")
+
+    lab = mallory.get(f"{hub.url}/user/mallory/lab/lab", timeout=60)  # OAuth, then JupyterLab
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
+    [opened] = events(hub, "openNotebook", "mallory/lab")
+    assert (opened["actor"], opened["owner"], opened["result"]) == ("mallory", "mallory", "success")
+    again = mallory.get(f"{hub.url}/user/mallory/lab/lab", timeout=60)  # a reload
+    assert again.status_code == 200 and "/hub/api/oauth2" not in again.url
+    mallory.get(f"{hub.url}/user/mallory/lab/api/status", timeout=60)
+    assert len(events(hub, "openNotebook", "mallory/lab")) == 1  # once per session
+
+
+def test_renaming_is_refused_and_keeps_everything(hub):
+    token = hub.add_user("rena")
+    hub.start("rena", "first", token, {"image": BASE, "spec": "cpu.2u4g", "volume_gb": 2})
+    hub.api("DELETE", "/users/rena/servers/first", token)
+    hub.wait_for(lambda: not hub.servers("rena")["first"]["ready"], what="rena:first stopped")
+    response = hub.api("PATCH", "/users/rena/servers/first", token, json={"name": "second"})
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("name: renaming instances is not supported")
+    assert set(hub.servers("rena")) == {"first"}
+    instance = hub.atelier("GET", "/instances/rena/first", token).json()
+    assert instance["volume"]["size_gb"] == 2
+    [event] = events(hub, "updateNotebook", "rena/first")
+    assert event["result"] == "failure"
+
+
+def test_a_failed_start_shows_failed_with_the_reason_across_a_restart(hub, envs_dir):
+    broken = envs_dir / BROKEN / "bin"
+    broken.mkdir(parents=True, exist_ok=True)
+    (broken / "jupyterhub-singleuser").write_text("not a program\n")  # present, not executable
+    assert hub.atelier("POST", "/images", json={"name": BROKEN}).status_code == 201
+    token = hub.add_user("fay")
+    api = f"{hub.url}/services/atelier/api/v1"
+    sdk = Client(api, token)
+    created = hub.atelier(
+        "POST", "/instances", token, json={"name": "lab", "image": BROKEN, "spec": "cpu.2u4g"}
+    )
+    assert created.status_code in (201, 400, 502), created.text
+
+    def failed() -> dict | None:
+        instance = sdk.instance("lab")
+        return instance if instance["status"] == "failed" else None
+
+    reason = hub.wait_for(failed, 60, "fay/lab failed")["reason"]
+    assert "Permission denied" in reason and "jupyterhub-singleuser" in reason
+    listing = hub.cli("instances", "list", "--url", api, "--token", token)
+    assert re.search(r"fay\s+lab\s+failed\s.*Permission denied", listing), listing
+
+    # ModelArts' rule: the image changes only while stopped; the spec also while failed
+    image = hub.atelier("PATCH", "/instances/fay/lab", token, json={"image": BASE})
+    assert image.status_code == 400
+    assert image.json()["error"]["message"] == (
+        "can change only while the instance is stopped, it is failed"
+    )
+    spec = hub.atelier("PATCH", "/instances/fay/lab", token, json={"spec": "cpu.2u8g"})
+    assert spec.status_code == 200 and spec.json()["status"] == "failed"
+
+    hub.restart()
+    after = Client(api, token).instance("lab")
+    assert (after["status"], after["reason"]) == ("failed", reason)
+
+    stopped = hub.atelier("POST", "/instances/fay/lab/stop", token)
+    assert stopped.status_code == 200, stopped.text
+    assert (stopped.json()["status"], stopped.json()["reason"]) == ("stopped", None)
+    assert Client(api, token).instance("lab")["status"] == "stopped"
