@@ -7,7 +7,6 @@ instance's SSH endpoint (atelier.extensions.ssh) when the spawner asks for one.
 
 import os
 from datetime import datetime, timezone
-from pathlib import Path
 
 from tornado.ioloop import PeriodicCallback
 
@@ -37,11 +36,13 @@ def _load_jupyter_server_extension(server_app):
     PeriodicCallback(mark_busy_kernels_active, every * 1000).start()
     server_app.log.info("Atelier: busy kernels count as activity")
 
-    socket_path = os.environ.get("ATELIER_SSH_SOCKET")
-    if socket_path:
+    fd = os.environ.pop("ATELIER_SSH_FD", None)
+    if fd:  # the endpoint's settings are no business of kernels and terminals
         from atelier.extensions import ssh
 
-        if ssh.start(Path(socket_path), os.environ["ATELIER_SSH_GATEWAY_KEY"], dict(os.environ)):
-            server_app.log.info("Atelier: SSH endpoint at %s", socket_path)
+        gateway_key = os.environ.pop("ATELIER_SSH_GATEWAY_KEY")
+        credential = os.environ.pop("ATELIER_SSH_CREDENTIAL")
+        if ssh.start(int(fd), gateway_key, credential, dict(os.environ)):
+            server_app.log.info("Atelier: SSH endpoint listening")
         else:
             server_app.log.warning("Atelier: no %s here (openssh-server); no SSH", ssh.SSHD)

@@ -1,26 +1,32 @@
 """The instance's SSH endpoint: OpenSSH's sshd, one `sshd -i` per connection from the gateway.
 
-It listens on a Unix socket in a directory private to the instance's account (only that
-account and root, the gateway, can connect), accepts only the gateway's key, and starts every
-session with the JupyterLab server's environment in the instance's directory. For SFTP (and
-so scp) the gateway may instead ask for OpenSSH's sftp-server alone, sparing the bulk of a
-transfer a second encryption. It runs in threads of the server, and each process it starts is
-told to end when its thread does, so SSH dies with the instance.
+It listens on the Unix socket the spawner bound for it, in a directory only root (the
+gateway) can enter; listening here is what tells the gateway who answers. It serves only
+connections that present this instance's credential, accepts only the gateway's key, and
+starts every session with the JupyterLab server's environment in the instance's directory.
+For SFTP (and so scp) the gateway may instead ask for OpenSSH's sftp-server alone, sparing the
+bulk of a transfer a second encryption. It runs in threads of the server, and each process it
+starts is told to end when its thread does, so SSH dies with the instance.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import hmac
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 PR_SET_PDEATHSIG = 1
-ASK_SSHD, ASK_SFTP = b"sshd\n", b"sftp\n"  # what the gateway asks for, first thing
+ASK_SSHD, ASK_SFTP = b"sshd", b"sftp"
+READY = b"ok\n"  # the credential is this instance's: what was asked for follows
 # set by sshd itself for each session, or meaningless in one
 NOT_PASSED = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "USER", "LOGNAME", "MAIL"}
 SESSION = """\
@@ -68,24 +74,29 @@ def sshd_config(runtime: Path, environment: dict[str, str]) -> str:
     )
 
 
+def request(ask: bytes, credential: str) -> bytes:
+    """What the gateway sends first: what it asks for, and the instance's credential."""
+    return b"%s %s\n" % (ask, credential.encode())
+
+
 def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def serve_one(connection: socket.socket, config: Path, home: str) -> None:
-    """What the gateway asks for first: `sshd` (an SSH connection) or `sftp` (SFTP alone)."""
+def serve_one(connection: socket.socket, commands: dict[bytes, list[str]], home: str) -> None:
+    """What the gateway asks for first, with this instance's credential: `sshd` (an SSH
+    connection) or `sftp` (SFTP alone). Anything else is dropped unanswered."""
     with connection:
         connection.settimeout(10)
         try:
-            wanted = connection.recv(len(ASK_SSHD), socket.MSG_WAITALL)
-        except OSError:
+            wanted = connection.recv(len(next(iter(commands))), socket.MSG_WAITALL)
+            command = next(c for r, c in commands.items() if hmac.compare_digest(r, wanted))
+            connection.sendall(READY)
+        except (OSError, StopIteration):
             return
         connection.settimeout(None)
-        commands = {ASK_SSHD: [SSHD, "-i", "-e", "-f", str(config)], ASK_SFTP: [SFTP_SERVER]}
-        if wanted not in commands:
-            return
         process = subprocess.Popen(
-            commands[wanted],
+            command,
             stdin=connection,
             stdout=connection,
             cwd=home,
@@ -94,21 +105,23 @@ def serve_one(connection: socket.socket, config: Path, home: str) -> None:
     process.wait()
 
 
-def serve(listener: socket.socket, config: Path, home: str) -> None:
+def serve(listener: socket.socket, commands: dict[bytes, list[str]], home: str) -> None:
     while True:
         connection, _ = listener.accept()
-        args = (connection, config, home)
+        args = (connection, commands, home)
         threading.Thread(target=serve_one, args=args, daemon=True).start()
 
 
-def start(socket_path: Path, gateway_key: str, environment: dict[str, str]) -> bool:
-    """Listen for the gateway; False where this machine has no sshd."""
+def start(fd: int, gateway_key: str, credential: str, environment: dict[str, str]) -> bool:
+    """Listen on the bound socket `fd` for the gateway; False where this machine has no sshd.
+    sshd's files live in a private temporary directory, removed when the server exits."""
+    listener = socket.socket(fileno=fd)
     if not Path(SSHD).exists():
+        listener.close()
         return False
-    runtime = socket_path.parent
+    runtime = Path(tempfile.mkdtemp(prefix="atelier-ssh-"))
+    atexit.register(shutil.rmtree, runtime, ignore_errors=True)
     host_key = runtime / "host_key"
-    for stale in (host_key, host_key.with_suffix(".pub"), socket_path):
-        stale.unlink(missing_ok=True)
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
         check=True,
@@ -118,9 +131,12 @@ def start(socket_path: Path, gateway_key: str, environment: dict[str, str]) -> b
     (runtime / "session").write_text(SESSION)
     config = runtime / "sshd_config"
     config.write_text(sshd_config(runtime, environment))
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(socket_path))
+    commands = {
+        request(ASK_SSHD, credential): [SSHD, "-i", "-e", "-f", str(config)],
+        request(ASK_SFTP, credential): [SFTP_SERVER],
+    }
     listener.listen(64)
     home = environment.get("HOME", "/")
-    threading.Thread(target=serve, args=(listener, config, home), daemon=True, name="ssh").start()
+    args = (listener, commands, home)
+    threading.Thread(target=serve, args=args, daemon=True, name="ssh").start()
     return True

@@ -6,6 +6,8 @@ then relays each channel (shell, exec, SFTP/scp, -L/-D forwarding) to the instan
 endpoint: an OpenSSH `sshd -i` that the instance runs behind a Unix socket
 (atelier.extensions.ssh), so the user lands in the instance's environment, as its account.
 SFTP sessions (and so scp) go to the instance's sftp-server over that socket directly.
+The gateway connects only to the socket root made for that instance, answered by the account
+root gave it, and presents that instance's credential (atelier.spawner.sshendpoint).
 """
 
 from __future__ import annotations
@@ -16,30 +18,33 @@ import logging
 import pwd
 import signal
 import socket
-import struct
 import time
 
 import asyncssh
 
+from atelier.extensions.ssh import ASK_SFTP, ASK_SSHD, READY, request
 from atelier.hub import ssh
 from atelier.hub.context import store_url
 from atelier.hub.hubconfig import settings_from_environment
 from atelier.hub.keypairs import deployment_keys
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
+from atelier.spawner import sshendpoint
 from atelier.spawner.accounts import ssh_socket
 
 log = logging.getLogger("atelier.sshgateway")
 # AES-GCM only: one hardware-accelerated OpenSSL call per packet. OpenSSH clients prefer
 # chacha20-poly1305, which asyncssh does in two steps: offering it halves scp throughput.
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
-ASK_SSHD, ASK_SFTP = b"sshd\n", b"sftp\n"  # as atelier.extensions.ssh reads them
-PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 TOO_MANY = "too many failed logins from this address; try again later"
 
 
 class InstanceUnavailable(Exception):
     """The instance is not running: nothing listens on its endpoint."""
+
+
+class EndpointRefused(InstanceUnavailable):
+    """The instance's endpoint is not its own: never connected to, and audited."""
 
 
 class Gateway:
@@ -50,6 +55,7 @@ class Gateway:
         self.store = store
         self.data_dir = settings.data_dir.absolute()
         self.host_key, self.client_key = deployment_keys(self.data_dir)
+        self.credentials_key = sshendpoint.credentials_key(self.host_key.parent)
         self.failures = ssh.FailureLimit(
             settings.ssh.max_failed_logins, settings.ssh.failed_login_window_seconds
         )
@@ -166,33 +172,55 @@ class Connection(asyncssh.SSHServer):
             self._upstream = asyncio.ensure_future(self._connect())
         return self._upstream
 
-    async def endpoint(self, ask: bytes) -> socket.socket:
-        """A connection to the instance's endpoint that has asked for `sshd` or `sftp`."""
+    async def endpoint(self, ask: bytes) -> tuple[socket.socket, int]:
+        """A connection to the instance's own endpoint that has taken the instance's credential
+        and a request for `sshd` or `sftp`; and the uid that serves it."""
         owner, instance = self.login
+        path = ssh_socket(self.gateway.data_dir, owner, instance)
         sock = socket.socket(socket.AF_UNIX)
         sock.setblocking(False)
+        loop = asyncio.get_running_loop()
         try:
-            loop = asyncio.get_running_loop()
-            await loop.sock_connect(sock, str(ssh_socket(self.gateway.data_dir, owner, instance)))
-            await loop.sock_sendall(sock, ask)
+            owner_uid = sshendpoint.owner_of(path)
+            await loop.sock_connect(sock, str(path))
+            uid = sshendpoint.check_peer(sock, path, owner_uid)
+            credential = sshendpoint.credential(self.gateway.credentials_key, owner, instance)
+            await loop.sock_sendall(sock, request(ask, credential))
+            if await asyncio.wait_for(self._answer(sock), 10) != READY:
+                raise sshendpoint.NotTheInstancesOwn(f"endpoint {path} refused the credential")
+        except (sshendpoint.NotTheInstancesOwn, TimeoutError) as error:
+            sock.close()
+            reason = f"{error or f'endpoint {path} did not answer'}; not the instance's own"
+            log.warning("refused: %s", reason)
+            self.gateway.audit(self.username, self.address, owner, "failure", reason)
+            raise EndpointRefused(
+                f"instance {instance}'s SSH endpoint is not its own; refused"
+            ) from None
         except OSError:
             sock.close()
             raise InstanceUnavailable(
                 f"instance {instance} is stopped; start it from the hub"
             ) from None
-        return sock
+        return sock, uid
+
+    @staticmethod
+    async def _answer(sock: socket.socket) -> bytes:
+        """The endpoint's answer to the request, `READY` where it took it."""
+        loop, answer = asyncio.get_running_loop(), b""
+        while len(answer) < len(READY):
+            chunk = await loop.sock_recv(sock, len(READY) - len(answer))
+            if not chunk:
+                break
+            answer += chunk
+        return answer
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        sock = await self.endpoint(ASK_SSHD)
-        # log in as the account the endpoint runs as (its sshd can log in no other)
-        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEER_CREDENTIALS.size)
-        _, uid, _ = PEER_CREDENTIALS.unpack(credentials)
-        account = pwd.getpwuid(uid).pw_name
+        sock, uid = await self.endpoint(ASK_SSHD)
         return await asyncssh.connect(
             sock=sock,
-            username=account,
+            username=pwd.getpwuid(uid).pw_name,  # the endpoint's sshd can log in no other
             client_keys=[str(self.gateway.client_key)],
-            known_hosts=None,  # the socket is the instance's own, in its private directory
+            known_hosts=None,  # the endpoint is the instance's own: checked above
             encryption_algs=CIPHERS,
             encoding=None,
         )
@@ -233,7 +261,7 @@ class Downstream(asyncssh.SSHServerSession):
     async def _open(self) -> None:
         try:
             if self.request.get("subsystem") == "sftp":
-                sock = await self.connection.endpoint(ASK_SFTP)
+                sock, _ = await self.connection.endpoint(ASK_SFTP)
                 loop = asyncio.get_running_loop()
                 self.up, _ = await loop.create_unix_connection(
                     lambda: SFTPServer(self.chan), sock=sock

@@ -8,6 +8,7 @@ server as the hub user's own system account.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
 from traitlets import Bool, Dict, List, Unicode, default
 
-from atelier.spawner import accounts, checks, core
+from atelier.spawner import accounts, checks, core, sshendpoint
 from atelier.spawner.devices import (
     Allocator,
     Device,
@@ -174,8 +175,6 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.account = await self._prepare_account()
             owner = self.account if self.isolate_users else None
             accounts.prepare_private_dir(self.home, owner)
-            if self.ssh_gateway_key:  # the SSH endpoint's directory
-                accounts.prepare_private_dir(self.ssh_socket.parent, owner)
             self._report(55, "Attaching the work volume")
             self._attach_volume(plan)
             self.cgroup = accounts.memory_cgroup(self.holder, plan.spec.memory_gb * 1024**3)
@@ -184,15 +183,16 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
             self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
             self.notebook_dir = str(self.home)
-            self._plan_environment = {
-                **plan.environment,
-                **visible_devices_environment(held),
-                "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
-                "VIRTUAL_ENV": str(bin_dir.parent),
-                "SHELL": "/bin/bash",
-                **self._ssh_environment(),
-            }
-            return await super().start()
+            with self._ssh_endpoint() as ssh_environment:
+                self._plan_environment = {
+                    **plan.environment,
+                    **visible_devices_environment(held),
+                    "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                    "VIRTUAL_ENV": str(bin_dir.parent),
+                    "SHELL": "/bin/bash",
+                    **ssh_environment,
+                }
+                return await super().start()
         except BaseException:
             self._release()
             raise
@@ -201,14 +201,34 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     def ssh_socket(self) -> Path:
         return accounts.ssh_socket(Path(self.data_dir), self.user.name, self.name)
 
-    def _ssh_environment(self) -> dict:
-        """What the instance's SSH endpoint (atelier.extensions.ssh) needs to start."""
+    @contextlib.contextmanager
+    def _ssh_endpoint(self):
+        """The SSH endpoint's socket, bound by root (atelier.spawner.sshendpoint) and passed to
+        JupyterLab, which listens on it (atelier.extensions.ssh); yields the settings the
+        endpoint needs from the environment. The hub's copy of the socket closes after."""
         if not self.ssh_gateway_key:
-            return {}
-        return {
-            "ATELIER_SSH_SOCKET": str(self.ssh_socket),
-            "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
-        }
+            yield {}
+            return
+        from atelier.hub.keypairs import deployment_keys
+
+        account = self.account if self.isolate_users else None
+        try:
+            listener = sshendpoint.bind(self.ssh_socket, account)
+        except sshendpoint.NotTheInstancesOwn as error:
+            raise SpawnException(f"SSH endpoint: {error}", reason="ssh") from None
+        key = sshendpoint.credentials_key(deployment_keys(Path(self.data_dir))[0].parent)
+        credential = sshendpoint.credential(key, self.user.name, self.name)
+        popen_kwargs = self.popen_kwargs
+        with listener:
+            self.popen_kwargs = {**popen_kwargs, "pass_fds": (listener.fileno(),)}
+            try:
+                yield {
+                    "ATELIER_SSH_FD": str(listener.fileno()),
+                    "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
+                    "ATELIER_SSH_CREDENTIAL": credential,
+                }
+            finally:
+                self.popen_kwargs = popen_kwargs
 
     @property
     def volume(self) -> LocalVolume:

@@ -1,13 +1,18 @@
 """SSH access rules: settings, login names, who is let in from where, failed-login limits."""
 
+import os
+import pwd
+import socket
+
 import pytest
 
 from atelier.hub import ssh
 from atelier.hub.keypairs import deployment_keys
-from atelier.spawner import accounts
+from atelier.spawner import accounts, sshendpoint
 from atelier.spawner.core import OptionsError
 
 KEYS = {"k1", "k2"}
+NOBODY = pwd.getpwnam("nobody")
 OPEN = ssh.Access(True, ("k1",), ("127.0.0.0/8", "2001:db8::/32"))
 
 
@@ -142,3 +147,52 @@ def test_deployment_keys_are_made_once_and_kept(tmp_path):
 def test_accounts_join_tty_only_where_sshd_needs_it(options, needed):
     mounts = f"proc /proc proc rw 0 0\ndevpts /dev/pts devpts {options} 0 0\n"
     assert accounts.pty_needs_tty_group(mounts) is needed
+
+
+def test_endpoint_credentials_are_per_instance(tmp_path):
+    key = sshendpoint.credentials_key(tmp_path)
+    assert sshendpoint.credentials_key(tmp_path) == key  # kept
+    assert oct((tmp_path / sshendpoint.KEY_FILE).stat().st_mode & 0o777) == "0o600"
+    credentials = {
+        sshendpoint.credential(key, owner, instance)
+        for owner, instance in (("alice", "lab"), ("alice", "lab2"), ("bob", "lab"), ("ali", "ce"))
+    }
+    assert len(credentials) == 4
+    assert sshendpoint.credential(os.urandom(32), "alice", "lab") not in credentials
+
+
+def test_root_binds_the_endpoint_in_its_own_directory(tmp_path):
+    path = tmp_path / "run" / "0123" / "ssh.sock"
+    path.parent.mkdir(parents=True)
+    os.chown(path.parent, NOBODY.pw_uid, NOBODY.pw_gid)  # as the instance owned it before
+    with sshendpoint.bind(path, NOBODY.pw_name):
+        directory, socket_file = path.parent.lstat(), path.lstat()
+        assert (directory.st_uid, oct(directory.st_mode & 0o777)) == (0, "0o700")
+        assert (socket_file.st_uid, oct(socket_file.st_mode & 0o777)) == (NOBODY.pw_uid, "0o600")
+        assert sshendpoint.owner_of(path) == NOBODY.pw_uid
+
+
+def test_the_gateway_refuses_what_root_did_not_make(tmp_path):
+    path = tmp_path / "run" / "0123" / "ssh.sock"
+    with sshendpoint.bind(path, None) as listener:
+        listener.listen()
+        with socket.socket(socket.AF_UNIX) as connected:
+            connected.connect(str(path))
+            for owner in (0, NOBODY.pw_uid):  # root answers (never an instance), not the owner
+                with pytest.raises(sshendpoint.NotTheInstancesOwn, match="not its owner"):
+                    sshendpoint.check_peer(connected, path, owner)
+        path.parent.chmod(0o777)
+        with pytest.raises(sshendpoint.NotTheInstancesOwn, match="only root can change"):
+            sshendpoint.owner_of(path)
+        path.parent.chmod(0o700)
+        (tmp_path / "link").symlink_to(tmp_path / "run")
+        with pytest.raises(sshendpoint.NotTheInstancesOwn, match="only root can change"):
+            sshendpoint.owner_of(tmp_path / "link" / "0123" / "ssh.sock")
+        path.rename(path.with_name("elsewhere.sock"))
+        path.symlink_to(path.with_name("elsewhere.sock"))
+        with pytest.raises(sshendpoint.NotTheInstancesOwn, match="is not a socket"):
+            sshendpoint.owner_of(path)
+        path.unlink()
+        path.write_text("")
+        with pytest.raises(sshendpoint.NotTheInstancesOwn, match="is not a socket"):
+            sshendpoint.owner_of(path)

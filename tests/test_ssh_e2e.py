@@ -7,10 +7,11 @@ import select
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
-from conftest import BASE, Hub, environ_of, free_port
+from conftest import BASE, Hub, environ_of, free_port, pid_of
 
 pytestmark = pytest.mark.e2e
 USER, OTHER = "sshdev", "sshother"
@@ -357,6 +358,87 @@ def test_every_refusal_is_refused_and_audited(hub, setup):
     assert [(e["reason"], e["resource"]) for e in successes] == [
         (key["fingerprint"], f"{USER}/lab")
     ]
+
+
+def endpoint_socket(pid: int) -> Path:
+    """The SSH endpoint socket that an instance's JupyterLab process listens on."""
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()  # Num RefCount Protocol Flags Type St Inode Path
+        if len(fields) == 8 and f"socket:[{fields[6]}]" in held and fields[7].endswith(".sock"):
+            return Path(fields[7])
+    raise AssertionError(f"process {pid} listens on no SSH endpoint")
+
+
+def test_a_user_cannot_point_their_endpoint_at_another_users(hub, setup):
+    """The hijack: from inside their own instance, a user swaps their endpoint's socket for a
+    link to another user's; the gateway (root) would log them in as whoever answers."""
+    client = setup["client"]
+    own, victims = (endpoint_socket(pid_of(hub, user, "lab")) for user in (USER, OTHER))
+    victim_home = environ_of(pid_of(hub, OTHER, "lab"))["HOME"]
+    swap = client.ssh(f"{USER}+lab", f"ln -sfn {victims} {own}")
+    assert swap.returncode != 0  # the socket lies in root's directory
+    assert "Permission denied" in swap.stderr
+    shell = client.ssh(f"{USER}+lab", f"id -un; touch {victim_home}/pwned")
+    assert shell.stdout.split() == [environ_of(pid_of(hub, USER, "lab"))["USER"]]
+    assert not Path(victim_home, "pwned").exists()
+
+
+@pytest.fixture
+def swapped_endpoint(hub, setup):
+    """Put another endpoint's socket where the instance's own should be, as root (no user
+    can), then put the instance's own back."""
+    own = endpoint_socket(pid_of(hub, USER, "lab"))
+    saved = own.with_name("saved.sock")
+    own.rename(saved)
+
+    def swap(target: Path, link) -> None:
+        own.unlink(missing_ok=True)
+        link(target, own)
+
+    yield swap
+    own.unlink(missing_ok=True)
+    saved.rename(own)
+
+
+@pytest.mark.parametrize(
+    ("victim", "link"),
+    [
+        ((OTHER, "lab"), os.symlink),  # another user's instance: a symlink
+        ((OTHER, "lab"), os.link),  # another user's instance: a real socket, their account's
+        ((USER, "second"), os.link),  # the same user's other instance: its own credential
+    ],
+)
+def test_the_gateway_refuses_an_endpoint_that_is_not_the_instances_own(
+    hub, setup, swapped_endpoint, victim, link
+):
+    client, owner, instance = setup["client"], *victim
+    if instance == "second" and "second" not in hub.servers(USER):
+        hub.start(USER, "second", setup["token"], {"image": BASE, "spec": SPEC})
+    victim_pid = pid_of(hub, owner, instance)
+    victim_home = environ_of(victim_pid)["HOME"]
+    swapped_endpoint(endpoint_socket(victim_pid), link)
+    since = last_event_id(hub)
+
+    shell = client.ssh(f"{USER}+lab", f"echo $HOME; touch {victim_home}/pwned")
+    assert shell.returncode == 1, shell.stdout
+    assert "instance lab's SSH endpoint is not its own; refused" in shell.stderr
+    assert shell.stdout == ""
+    batch = setup["directory"] / "ls-batch"
+    batch.write_text("ls\n")
+    sftp = subprocess.run(
+        ["sftp", *client.options(), "-P", str(hub.ssh_port), "-b", str(batch)]
+        + [f"{USER}+lab@127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sftp.returncode != 0
+    assert not Path(victim_home, "pwned").exists()
+    failures = [e for e in login_events(hub, since) if e["result"] == "failure"]
+    assert len(failures) == 2, failures  # the shell, then SFTP
+    assert all(e["resource"] == f"{USER}/lab" for e in failures)
+    assert all("not the instance's own" in e["reason"] for e in failures)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,109 @@
+"""An instance's SSH endpoint as root sees it: the socket it listens on, and who may answer.
+
+The gateway runs as root and logs in as whoever answers the endpoint's socket, so nothing an
+instance can write may decide where that socket leads. Root binds the socket itself, in a
+directory only root can enter, hands it to the instance's account, and passes it to the
+JupyterLab process, which listens on it (atelier.extensions.ssh) and so never needs its path.
+Before connecting, the gateway checks the socket is still that one; after, that the account
+that listens owns it. Each connection then presents a credential of its one instance, which
+no other endpoint takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import stat
+import struct
+from pathlib import Path
+
+KEY_FILE = "endpoint_credentials.key"  # beside the gateway's deployment keys
+PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
+
+
+class NotTheInstancesOwn(Exception):
+    """The endpoint's socket, or whoever answers it, is not what root made for the instance."""
+
+
+def credentials_key(key_dir: Path) -> bytes:
+    """The deployment's key for endpoint credentials: made once (atomically, as the hub and
+    the gateway may both ask first), then kept, readable by root alone."""
+    path = Path(key_dir) / KEY_FILE
+    if not path.exists():
+        draft = path.with_name(f".{KEY_FILE}.{secrets.token_hex(8)}")
+        draft.touch(mode=0o600)
+        draft.write_bytes(secrets.token_bytes(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
+    return path.read_bytes()
+
+
+def credential(key: bytes, owner: str, instance: str) -> str:
+    """What proves a connection is meant for this one instance (NUL never occurs in names)."""
+    return hmac.new(key, f"{owner}\0{instance}".encode(), hashlib.sha256).hexdigest()
+
+
+def _trusted_directories(directory: Path) -> None:
+    """Every component of `directory`: a real directory that only root (or this process's
+    own account, when it is not root) can change; sticky ones as /tmp only their entries'
+    owners."""
+    trusted = {0, os.geteuid()}
+    for part in (directory, *directory.parents):
+        info = os.lstat(part)
+        writable_by_others = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in trusted or writable_by_others:
+            raise NotTheInstancesOwn(f"{part} is not a directory that only root can change")
+
+
+def bind(path: Path, account: str | None) -> socket.socket:
+    """The endpoint's socket, bound (not listening) in a directory only root can enter, and
+    handed to `account` (None: this process's own): the instance listens on it."""
+    directory = path.parent
+    directory.parent.mkdir(mode=0o711, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode):
+            directory.unlink()
+        elif info.st_uid != os.geteuid():
+            shutil.rmtree(directory)  # the older layout, owned by the instance: root's now
+    directory.mkdir(mode=0o700, exist_ok=True)
+    directory.chmod(0o700)
+    _trusted_directories(directory)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(path))
+        if account is not None:
+            entry = pwd.getpwnam(account)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(0o600)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def owner_of(path: Path) -> int:
+    """The uid root gave the endpoint's socket; NotTheInstancesOwn where it is not a real
+    socket in root's directories, FileNotFoundError where there is none."""
+    info = os.lstat(path)
+    if not stat.S_ISSOCK(info.st_mode):
+        raise NotTheInstancesOwn(f"endpoint {path} is not a socket")
+    _trusted_directories(path.parent)
+    return info.st_uid
+
+
+def check_peer(sock: socket.socket, path: Path, owner: int) -> int:
+    """The uid listening on a connected endpoint: the socket's owner, never root."""
+    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEER_CREDENTIALS.size)
+    _, uid, _ = PEER_CREDENTIALS.unpack(credentials)
+    if uid != owner or uid == 0:
+        raise NotTheInstancesOwn(f"endpoint {path} is answered by uid {uid}, not its owner")
+    return uid
