@@ -278,3 +278,38 @@ def test_autostop_time():
     assert core.autostop_at(started, 2.5) == datetime(2026, 1, 1, 10, 30, tzinfo=UTC)
     assert core.autostop_at(started, None) is None
     assert core.autostop_at(None, 2) is None
+
+
+def test_the_one_check_refuses_what_every_door_must_refuse(tmp_path):
+    """checks.check_instance (run by the API, the form and the spawner): visibility, the
+    volume quota and free devices, with the store and the allocator the hub uses."""
+    from types import SimpleNamespace
+
+    from atelier.hub.store import Store
+    from atelier.spawner import checks
+    from atelier.spawner.devices import Allocator, Device, DevicesUnavailable
+
+    theirs = Image("mine_1.0-cpu-py_3.11-debian_12-x86_64", visibility="private", owner="bob")
+    cat = replace(
+        catalog({"a100": 1}), images={BASE.name: BASE, theirs.name: theirs, CUDA.name: CUDA}
+    )
+    store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+    allocator = Allocator([Device("gpu", "a100", 0)])
+    alice = SimpleNamespace(name="alice", admin=False, groups=[])
+
+    def check(name, options, user=alice):
+        return checks.check_instance(
+            user, name, options, catalog=cat, store=store, allocator=allocator, limits=LIMITS
+        )
+
+    with pytest.raises(OptionsError, match=f"image: no image named '{theirs.name}'"):
+        check("a", {"image": theirs.name, "spec": "cpu.2u8g"})
+    bob = SimpleNamespace(name="bob", admin=False, groups=[])
+    assert check("a", {"image": theirs.name, "spec": "cpu.2u8g"}, bob).image == theirs
+    store.set_volume_size("alice", "big", 150)
+    with pytest.raises(OptionsError, match="volume_gb: your volumes would hold 210 GB; the quo"):
+        check("b", {"image": BASE.name, "spec": "cpu.2u8g", "volume_gb": 60})
+    assert check("big", {"image": BASE.name, "spec": "cpu.2u8g"}).volume_gb == 5  # has one
+    allocator.acquire("bob:gpu", "gpu.1xa100.8u64g", "a100", 1)
+    with pytest.raises(DevicesUnavailable):
+        check("c", {"image": CUDA.name, "spec": "gpu.1xa100.8u64g"})
