@@ -31,8 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import BASE, WORK, Hub, build_env, free_port  # noqa: E402 - the e2e harness
 
-from atelier.spawner.accounts import account_name, instance_home  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results" / "ssh.json"
 USER = "bench"
 PLAIN_SSHD = """\
@@ -123,7 +121,7 @@ def main() -> None:
             }
             hub.atelier("PATCH", f"/instances/{USER}/lab", token, json={"ssh": access})
 
-            account = account_name(USER)
+            account = hub.account(USER)
             plain = scratch / "plain"
             plain.mkdir()
             keygen(plain / "host_key")
@@ -142,7 +140,7 @@ def main() -> None:
             with open(big, "wb") as out:
                 for _ in range(args.megabytes):
                     out.write(os.urandom(1024 * 1024))
-            work = instance_home(hub.dir / "data", USER, "lab") / "work"
+            work = hub.home(USER, "lab") / "work"
             key_path = scratch / "client"
             targets = [
                 Target("plain_sshd", plain_port, account, key_path, scratch),

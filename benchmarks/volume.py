@@ -56,7 +56,7 @@ def main() -> None:
         data_dir = Path(scratch)
         volume = LocalVolume(data_dir, "bench", "v")
         mount = volume.mount
-        mount.parent.mkdir(parents=True)
+        volume.home.mkdir(parents=True)
         create_s = timed(lambda: (volume.create(5), volume.attach(None)))
         expand_s = timed(lambda: volume.expand(15))
         plain = data_dir / "plain"

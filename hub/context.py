@@ -38,8 +38,9 @@ class Context:
         return local_catalog(self.store, self.allocator, self.settings.resolved_envs_dir)
 
     def volume(self, owner: str, name: str) -> LocalVolume:
-        """An instance's work volume on this machine."""
-        return LocalVolume(self.settings.data_dir.absolute(), owner, name)
+        """An instance's work volume on this machine, under its owner's account."""
+        account = self.store.claim_account(owner)
+        return LocalVolume(self.settings.resolved_shared_dir, account, name)
 
     def expand_volume(self, owner: str, name: str, add_gb, actor: str, source_ip: str) -> int:
         """Grow an instance's volume by `add_gb` (online if it runs); audited either way."""

@@ -7,15 +7,17 @@ so a bad request answers 400 naming the field and the hub's state does not chang
 
 from __future__ import annotations
 
+import asyncio
+
 from jupyterhub.apihandlers.auth import OAuthAuthorizeHandler
 from jupyterhub.apihandlers.base import APIHandler
-from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.apihandlers.users import UserAPIHandler, UserServerAPIHandler
 from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from atelier.hub.pages import create_form, options_from_form
-from atelier.spawner import checks, core
+from atelier.spawner import accounts, checks, core
 from atelier.spawner.devices import DevicesUnavailable
 
 
@@ -275,6 +277,28 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
             self.audit("openNotebook", spawner.user.name, spawner.name, "success")
 
 
+class UserDeleteAPIHandler(UserAPIHandler):
+    """DELETE /hub/api/users/<name>: JupyterHub deletes the user's instances (and with them
+    their volumes and homes, in delete_forever) but not while one runs, and keeps Atelier's
+    records; here their instances stop first, and after, nothing of theirs is left: a user
+    re-created with the name gets a fresh account and inherits nothing."""
+
+    @needs_scope("admin:users")
+    async def delete(self, user_name):
+        user = self.find_user(user_name)
+        if user is not None and user.name != self.current_user.name:
+            for name, spawner in list(user.spawners.items()):
+                if spawner.active:
+                    await self.stop_single_user(user, name)
+            if any(spawner.active for spawner in user.spawners.values()):
+                raise web.HTTPError(400, f"{user_name}'s instances are still stopping; retry")
+        await super().delete(user_name)
+        context = self.settings["atelier"]
+        account = context.store.forget_user(user_name)
+        if account is not None and context.isolated:
+            await asyncio.to_thread(accounts.kill_processes, account)
+
+
 ATELIER_SERVICE = "atelier"
 DELETE_VOLUME = "delete-volume"
 HANDLERS = [
@@ -282,4 +306,5 @@ HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]+)/volume/expand", VolumeExpandAPIHandler),
     (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),
     (r"/api/oauth2/authorize", OpenNotebookHandler),
+    (r"/api/users/([^/]+)", UserDeleteAPIHandler),
 ]

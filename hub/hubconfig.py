@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -15,6 +14,7 @@ from atelier.hub.keypairs import deployment_keys
 from atelier.hub.pages import TEMPLATES
 from atelier.hub.service import ACCESS_SCOPE, API_PREFIX, SCOPES, SERVICE, USER_SCOPES
 from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
+from atelier.spawner.accounts import prepare_shared_dir
 
 PROXY = "configurable-http-proxy"
 
@@ -40,24 +40,17 @@ def proxy_command() -> str:
     return found
 
 
-def check_reachable(path: Path) -> None:
-    """Instances run as other accounts: every parent of `path` must let them through."""
-    for parent in [path, *path.parents]:
-        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
-            raise ConfigError(
-                f"{path}: instances run as per-user accounts and cannot pass {parent} "
-                f"(mode {stat.filemode(parent.stat().st_mode)}); choose a data_dir and envs_dir "
-                "outside it, or `chmod o+x` it"
-            )
-
-
 def prepare_data_dir(settings: Settings) -> Path:
+    """The hub's private state (0700, and whatever the hub writes from now on is private:
+    umask 077), beside the shared dir that instance accounts reach."""
+    os.umask(0o077)
     data_dir = settings.data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o711)
-    if os.geteuid() == 0:
-        check_reachable(data_dir)
-        check_reachable(settings.resolved_envs_dir)
+    data_dir.chmod(0o700)
+    try:
+        prepare_shared_dir(settings.resolved_shared_dir)
+    except PermissionError as error:
+        raise ConfigError(f"shared_dir: {error}") from None
     return data_dir
 
 
@@ -86,6 +79,7 @@ def configure(c, settings: Settings | None = None) -> None:
 
     c.JupyterHub.spawner_class = "atelier-local"
     c.LocalInstanceSpawner.data_dir = str(data_dir)
+    c.LocalInstanceSpawner.shared_dir = str(settings.resolved_shared_dir)
     c.LocalInstanceSpawner.envs_dir = str(settings.resolved_envs_dir)
     c.LocalInstanceSpawner.store_url = store_url(settings)
     c.LocalInstanceSpawner.limits = settings.limits.model_dump()

@@ -21,6 +21,7 @@ from atelier.spawner.devices import Device
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "atelier.yaml"
+SHARED_DIR = Path("/var/lib/atelier")  # as root: apart from the clone, wherever that is
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,7 @@ class LimitsConfig(Strict):
     volume_max_gb: int = Field(4096, ge=1, le=65536)
     volume_step_max_gb: int = Field(100, ge=1, le=4096)
     volume_quota_gb: int = Field(200, ge=1, le=1_000_000)
+    keypairs_per_user: int = Field(20, ge=1, le=1000)
 
     def to_limits(self) -> core.Limits:
         return core.Limits(**self.model_dump())
@@ -163,9 +165,14 @@ class SSHConfig(Strict):
 
 class Settings(Strict):
     backend: Literal["local"] = "local"
-    data_dir: Path = Path(".atelier")
+    data_dir: Path = Field(Path(".atelier"), description="the hub's private state (0700)")
+    shared_dir: Path | None = Field(
+        None,
+        description="what instance accounts reach (image environments, instance homes, "
+        "volumes, SSH sockets); default /var/lib/atelier as root, else data_dir",
+    )
     envs_dir: Path | None = Field(
-        None, description="local image environments; default data_dir/envs"
+        None, description="local image environments; default shared_dir/envs"
     )
     database_url: str | None = Field(
         None,
@@ -204,8 +211,14 @@ class Settings(Strict):
         return [i.to_image() for i in self.images], [s.to_spec() for s in self.specs]
 
     @property
+    def resolved_shared_dir(self) -> Path:
+        if self.shared_dir is not None:
+            return self.shared_dir.absolute()
+        return SHARED_DIR if os.geteuid() == 0 else self.data_dir.absolute()
+
+    @property
     def resolved_envs_dir(self) -> Path:
-        return (self.envs_dir or self.data_dir / "envs").absolute()
+        return (self.envs_dir or self.resolved_shared_dir / "envs").absolute()
 
 
 def describe(error: ValidationError, path: Path) -> str:
@@ -230,6 +243,18 @@ def load_settings(path: Path | str | None = None, **overrides) -> Settings:
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     data.update({key: value for key, value in overrides.items() if value is not None})
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as error:
         raise ConfigError(describe(error, path)) from None
+    check_private(path, settings)
+    return settings
+
+
+def check_private(path: Path, settings: Settings) -> None:
+    """A file that holds a secret must be its owner's alone: instances run as other accounts."""
+    mode = path.stat().st_mode
+    if settings.auth.client_secret and mode & 0o077:
+        raise ConfigError(
+            f"{path}: holds auth.client_secret but others may read it "
+            f"(mode {mode & 0o777:o}); run `chmod 600 {path}`"
+        )

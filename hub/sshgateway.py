@@ -176,7 +176,7 @@ class Connection(asyncssh.SSHServer):
         """A connection to the instance's own endpoint that has taken the instance's credential
         and a request for `sshd` or `sftp`; and the uid that serves it."""
         owner, instance = self.login
-        path = ssh_socket(self.gateway.data_dir, owner, instance)
+        path = ssh_socket(self.gateway.settings.resolved_shared_dir, owner, instance)
         sock = socket.socket(socket.AF_UNIX)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()

@@ -24,10 +24,11 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from atelier.hub import ssh
-from atelier.spawner import core
+from atelier.spawner import accounts, core
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -130,6 +131,17 @@ class KeyPairRecord(Base):
             "algorithm": self.algorithm,
             "created": as_utc(self.created).isoformat(),
         }
+
+
+class AccountRecord(Base):
+    """A system account Atelier made for a hub user; once retired (the user was deleted) it
+    belongs to no one and its name is never given again."""
+
+    __tablename__ = "accounts"
+    account: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hub_user: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    claimed: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class WorkspaceRecord(Base):
@@ -380,6 +392,47 @@ class Store:
         with self.session() as db:
             query = select(func.coalesce(func.sum(VolumeRecord.size_gb), 0))
             return db.scalar(query.where(VolumeRecord.owner == owner))
+
+    # system accounts -----------------------------------------------------------------------
+    def account(self, hub_user: str) -> str | None:
+        with self.session() as db:
+            query = select(AccountRecord.account).where(AccountRecord.hub_user == hub_user)
+            return db.scalar(query)
+
+    def claim_account(self, hub_user: str) -> str:
+        """The hub user's system account name; on first use, the first candidate that no
+        one has had, in this store or on the system (so two users never share a uid)."""
+        for _ in range(3):  # another process may claim at the same moment
+            if (account := self.account(hub_user)) is not None:
+                return account
+            with self.session() as db:
+                account = next(
+                    name
+                    for name in accounts.account_candidates(hub_user)
+                    if db.get(AccountRecord, name) is None
+                    and not accounts.system_account_exists(name)
+                )
+                db.add(AccountRecord(account=account, hub_user=hub_user, claimed=utcnow()))
+                try:
+                    db.commit()
+                    return account
+                except IntegrityError:
+                    db.rollback()
+        raise RuntimeError(f"could not claim a system account for {hub_user!r}")
+
+    def forget_user(self, hub_user: str) -> str | None:
+        """A deleted hub user leaves nothing behind: key pairs, instance records (their SSH
+        settings with them), volume records; their account is retired. Returns it."""
+        with self.session() as db, db.begin():
+            for model in (KeyPairRecord, InstanceRecord, VolumeRecord):
+                db.execute(delete(model).where(model.owner == hub_user))
+            record = db.scalars(
+                select(AccountRecord).where(AccountRecord.hub_user == hub_user)
+            ).first()
+            if record is None:
+                return None
+            record.hub_user, record.retired = None, utcnow()
+            return record.account
 
     # key pairs -----------------------------------------------------------------------------
     def keypairs(self, owner: str) -> list[dict]:

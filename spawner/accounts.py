@@ -1,29 +1,31 @@
-"""What the local backend does to the host: system accounts, instance homes and cgroups."""
+"""What the local backend does to the host: system accounts and the shared dir's layout.
+
+The shared dir holds what instance accounts must reach: image environments (envs/), instance
+homes (homes/<account>/<instance>), volume mount points (mounts/<account>/<instance>), volume
+backing files (volumes/<account>/) and SSH endpoint sockets (run/). Every directory in it is
+root's except each instance's home, so nothing the hub does as root passes through a path
+component a user can write. It is apart from the data dir, which is the hub's alone (0700).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import hashlib
+import itertools
 import os
 import pwd
 import re
-import signal
 import subprocess
-import time
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 ACCOUNT_PREFIX = "atelier-"
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,22}$")
-CGROUP_ROOTS = (
-    # (hierarchy, file that marks it, memory limit file): cgroup v1's memory controller, then v2
-    (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.limit_in_bytes"),
-    (Path("/sys/fs/cgroup"), "cgroup.controllers", "memory.max"),
-)
 
 
 def run(*command: str) -> str:
-    """Run a host tool (useradd aside); its output, or RuntimeError with what it printed."""
+    """Run a host tool (by absolute path); its output, or RuntimeError with what it printed."""
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         output = f"{result.stdout}{result.stderr}".strip()
@@ -31,22 +33,71 @@ def run(*command: str) -> str:
     return result.stdout
 
 
-def instance_home(data_dir: Path, owner: str, instance: str) -> Path:
-    """An instance's directory: its HOME and JupyterLab root, with the volume at work/."""
-    return Path(data_dir) / "instances" / owner / instance
+SHARED_MODES = {"homes": 0o711, "mounts": 0o711, "volumes": 0o700, "run": 0o711}
+USERADD, USERMOD, PKILL = "/usr/sbin/useradd", "/usr/sbin/usermod", "/usr/bin/pkill"
+_ACCOUNTS_LOCK = threading.Lock()
 
 
-def ssh_socket(data_dir: Path, owner: str, instance: str) -> Path:
+def prepare_shared_dir(shared_dir: Path) -> None:
+    """Create the shared dir's root-owned tree: instance accounts may pass, not write."""
+    shared_dir.mkdir(parents=True, exist_ok=True)
+    if shared_dir.lstat().st_uid != os.geteuid():
+        raise PermissionError(f"{shared_dir}: must belong to the hub's account, not another")
+    shared_dir.chmod(0o711)
+    for name, mode in SHARED_MODES.items():
+        (shared_dir / name).mkdir(exist_ok=True)
+        (shared_dir / name).chmod(mode)
+
+
+def instance_home(shared_dir: Path, account: str, instance: str) -> Path:
+    """An instance's directory: its HOME and JupyterLab root, with work/ linking to its volume."""
+    return Path(shared_dir) / "homes" / account / instance
+
+
+def mount_point(shared_dir: Path, account: str, instance: str) -> Path:
+    """Where an instance's volume is mounted: root's all the way down."""
+    return Path(shared_dir) / "mounts" / account / instance
+
+
+def volumes_dir(shared_dir: Path, account: str) -> Path:
+    """Where an account's volume backing files lie (root's alone)."""
+    return Path(shared_dir) / "volumes" / account
+
+
+def ssh_socket(shared_dir: Path, owner: str, instance: str) -> Path:
     """Where an instance's SSH endpoint listens: a short path (Unix sockets allow 107 bytes)."""
     digest = hashlib.sha256(f"{owner}/{instance}".encode()).hexdigest()[:16]
-    return Path(data_dir) / "run" / digest / "ssh.sock"
+    return Path(shared_dir) / "run" / digest / "ssh.sock"
 
 
-def account_name(hub_user: str) -> str:
-    """The system account of a hub user: `atelier-<name>`, hashed when the name cannot be one."""
+def account_candidates(hub_user: str) -> Iterator[str]:
+    """System account names a hub user may get, best first: `atelier-<name>` when the name can
+    be one, then a digest of the name, then the digest numbered (the store takes the first
+    that neither it nor the system knows, so no two hub users ever share one)."""
     if ACCOUNT_NAME.match(hub_user):
-        return ACCOUNT_PREFIX + hub_user
-    return ACCOUNT_PREFIX + "u" + hashlib.sha256(hub_user.encode()).hexdigest()[:12]
+        yield ACCOUNT_PREFIX + hub_user
+    hashed = ACCOUNT_PREFIX + "u" + hashlib.sha256(hub_user.encode()).hexdigest()[:12]
+    yield hashed
+    for number in itertools.count(2):
+        yield f"{hashed}-{number}"
+
+
+def system_account_exists(name: str) -> bool:
+    """Whether the system has a user or group of this name (useradd makes both)."""
+    for database in (pwd.getpwnam, grp.getgrnam):
+        try:
+            database(name)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def kill_processes(account: str) -> None:
+    """Kill whatever still runs as a retired account (kernels, terminals left behind)."""
+    result = subprocess.run([PKILL, "-KILL", "-u", account], capture_output=True, text=True)
+    if result.returncode not in (0, 1):  # 1: nothing ran as it
+        raise RuntimeError(f"pkill -u {account} failed: {result.stderr.strip()}")
 
 
 def hub_account() -> str:
@@ -65,22 +116,23 @@ def pty_needs_tty_group(mounts: str | None = None) -> bool:
 
 
 def ensure_account(name: str) -> None:
-    """Create a locked system account without a login password, like The Littlest JupyterHub.
+    """Create the locked system account a hub user claimed (no login password), like The
+    Littlest JupyterHub; one at a time, so a name that turns up meanwhile is someone else's.
 
     Its home is `/`: each instance sets HOME to its own directory, and sshd needs a home it
     can enter. It is in the `tty` group where sshd needs that to hand it a terminal.
     """
     groups = ["--groups", "tty"] if pty_needs_tty_group() else []
-    try:
-        home = pwd.getpwnam(name).pw_dir
-        if home != "/" or (groups and name not in grp.getgrnam("tty").gr_mem):
-            run("usermod", "--home", "/", *(["--append", *groups] if groups else []), name)
-        return
-    except KeyError:
-        pass
-    result = subprocess.run(
-        [
-            "useradd",
+    with _ACCOUNTS_LOCK:
+        try:
+            home = pwd.getpwnam(name).pw_dir
+            if home != "/" or (groups and name not in grp.getgrnam("tty").gr_mem):
+                run(USERMOD, "--home", "/", *(["--append", *groups] if groups else []), name)
+            return
+        except KeyError:
+            pass
+        run(
+            USERADD,
             "--system",
             "--user-group",
             *groups,
@@ -90,12 +142,7 @@ def ensure_account(name: str) -> None:
             "--shell",
             "/bin/bash",
             name,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode not in (0, 9):  # 9: created meanwhile by a concurrent spawn
-        raise RuntimeError(f"useradd {name} failed: {result.stderr.strip()}")
+        )
 
 
 def prepare_private_dir(home: Path, account: str | None) -> None:
@@ -108,39 +155,3 @@ def prepare_private_dir(home: Path, account: str | None) -> None:
     if account is not None:
         entry = pwd.getpwnam(account)
         os.chown(home, entry.pw_uid, entry.pw_gid)
-
-
-def memory_cgroup(key: str, limit_bytes: int) -> Path | None:
-    """A cgroup capping memory at `limit_bytes`, or None where the kernel does not let us."""
-    if os.geteuid() != 0:
-        return None
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-    for root, marker, limit_file in CGROUP_ROOTS:
-        if not (root / marker).exists():
-            continue
-        group = root / "atelier" / slug
-        try:
-            group.mkdir(parents=True, exist_ok=True)
-            if marker == "cgroup.controllers":
-                (root / "cgroup.subtree_control").write_text("+memory")
-                (group.parent / "cgroup.subtree_control").write_text("+memory")
-            (group / limit_file).write_text(str(limit_bytes))
-            return group
-        except OSError:
-            continue
-    return None
-
-
-def remove_cgroup(group: Path) -> None:
-    """Kill whatever is left in the cgroup (kernels, terminals) and remove it."""
-    for _ in range(50):
-        try:
-            for pid in (group / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            group.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.1)

@@ -7,7 +7,9 @@ Atelier's jupyter-server extension. A stamp of the requirements makes rebuilds n
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import shutil
 import sys
 import time
@@ -66,6 +68,22 @@ def is_built(envs_dir: Path, image: str) -> bool:
     return stamp.exists() and stamp.read_text() == requirements_digest(requirements_file(image))
 
 
+def readable_by_instances(build: Callable) -> Callable:
+    """Environments are for every instance account: built with umask 022, not the hub's 077
+    (the builds run before the hub starts, in one thread)."""
+
+    @functools.wraps(build)
+    def with_umask(*args, **kwargs):
+        previous = os.umask(0o022)
+        try:
+            return build(*args, **kwargs)
+        finally:
+            os.umask(previous)
+
+    return with_umask
+
+
+@readable_by_instances
 def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) -> Path:
     """Build (or refresh) the environment of one image, logging each step (a first build
     takes minutes); returns its directory."""

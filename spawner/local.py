@@ -1,8 +1,8 @@
 """The local backend: each instance is a JupyterLab process from its image's environment.
 
 It realises an `InstancePlan`: allocates devices, prepares the instance directory, limits
-memory with a cgroup where the kernel allows it, and (when the hub runs as root) runs the
-server as the hub user's own system account.
+memory, CPU time, processes and device access with cgroups where the kernel allows it, and
+(when the hub runs as root) runs the server as the hub user's own system account.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
 from traitlets import Bool, Dict, List, Unicode, default
 
-from atelier.spawner import accounts, checks, core, sshendpoint
+from atelier.spawner import accounts, cgroups, checks, core, sshendpoint
 from atelier.spawner.devices import (
     Allocator,
     Device,
@@ -27,7 +27,7 @@ from atelier.spawner.devices import (
     visible_devices_environment,
 )
 from atelier.spawner.envs import built_envs, env_python_bin
-from atelier.spawner.volumes import LocalVolume, VolumeMissing
+from atelier.spawner.volumes import LocalVolume, VolumeUnavailable
 
 
 @cache
@@ -58,6 +58,9 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     data_dir = Unicode(help="Atelier's data dir; instances live under data_dir/instances").tag(
         config=True
     )
+    shared_dir = Unicode(
+        help="What instance accounts reach: homes, volumes, SSH sockets (accounts.py's layout)"
+    ).tag(config=True)
     envs_dir = Unicode(help="Where the local image environments are built").tag(config=True)
     store_url = Unicode(help="SQLAlchemy URL of Atelier's store (catalog)").tag(config=True)
     limits = Dict(help="Limits, as atelier.yaml's `limits` block").tag(config=True)
@@ -74,7 +77,6 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self._events: list[dict] = []
         self.held_devices: list[Device] = []
         self.account = ""
-        self.cgroup: Path | None = None
 
     @default("isolate_users")
     def _isolate_default(self):
@@ -136,8 +138,14 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             await asyncio.sleep(0.2)
 
     @property
+    def user_account(self) -> str:
+        """The hub user's own account name (claimed on first use): the key of their
+        directories, and who their instances run as where users are isolated."""
+        return self.store.claim_account(self.user.name)
+
+    @property
     def home(self) -> Path:
-        return accounts.instance_home(Path(self.data_dir), self.user.name, self.name)
+        return accounts.instance_home(Path(self.shared_dir), self.user_account, self.name)
 
     async def start(self):
         """Start the instance; why it failed, if it does, is kept in the store (the instance
@@ -177,7 +185,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             accounts.prepare_private_dir(self.home, owner)
             self._report(55, "Attaching the work volume")
             self._attach_volume(plan)
-            self.cgroup = accounts.memory_cgroup(self.holder, plan.spec.memory_gb * 1024**3)
+            self._create_cgroups(plan, held)
 
             self._report(70, f"Starting JupyterLab on {plan.image.name}")
             bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
@@ -194,12 +202,12 @@ class LocalInstanceSpawner(LocalProcessSpawner):
                 }
                 return await super().start()
         except BaseException:
-            self._release()
+            await self._release()
             raise
 
     @property
     def ssh_socket(self) -> Path:
-        return accounts.ssh_socket(Path(self.data_dir), self.user.name, self.name)
+        return accounts.ssh_socket(Path(self.shared_dir), self.user.name, self.name)
 
     @contextlib.contextmanager
     def _ssh_endpoint(self):
@@ -232,17 +240,17 @@ class LocalInstanceSpawner(LocalProcessSpawner):
 
     @property
     def volume(self) -> LocalVolume:
-        return LocalVolume(Path(self.data_dir), self.user.name, self.name)
+        return LocalVolume(Path(self.shared_dir), self.user_account, self.name)
 
     def _attach_volume(self, plan: core.InstancePlan) -> None:
-        """Create the work volume on first start, then mount it at work/."""
+        """Create the work volume on first start, then attach it (work/ links to it)."""
         if self.store.volume_size(self.user.name, self.name) is None:
             self.volume.create(plan.volume_gb)
             self.store.set_volume_size(self.user.name, self.name, plan.volume_gb)
             self._audit_volume("createVolume")
         try:
             self.volume.attach(self.account if self.isolate_users else None)
-        except VolumeMissing as error:
+        except VolumeUnavailable as error:
             raise SpawnException(str(error), reason="volume", status_code=400) from None
 
     def _audit_volume(self, action: str) -> None:
@@ -257,7 +265,10 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         )
 
     async def delete_forever(self):
-        """The instance is deleted: so is its work volume, and its directory."""
+        """The instance is deleted: so is its work volume, and its directory. (The default
+        server, which JupyterHub deletes with its user, is never an instance.)"""
+        if not self.name:
+            return
         self.volume.delete()
         self.store.forget_volume(self.user.name, self.name)
         self._audit_volume("deleteVolume")
@@ -267,7 +278,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     async def _prepare_account(self) -> str:
         if not self.isolate_users:
             return accounts.hub_account()
-        name = accounts.account_name(self.user.name)
+        name = self.user_account
         await asyncio.to_thread(accounts.ensure_account, name)
         return name
 
@@ -281,16 +292,28 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         env["HOME"] = str(self.home)
         return env
 
+    @property
+    def cgroup_name(self) -> str:
+        """The instance's own cgroup: from the hub user's account (one per user, even when
+        instances run as the hub's account) and the instance name, so never shared."""
+        return cgroups.group_name(self.user_account, self.name)
+
+    def _create_cgroups(self, plan: core.InstancePlan, held: list[Device]) -> None:
+        limits = cgroups.Limits(memory_bytes=plan.spec.memory_gb * 1024**3, cpu=plan.spec.cpu)
+        rules = cgroups.device_rules(held, cgroups.read_device_nodes())
+        cgroups.Hierarchy.detect().create(self.cgroup_name, limits, rules)
+
     def make_preexec_fn(self, name):
         setuid = set_user_setuid(self.account, chdir=False) if self.isolate_users else None
-        cgroup_procs = self.cgroup / "cgroup.procs" if self.cgroup else None
+        procs = [g / "cgroup.procs" for g in cgroups.Hierarchy.detect().groups(self.cgroup_name)]
         home = str(self.home)
 
         def preexec():
-            if cgroup_procs is not None:
-                cgroup_procs.write_text(str(os.getpid()))
+            for group_procs in procs:  # in every controller's group before dropping root
+                group_procs.write_text(str(os.getpid()))
             if setuid is not None:
                 setuid()
+            os.umask(0o022)  # the hub's own umask (077) is for its private state
             os.chdir(home)
 
         return preexec
@@ -303,21 +326,20 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             if had_process and (self._waiting_for_response or not self._stop_pending):
                 when = "during start-up" if self._waiting_for_response else "unexpectedly"
                 self._record_failure(f"JupyterLab exited {when} (exit status {status})")
-            self._release()
+            await self._release()
         return status
 
     async def stop(self, now=False):
         if self._waiting_for_response:  # the hub gave up waiting for it to answer
             self._record_failure(f"JupyterLab did not answer within {self.http_timeout} seconds")
         await super().stop(now=now)
-        self._release()
+        await self._release()
 
-    def _release(self) -> None:
+    async def _release(self) -> None:
         self.allocator.release(self.holder)
         self.held_devices = []
-        if self.cgroup is not None:
-            accounts.remove_cgroup(self.cgroup)
-            self.cgroup = None
+        groups = cgroups.Hierarchy.detect().groups(self.cgroup_name)
+        await asyncio.to_thread(cgroups.remove, groups)
         self.volume.detach()
 
     # hub restarts ---------------------------------------------------------------------------------
@@ -326,14 +348,12 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         if self.pid:
             state["devices"] = [d.to_json() for d in self.held_devices]
             state["account"] = self.account
-            state["cgroup"] = str(self.cgroup) if self.cgroup else None
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.held_devices = [Device(**d) for d in state.get("devices", [])]
         self.account = state.get("account", "")
-        self.cgroup = Path(state["cgroup"]) if state.get("cgroup") else None
         if self.pid and self.held_devices:
             self.allocator.restore(self.holder, self.held_devices)
 

@@ -1,39 +1,53 @@
 """Work volumes: the pure rules every backend shares, and the local backend's realisation.
 
 On the local backend, as root, a volume is an XFS filesystem in a sparse file
-(`<data dir>/volumes/<user>/<instance>.xfs`) loop-mounted at the instance's `work/`, so its
-size is enforced (ENOSPC) and it grows online with xfs_growfs. (XFS rather than ext4: growing
-a mounted ext4 needs CAP_SYS_RESOURCE, which containers often lack.) Without root it is a
-plain directory whose size is only measured.
+(`<shared dir>/volumes/<account>/<instance>.xfs`) loop-mounted at a root-owned mount point
+(`<shared dir>/mounts/<account>/<instance>`), so its size is enforced (ENOSPC) and it grows
+online with xfs_growfs. (XFS rather than ext4: growing a mounted ext4 needs CAP_SYS_RESOURCE,
+which containers often lack.) The instance's home links `work` to it. Without root it is a
+plain directory whose size is only measured. Root acts only on paths that are root's all the
+way down, and on the user's home only through calls that follow nothing.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import pwd
 import shutil
 from pathlib import Path
 
-from atelier.spawner.accounts import instance_home, run
+from atelier.spawner.accounts import instance_home, mount_point, run, volumes_dir
 
 GB = 1024**3
+LOSETUP, MKFS_XFS, XFS_GROWFS = "/usr/sbin/losetup", "/usr/sbin/mkfs.xfs", "/usr/sbin/xfs_growfs"
+MOUNT, UMOUNT = "/usr/bin/mount", "/usr/bin/umount"
+DIRECTORY_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+log = logging.getLogger(__name__)
 
 
-class VolumeMissing(RuntimeError):
+class VolumeUnavailable(RuntimeError):
+    """The volume cannot be attached now; the message says why and what to do."""
+
+
+class VolumeMissing(VolumeUnavailable):
     """A volume the store knows has no backing file: never replace it with an empty one."""
 
 
 class LocalVolume:
     """One instance's work volume on this machine."""
 
-    def __init__(self, data_dir: Path, owner: str, instance: str):
-        self.base = Path(data_dir) / "volumes" / owner
+    def __init__(self, shared_dir: Path, account: str, instance: str):
+        self.base = volumes_dir(shared_dir, account)
         self.image = self.base / f"{instance}.xfs"
         self.directory = self.base / instance  # the unenforced fallback
-        self.mount = instance_home(data_dir, owner, instance) / "work"
+        self.mount = mount_point(shared_dir, account, instance)
+        self.home = instance_home(shared_dir, account, instance)
 
     @staticmethod
     def enforced() -> bool:
-        return os.geteuid() == 0 and shutil.which("mkfs.xfs") is not None
+        return os.geteuid() == 0 and os.access(MKFS_XFS, os.X_OK)
 
     def exists(self) -> bool:
         return self.image.exists() or self.directory.is_dir()
@@ -46,53 +60,59 @@ class LocalVolume:
             return
         with open(self.image, "wb") as sparse:
             sparse.truncate(size_gb * GB)
-        run("mkfs.xfs", "-q", "-f", str(self.image))
+        run(MKFS_XFS, "-q", "-f", str(self.image))
 
     def attach(self, account: str | None) -> None:
-        """Mount (or link) the volume at the instance's work/, owned by its account."""
-        mount_point = self.mount
+        """Mount the volume (as root), owned by the instance's account, and link work/ to it."""
         if not self.exists():
             raise VolumeMissing(
                 f"the work volume is missing (expected {self.image}); "
                 "it is not recreated empty: restore it or delete the instance"
             )
-        if not self.enforced():
-            if not mount_point.is_symlink():
-                mount_point.symlink_to(self.directory)
-            return
-        mount_point.mkdir(exist_ok=True)
-        if not os.path.ismount(mount_point):
+        if self.enforced():
+            self._mount(account)
+        link_work(self.home, self.mount if self.enforced() else self.directory)
+
+    def _mount(self, account: str | None) -> None:
+        self.mount.mkdir(parents=True, exist_ok=True)
+        self.mount.parent.chmod(0o711)
+        if not os.path.ismount(self.mount):
             device = self._loop_device()
             try:
-                run("mount", "-o", "nosuid,nodev", device, str(mount_point))
+                run(MOUNT, "-o", "nosuid,nodev", device, str(self.mount))
             except RuntimeError:
-                run("losetup", "-d", device)
+                run(LOSETUP, "-d", device)
                 raise
-            run("xfs_growfs", str(mount_point))  # take up an expansion made while stopped
-        if account is not None:
-            shutil.chown(mount_point, account, account)
-        mount_point.chmod(0o700)
+            run(XFS_GROWFS, str(self.mount))  # take up an expansion made while stopped
+        root = os.open(self.mount, DIRECTORY_NOFOLLOW)  # the filesystem's root, not a link
+        try:
+            if account is not None:
+                entry = pwd.getpwnam(account)
+                os.fchown(root, entry.pw_uid, entry.pw_gid)
+            os.fchmod(root, 0o700)
+        finally:
+            os.close(root)
 
     def _loop_device(self) -> str:
         """A loop device over the image; direct I/O spares the page cache a second copy."""
         try:
-            return run("losetup", "--find", "--show", "--direct-io=on", str(self.image)).strip()
+            return run(LOSETUP, "--find", "--show", "--direct-io=on", str(self.image)).strip()
         except RuntimeError:  # a backing filesystem without O_DIRECT
-            return run("losetup", "--find", "--show", str(self.image)).strip()
+            return run(LOSETUP, "--find", "--show", str(self.image)).strip()
 
     def _devices(self) -> list[str]:
-        listing = run("losetup", "-j", str(self.image)) if self.image.exists() else ""
+        listing = run(LOSETUP, "-j", str(self.image)) if self.image.exists() else ""
         return [line.split(":", 1)[0] for line in listing.splitlines() if line]
 
     def detach(self) -> None:
-        mount_point = self.mount
-        if os.path.ismount(mount_point):
+        """Unmount the root-owned mount point (never a path in the user's home)."""
+        if os.path.ismount(self.mount):
             try:
-                run("umount", str(mount_point))
+                run(UMOUNT, str(self.mount))
             except RuntimeError:  # still busy: detach now, free when the last user lets go
-                run("umount", "--lazy", str(mount_point))
+                run(UMOUNT, "--lazy", str(self.mount))
         for device in self._devices():
-            run("losetup", "-d", device)  # released at once, or when the lazy unmount ends
+            run(LOSETUP, "-d", device)  # released at once, or when the lazy unmount ends
 
     def expand(self, size_gb: int) -> None:
         """Grow to `size_gb`: at once while mounted, at the next attach otherwise."""
@@ -102,8 +122,8 @@ class LocalVolume:
             sparse.truncate(size_gb * GB)
         if os.path.ismount(self.mount):
             for device in self._devices():
-                run("losetup", "-c", device)
-            run("xfs_growfs", str(self.mount))
+                run(LOSETUP, "-c", device)
+            run(XFS_GROWFS, str(self.mount))
 
     def used_bytes(self) -> int | None:
         """Bytes in use, when it can be read now (mounted, or the fallback directory)."""
@@ -118,3 +138,33 @@ class LocalVolume:
         self.detach()
         self.image.unlink(missing_ok=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self.mount.is_dir() and not os.path.ismount(self.mount):
+            self.mount.rmdir()
+
+
+def link_work(home: Path, volume_root: Path) -> None:
+    """Make `work` in the instance's home a link to its volume. The home is the user's: a
+    link they put there is replaced (unlinking follows nothing); anything else stays, and
+    the volume is not attached."""
+    directory = os.open(home, DIRECTORY_NOFOLLOW)
+    try:
+        try:
+            if os.readlink("work", dir_fd=directory) == str(volume_root):
+                return
+            os.unlink("work", dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        try:
+            os.symlink(volume_root, "work", dir_fd=directory)
+        except FileExistsError:  # made meanwhile by the user's own processes
+            raise OSError(errno.EINVAL, "not a link") from None
+    except OSError as error:
+        if error.errno != errno.EINVAL:  # EINVAL: there, but not a link
+            raise
+        log.warning("%s/work is not the volume's link; left as it is", home)
+        raise VolumeUnavailable(
+            "work in the instance's home is not the link to its volume: "
+            "move it away (e.g. rename it) and start the instance again"
+        ) from None
+    finally:
+        os.close(directory)

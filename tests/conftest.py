@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from sqlalchemy import select
 
 from atelier.hub.settings import DEFAULT_CONFIG
+from atelier.hub.store import AccountRecord, Store
 from atelier.spawner.envs import build_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,18 +50,21 @@ def envs_dir() -> Path:
 
 
 class Hub:
-    """One `atelier run` process on free loopback ports, with its own data dir."""
+    """One `atelier run` process on free loopback ports, with its own data dir inside a
+    0700 directory (as a clone in root's home) and its own shared dir."""
 
     run_options: tuple[str, ...] = ()  # more options of `atelier run`
 
     def __init__(self, envs: Path, **overrides):
         self.dir = WORK / f"hub-{secrets.token_hex(4)}"
-        self.dir.mkdir(mode=0o711)
+        self.dir.mkdir(mode=0o700)
+        self.shared_dir = WORK / f"{self.dir.name}-shared"
         self.port = free_port()
         self.ssh_port = free_port()
         config = yaml.safe_load(DEFAULT_CONFIG.read_text())
         config.update(
             data_dir=str(self.dir / "data"),
+            shared_dir=str(self.shared_dir),
             envs_dir=str(envs),
             port=self.port,
             hub_port=free_port(),
@@ -80,6 +85,7 @@ class Hub:
         for key, value in overrides.items():
             config[key] = value
         self.config = self.dir / "atelier.yaml"
+        self.config.touch(mode=0o600)
         self.config.write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{self.port}"
         self.launch()
@@ -190,7 +196,29 @@ class Hub:
             self.process.kill()
         self.log.close()
         if not os.environ.get("ATELIER_KEEP_TEST_HUBS"):  # keep logs and data for debugging
+            self.remove_accounts()
             shutil.rmtree(self.dir, ignore_errors=True)
+            shutil.rmtree(self.shared_dir, ignore_errors=True)
+
+    def account(self, user: str) -> str | None:
+        """The system account the hub gave a user (its store's word)."""
+        return Store(f"sqlite:///{self.dir / 'data' / 'atelier.sqlite'}").account(user)
+
+    def home(self, user: str, instance: str) -> Path:
+        """An instance's home (its work/ links to the volume)."""
+        return self.shared_dir / "homes" / self.account(user) / instance
+
+    def backing_file(self, user: str, instance: str) -> Path:
+        return self.shared_dir / "volumes" / self.account(user) / f"{instance}.xfs"
+
+    def remove_accounts(self) -> None:
+        """Remove the system accounts this hub made (which a later hub would never reuse)."""
+        database = self.dir / "data" / "atelier.sqlite"
+        if not database.exists():
+            return
+        with Store(f"sqlite:///{database}").session() as db:
+            for account in db.scalars(select(AccountRecord.account)):
+                subprocess.run(["/usr/sbin/userdel", account], capture_output=True)
 
     def stop_instances(self) -> None:
         def active() -> list[str]:

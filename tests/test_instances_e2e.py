@@ -35,13 +35,9 @@ def test_create_reach_stop_restart_delete(hub):
     assert environment["MEM_LIMIT"] == str(4 * 1024**3) and environment["CPU_LIMIT"] == "2"
     assert environment["ATELIER_IMAGE"] == BASE and "CUDA_VISIBLE_DEVICES" not in environment
     if os.geteuid() == 0:
-        assert owner_of(pid) == "atelier-alice"
-        home = hub.dir / "data" / "instances" / "alice" / "lab"
-        assert stat.S_IMODE(home.stat().st_mode) == 0o700 and home.owner() == "atelier-alice"
-        cgroup = Path(hub.servers("alice")["lab"]["state"]["cgroup"])
-        limit = cgroup / "memory.limit_in_bytes"
-        if limit.exists():
-            assert int(limit.read_text()) == 4 * 1024**3
+        assert owner_of(pid) == hub.account("alice")
+        home = hub.home("alice", "lab")
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700 and home.owner() == owner_of(pid)
 
     assert hub.api("DELETE", "/users/alice/servers/lab", token).status_code in (202, 204)
     hub.wait_for(lambda: not hub.servers("alice")["lab"]["ready"], what="lab stopped")

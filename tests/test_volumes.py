@@ -7,7 +7,7 @@ import os
 import pytest
 
 from atelier.spawner.core import Limits, OptionsError, check_expand, check_volume_size
-from atelier.spawner.volumes import GB, LocalVolume, VolumeMissing
+from atelier.spawner.volumes import GB, LocalVolume, VolumeMissing, VolumeUnavailable, link_work
 
 LIMITS = Limits()
 needs_root = pytest.mark.skipif(not LocalVolume.enforced(), reason="loop mounts need root")
@@ -46,8 +46,8 @@ def checksum(path):
 @needs_root
 def test_real_volume_enforces_size_grows_online_and_offline_without_loss(tmp_path):
     volume = LocalVolume(tmp_path, "alice", "lab")
-    mount = volume.mount
-    mount.parent.mkdir(parents=True)
+    mount = volume.home / "work"
+    volume.home.mkdir(parents=True)
     volume.create(1)
     volume.attach(None)
     try:
@@ -75,7 +75,7 @@ def test_real_volume_enforces_size_grows_online_and_offline_without_loss(tmp_pat
         assert volume.used_bytes() >= 60 * 1024**2
     finally:
         volume.delete()
-    assert not volume.exists() and not os.path.ismount(mount)
+    assert not volume.exists() and not os.path.ismount(volume.mount)
 
 
 def test_missing_backing_file_is_never_recreated(tmp_path):
@@ -88,11 +88,29 @@ def test_without_root_the_volume_is_a_measured_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(LocalVolume, "enforced", staticmethod(lambda: False))
     volume = LocalVolume(tmp_path, "bob", "lab")
     volume.create(5)
-    mount = volume.mount
-    mount.parent.mkdir(parents=True)
+    mount = volume.home / "work"
+    volume.home.mkdir(parents=True)
     volume.attach(None)
     (mount / "notes.txt").write_text("x" * 1000)
     assert volume.used_bytes() == 1000
     volume.expand(6)  # nothing to do: the size is not enforced
     volume.delete()
     assert not volume.exists()
+
+
+def test_work_is_relinked_from_a_users_link_and_never_taken_from_anything_else(tmp_path):
+    """The home is the user's: root replaces a link they made (never follows it) and leaves
+    anything else where it is, refusing to attach."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "work").symlink_to(elsewhere)
+    link_work(home, tmp_path / "volume")
+    assert os.readlink(home / "work") == str(tmp_path / "volume")
+    link_work(home, tmp_path / "volume")  # already right: kept
+    (home / "work").unlink()
+    (home / "work").mkdir()
+    with pytest.raises(VolumeUnavailable, match="not the link to its volume"):
+        link_work(home, tmp_path / "volume")
+    assert (home / "work").is_dir() and not (home / "work").is_symlink()

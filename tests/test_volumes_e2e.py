@@ -48,14 +48,13 @@ def test_volume_lifecycle_enospc_expansion_and_hub_restart(envs_dir):
         assert created.status_code == 201, created.text
         volume = created.json()["volume"]
         assert volume["size_gb"] == 1 and volume["enforced"] is True and volume["path"] == "work/"
-        work = hub.dir / "data" / "instances" / "vic" / "v1" / "work"
-        assert os.path.ismount(work) and work.owner() == "atelier-vic"
-        assert (hub.dir / "data" / "volumes" / "vic" / "v1.xfs").exists()
+        account = hub.account("vic")
+        work = hub.home("vic", "v1") / "work"
+        assert os.path.ismount(work.resolve()) and work.owner() == account
+        assert hub.backing_file("vic", "v1").exists()
 
-        sums = write_files(work, "atelier-vic")
-        full = as_account(
-            "atelier-vic", "dd", "if=/dev/zero", f"of={work}/filler", "bs=1M", "count=2048"
-        )
+        sums = write_files(work, account)
+        full = as_account(account, "dd", "if=/dev/zero", f"of={work}/filler", "bs=1M", "count=2048")
         assert full.returncode != 0 and "No space left on device" in full.stderr
         assert hub.api("GET", "/users/vic", token).status_code == 200  # the hub keeps working
         os.unlink(work / "filler")
@@ -87,7 +86,7 @@ def test_volume_lifecycle_enospc_expansion_and_hub_restart(envs_dir):
         }
 
         assert hub.atelier("POST", "/instances/vic/v1/stop", token).json()["status"] == "stopped"
-        assert not os.path.ismount(work)
+        assert not os.path.ismount(work.resolve())
         assert expand(1).json()["volume"]["size_gb"] == 103  # offline
         hub.restart()  # the volume is found again from the store
         assert hub.atelier("POST", "/instances/vic/v1/start", token).json()["status"] == "running"
@@ -95,10 +94,10 @@ def test_volume_lifecycle_enospc_expansion_and_hub_restart(envs_dir):
         assert checksums(work, sums) == sums
         hub.restart()  # with the instance running: it keeps running, its volume mounted
         assert hub.atelier("GET", "/instances/vic/v1", token).json()["status"] == "running"
-        assert os.path.ismount(work) and checksums(work, sums) == sums
+        assert os.path.ismount(work.resolve()) and checksums(work, sums) == sums
 
         hub.atelier("POST", "/instances/vic/v1/stop", token)
-        backing = hub.dir / "data" / "volumes" / "vic" / "v1.xfs"
+        backing = hub.backing_file("vic", "v1")
         backing.rename(backing.with_suffix(".moved"))
         missing = hub.atelier("POST", "/instances/vic/v1/start", token)
         assert missing.status_code == 400

@@ -1,0 +1,45 @@
+"""The shared dir's layout and the configuration's secrecy, without a hub."""
+
+import stat
+
+import pytest
+import yaml
+
+from atelier.hub.settings import DEFAULT_CONFIG, ConfigError, load_settings
+from atelier.spawner import accounts
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_shared_dir_is_passable_by_instances_and_writable_by_root_alone(tmp_path):
+    shared = tmp_path / "shared"
+    accounts.prepare_shared_dir(shared)
+    assert mode(shared) == 0o711
+    assert {p.name: mode(p) for p in shared.iterdir()} == accounts.SHARED_MODES
+    assert all(p.stat().st_uid == shared.stat().st_uid for p in shared.iterdir())
+    home = accounts.instance_home(shared, "atelier-ann", "lab")
+    mount = accounts.mount_point(shared, "atelier-ann", "lab")
+    assert home.parent.parent == shared / "homes" and mount.parent.parent == shared / "mounts"
+
+
+@pytest.mark.parametrize("file_mode, refused", [(0o644, True), (0o640, True), (0o600, False)])
+def test_a_config_holding_a_client_secret_must_be_private(tmp_path, file_mode, refused):
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["auth"] = {"kind": "github", "client_id": "atelier", "client_secret": "s3cret"}
+    path = tmp_path / "atelier.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(file_mode)
+    if refused:
+        with pytest.raises(ConfigError, match=rf"{path}: holds auth.client_secret.*chmod 600"):
+            load_settings(path)
+    else:
+        assert load_settings(path).auth.client_secret == "s3cret"
+
+
+def test_a_config_without_secrets_may_be_readable(tmp_path):
+    path = tmp_path / "atelier.yaml"
+    path.write_text(DEFAULT_CONFIG.read_text())
+    path.chmod(0o644)
+    assert load_settings(path).auth.kind == "native"
