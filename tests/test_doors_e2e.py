@@ -6,7 +6,9 @@ instance whose start fails shows as failed, with the reason, across a hub restar
 JupyterLab in a browser session is audited once.
 """
 
+import os
 import re
+import signal
 
 import pytest
 import requests
@@ -145,6 +147,24 @@ def test_renaming_is_refused_and_keeps_everything(hub):
     assert instance["volume"]["size_gb"] == 2
     [event] = events(hub, "updateNotebook", "rena/first")
     assert event["result"] == "failure"
+
+
+def test_a_jupyterlab_that_dies_shows_failed_until_started_again(hub):
+    token = hub.add_user("dora")
+    pid = hub.start("dora", "lab", token, {"image": BASE, "spec": "cpu.2u4g"})
+    os.kill(pid, signal.SIGKILL)  # nobody stopped it: the hub notices at its next poll
+
+    def failed() -> dict | None:
+        instance = hub.atelier("GET", "/instances/dora/lab", token).json()
+        return instance if instance["status"] == "failed" else None
+
+    instance = hub.wait_for(failed, 90, "dora/lab failed")
+    assert instance["reason"] == "JupyterLab exited unexpectedly (exit status -9)"
+    started = hub.atelier("POST", "/instances/dora/lab/start", token)
+    assert started.status_code == 200, started.text
+    hub.wait_for(lambda: hub.servers("dora")["lab"]["ready"], what="dora/lab ready")
+    again = hub.atelier("GET", "/instances/dora/lab", token).json()
+    assert (again["status"], again["reason"]) == ("running", None)
 
 
 def test_a_failed_start_shows_failed_with_the_reason_across_a_restart(hub, envs_dir):
