@@ -109,6 +109,11 @@ class KeyPairsHandler(BaseHandler):
             raise APIError(
                 400, "invalid", "must be 1 to 64 of a-z, A-Z, 0-9, '.', '_', '-'", "name"
             )
+        allowed = self.context.limits.keypairs_per_user
+        if len(self.context.store.keypairs(caller.name)) >= allowed:
+            message = f"each user may have at most {allowed} key pairs"
+            self.audit(caller, "createKeyPair", "keypair", name, "failure", message, caller.name)
+            raise APIError(400, "quota_exceeded", message, "name")
         if body.get("generate") is True and "public_key" not in body:
             private_key, public_line = generate_key_pair(f"{caller.name}@atelier {name}")
         elif "public_key" in body and "generate" not in body:
