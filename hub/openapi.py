@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atelier.hub.service import API_PREFIX, SCOPES, BaseHandler
+from atelier.hub.service import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
 
 STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -389,7 +389,7 @@ OPERATIONS = {
     ),
     ("/keypairs", "post"): (
         "Register a public key (ed25519, ecdsa, RSA >= 3072), or generate one: the private key "
-        "is in this answer only",
+        "is in this answer only; at most `limits.keypairs_per_user` (20) each",
         "keypairs:manage",
         [],
         "KeyPairCreate",
@@ -438,7 +438,8 @@ def operation(summary, scope, parameters, request, status, response) -> dict:
         ok["content"] = {"application/json": {"schema": ref(response)}}
     op = {
         "summary": summary,
-        "description": f"Needs the scope `custom:atelier:{scope}` (admins have every scope).",
+        "description": f"Needs the scope `custom:atelier:{scope}` in the token (an admin's "
+        f"token with JupyterHub's `{HUB_ADMIN}` has the admin scopes too).",
         "parameters": parameters,
         "security": [{"token": []}],
         "responses": {
@@ -447,6 +448,7 @@ def operation(summary, scope, parameters, request, status, response) -> dict:
         },
     }
     if request:
+        op["responses"]["413"] = {"description": f"a body over {MAX_BODY_BYTES} bytes", **error}
         op["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": ref(request)}},

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from atelier.hub import ssh
 from atelier.hub.handlers import DELETE_VOLUME
-from atelier.hub.service import APIError, BaseHandler, Caller, not_found
+from atelier.hub.service import APIError, BaseHandler, Caller, not_found, whole_number
 from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
 
@@ -419,15 +419,16 @@ class AuditHandler(BaseHandler):
             return None
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            # in UTC, as events are stored: the store compares times without their offset
+            return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        except (ValueError, OverflowError):
             raise APIError(400, "invalid", "must be an ISO 8601 time", name) from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.get_argument(name, str(default))
-        if not value.isdigit() or not low <= int(value) <= high:
+        number = whole_number(self.get_argument(name, str(default)), high)
+        if number is None or number < low:
             raise APIError(400, "invalid", f"must be a whole number from {low} to {high}", name)
-        return int(value)
+        return number
 
 
 NAME = r"([^/]+)"

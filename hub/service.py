@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from jupyterhub.services.auth import (
+    HubOAuth,
     HubOAuthCallbackHandler,
     HubOAuthenticated,
     UserNotAllowed,
@@ -43,6 +44,11 @@ SCOPES = {
     "custom:atelier:workspaces:admin": "Create, list, change and delete workspaces",
 }
 USER_SCOPES = [scope for scope in SCOPES if not scope.endswith(":admin")]
+ADMIN_SCOPES = frozenset(scope for scope in SCOPES if scope.endswith(":admin"))
+HUB_ADMIN = "admin:users"  # unfiltered: in JupyterHub's admin role, which only admins hold
+MAX_BODY_BYTES = 1 << 20  # the largest request body the API takes (more: 413)
+READ_LIMIT_BYTES = 4 << 20  # the most the server reads of one: past it, it cuts the connection
+AUTH_CACHE_SECONDS = 5  # a revoked token or a demoted admin loses access this soon
 FIELD_TYPES = {
     "name": str,
     "owner": (str, type(None)),
@@ -73,6 +79,16 @@ def not_found(what: str) -> APIError:
     return APIError(404, "not_found", f"no {what}")
 
 
+def whole_number(text: str, high: int) -> int | None:
+    """`text` as a whole number from 0 to `high`, or None: ASCII digits only (str.isdigit()
+    also accepts '²', which int() refuses) and no longer than `high` (int() refuses
+    thousands of digits)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(high)):
+        return None
+    number = int(text)
+    return number if number <= high else None
+
+
 @dataclass(frozen=True)
 class Caller:
     name: str
@@ -81,8 +97,14 @@ class Caller:
     source_ip: str
 
     def may(self, scope: str) -> bool:
-        """Admins may do everything; others need the scope (a filter keeps it to their own)."""
-        return self.admin or any(s == scope or s.startswith(scope + "!") for s in self.scopes)
+        """The token's scopes decide, for admins too (a filter keeps a user to their own).
+
+        An admin's token that carries JupyterHub's own admin scope carries Atelier's admin
+        scopes too: JupyterHub grants and strips its admin role wherever admins are made or
+        demoted (admin_users, the admin page and API, OAuth admin groups), so nothing else
+        needs to be kept in step, and a narrower token of an admin carries neither."""
+        held = self.scopes | (ADMIN_SCOPES if self.admin and HUB_ADMIN in self.scopes else set())
+        return any(s == scope or s.startswith(scope + "!") for s in held)
 
 
 class HubClient:
@@ -231,8 +253,14 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """JSON in and out, the caller, and errors in one shape."""
 
     async def prepare(self):
-        """Identify the caller without blocking: JupyterHub's synchronous lookup waits for a
-        helper thread on every request, which stalls every other request meanwhile."""
+        """Refuse a body over the limit (the server reads up to READ_LIMIT_BYTES, so that one
+        a little too large gets this answer, not a cut connection), then identify the caller
+        without blocking: JupyterHub's synchronous lookup waits for a helper thread on every
+        request, which stalls every other request meanwhile."""
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise APIError(
+                413, "too_large", f"the request body may be at most {MAX_BODY_BYTES} bytes"
+            )
         model = await self.hub_auth.get_user(self, sync=False)
         try:
             self._hub_auth_user_cache = self.check_hub_user(model) if model else None
@@ -295,7 +323,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         """The JSON object sent, refusing unknown and missing fields."""
         try:
             data = json.loads(self.request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise APIError(400, "invalid_json", "the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise APIError(400, "invalid_body", "the body must be a JSON object")
@@ -399,7 +427,8 @@ def main() -> None:
         context = Context.from_settings(settings_from_environment())
         hub = HubClient(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
         url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-        make_app(context, hub).listen(url.port, url.hostname)
+        HubOAuth.instance(cache_max_age=AUTH_CACHE_SECONDS)  # JupyterHub's default: 5 minutes
+        make_app(context, hub).listen(url.port, url.hostname, max_body_size=READ_LIMIT_BYTES)
         gc.freeze()  # start-up's objects live as long as the service: keep them out of GC scans
         retention = timedelta(days=context.settings.audit_retention_days)
         while True:

@@ -1,6 +1,6 @@
-"""The Atelier service's memo of repeated reads."""
+"""The Atelier service's memo of repeated reads, its permission check and number parsing."""
 
-from atelier.hub.service import Recent
+from atelier.hub.service import Caller, Recent, whole_number
 
 
 def test_repeated_reads_are_served_from_the_memo_until_cleared():
@@ -22,3 +22,28 @@ def test_memo_expires():
     values = iter(range(10))
     first = recent.get("k", lambda: next(values))
     assert recent.get("k", lambda: next(values)) != first
+
+
+def caller(admin: bool, *scopes: str) -> Caller:
+    return Caller("ann", admin, frozenset(scopes), "127.0.0.1")
+
+
+def test_scopes_decide_for_admins_too():
+    reader = caller(True, "custom:atelier:instances:read")
+    assert reader.may("custom:atelier:instances:read")
+    for scope in ("custom:atelier:instances:delete", "custom:atelier:images:admin"):
+        assert not reader.may(scope)
+    full = caller(True, "admin:users", "custom:atelier:instances:delete")
+    assert full.may("custom:atelier:images:admin") and full.may("custom:atelier:workspaces:admin")
+    assert full.may("custom:atelier:instances:delete")
+    assert not full.may("custom:atelier:keypairs:manage")  # not in the token
+    # JupyterHub's admin scope without the admin flag, or narrowed by a filter, is not enough
+    assert not caller(False, "admin:users").may("custom:atelier:images:admin")
+    assert not caller(True, "admin:users!user=ann").may("custom:atelier:images:admin")
+    assert caller(False, "custom:atelier:images:admin").may("custom:atelier:images:admin")
+
+
+def test_whole_numbers_are_plain_ascii_digits_in_range():
+    assert whole_number("0", 10) == 0 and whole_number("10", 10) == 10
+    for text in ("²", "٣", "", "-1", "+1", " 1", "1e3", "1.0", "11", "9" * 5000):
+        assert whole_number(text, 10) is None, text
