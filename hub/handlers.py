@@ -269,12 +269,24 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
     """/hub/api/oauth2/authorize: a browser opening an instance's JupyterLab passes here once
     per session (the instance's own cookie covers the rest), so openNotebook is audited here."""
 
+    async def get(self):
+        try:
+            await super().get()
+        except web.HTTPError as error:  # e.g. another user's instance: 403
+            self.audit_open("failure", error.log_message or "")
+            raise
+
     def send_oauth_response(self, headers, body, status):
         super().send_oauth_response(headers, body, status)
+        if status == 302:
+            self.audit_open("success")
+
+    def audit_open(self, result: str, reason: str = "") -> None:
+        """openNotebook for the instance whose OAuth client asks (other clients: nothing)."""
         client = self.oauth_provider.fetch_by_client_id(self.get_argument("client_id", ""))
         spawner = client.spawner if client is not None else None
-        if spawner is not None and status == 302:
-            self.audit("openNotebook", spawner.user.name, spawner.name, "success")
+        if spawner is not None:
+            self.audit("openNotebook", spawner.user.name, spawner.name, result, reason)
 
 
 class UserDeleteAPIHandler(UserAPIHandler):

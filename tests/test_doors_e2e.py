@@ -167,6 +167,17 @@ def test_a_jupyterlab_that_dies_shows_failed_until_started_again(hub):
     assert (again["status"], again["reason"]) == ("running", None)
 
 
+def test_opening_another_users_jupyterlab_is_refused_and_audited(hub, mallory):
+    token = hub.add_user("dora")
+    if not hub.servers("dora").get("lab", {}).get("ready"):
+        hub.start("dora", "lab", token, {"image": BASE, "spec": "cpu.2u4g"})
+    response = mallory.get(f"{hub.url}/user/dora/lab/lab", timeout=60)
+    assert response.status_code == 403
+    [event] = events(hub, "openNotebook", "dora/lab")
+    assert (event["actor"], event["owner"], event["result"]) == ("mallory", "dora", "failure")
+    assert "do not have permission" in event["reason"]
+
+
 def test_a_failed_start_shows_failed_with_the_reason_across_a_restart(hub, envs_dir):
     broken = envs_dir / BROKEN / "bin"
     broken.mkdir(parents=True, exist_ok=True)
