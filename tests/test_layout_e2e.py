@@ -70,7 +70,7 @@ def test_a_work_link_to_elsewhere_mounts_nothing_there(hub):
 
         stop(hub, "mal", "lab", token)
         mounts = Path("/proc/mounts").read_text()
-        assert str(victim) not in mounts and str(hub.shared_dir / "mounts") not in mounts
+        assert str(victim) not in mounts and f"{hub.shared_dir}/mounts/{account}/" not in mounts
     finally:
         victim.rmdir()
 
