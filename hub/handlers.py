@@ -309,6 +309,8 @@ class UserDeleteAPIHandler(UserAPIHandler):
         account = context.store.forget_user(user_name)
         if account is not None and context.isolated:
             await asyncio.to_thread(accounts.kill_processes, account)
+        if account is not None:
+            accounts.remove_account_dirs(context.settings.resolved_shared_dir, account)
 
 
 ATELIER_SERVICE = "atelier"

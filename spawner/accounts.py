@@ -9,6 +9,7 @@ component a user can write. It is apart from the data dir, which is the hub's al
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import itertools
@@ -98,6 +99,13 @@ def kill_processes(account: str) -> None:
     result = subprocess.run([PKILL, "-KILL", "-u", account], capture_output=True, text=True)
     if result.returncode not in (0, 1):  # 1: nothing ran as it
         raise RuntimeError(f"pkill -u {account} failed: {result.stderr.strip()}")
+
+
+def remove_account_dirs(shared_dir: Path, account: str) -> None:
+    """Remove a retired account's directories from the shared dir, where they are empty."""
+    for place in ("homes", "mounts", "volumes"):
+        with contextlib.suppress(OSError):
+            (Path(shared_dir) / place / account).rmdir()
 
 
 def hub_account() -> str:

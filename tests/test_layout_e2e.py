@@ -97,7 +97,7 @@ def test_a_deleted_user_leaves_nothing_to_a_new_one_of_that_name(hub):
 
     assert hub.api("DELETE", "/users/dora").status_code == 204  # with its instance running
     assert leftover.wait(10) is not None
-    assert not backing.exists() and not home.exists()
+    assert not backing.exists() and not home.parent.exists()  # no directory of the account
     assert not Path(f"/proc/{pid}").exists()
 
     token = hub.add_user("dora")
