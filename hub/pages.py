@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from atelier.spawner import core
+from atelier.spawner import cgroups, core
 from atelier.spawner.checks import visible_catalog
 from atelier.spawner.volumes import LocalVolume
 
@@ -151,6 +151,7 @@ def home_view(context, user) -> dict:
         "form": options_form(catalog, context.limits, None),
         "isolated": context.isolated,
         "volumes_enforced": LocalVolume.enforced(),
+        "limits_unenforced": cgroups.Hierarchy.detect().unenforced(),
         "idle_minutes": context.settings.culling.idle_minutes,
         "now": datetime.now(UTC),
         "limit": context.settings.limits.instances_per_user,
