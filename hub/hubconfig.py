@@ -42,15 +42,16 @@ def proxy_command() -> str:
 
 def prepare_data_dir(settings: Settings) -> Path:
     """The hub's private state (0700, and whatever the hub writes from now on is private:
-    umask 077), beside the shared dir that instance accounts reach."""
+    umask 077), beside the shared dir that instance accounts reach (the same dir when the
+    hub is not root: then instances run as the hub's account)."""
     os.umask(0o077)
-    data_dir = settings.data_dir.absolute()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
     try:
         prepare_shared_dir(settings.resolved_shared_dir)
     except PermissionError as error:
         raise ConfigError(f"shared_dir: {error}") from None
+    data_dir = settings.data_dir.absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     return data_dir
 
 

@@ -1,10 +1,12 @@
 """The shared dir's layout and the configuration's secrecy, without a hub."""
 
+import os
 import stat
 
 import pytest
 import yaml
 
+from atelier.hub.hubconfig import prepare_data_dir
 from atelier.hub.settings import DEFAULT_CONFIG, ConfigError, load_settings
 from atelier.spawner import accounts
 
@@ -43,3 +45,18 @@ def test_a_config_without_secrets_may_be_readable(tmp_path):
     path.write_text(DEFAULT_CONFIG.read_text())
     path.chmod(0o644)
     assert load_settings(path).auth.kind == "native"
+
+
+def test_a_data_dir_inside_a_private_directory_is_fine_and_private(tmp_path):
+    private = tmp_path / "root-home"
+    private.mkdir(mode=0o700)
+    settings = load_settings(
+        DEFAULT_CONFIG, data_dir=str(private / "clone" / ".atelier")
+    ).model_copy(update={"shared_dir": tmp_path / "shared"})
+    previous = os.umask(0o022)
+    try:
+        data_dir = prepare_data_dir(settings)
+        assert os.umask(0o022) == 0o077  # what the hub writes from now on is its own
+    finally:
+        os.umask(previous)
+    assert mode(data_dir) == 0o700 and mode(tmp_path / "shared") == 0o711
