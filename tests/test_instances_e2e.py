@@ -265,7 +265,7 @@ def test_progress_says_what_is_happening(hub):
     )
 
 
-def test_interrupting_the_hub_stops_proxy_and_instances(envs_dir):
+def test_interrupting_the_hub_stops_the_proxy_and_keeps_instances(envs_dir):
     import signal
 
     from conftest import Hub
@@ -276,9 +276,14 @@ def test_interrupting_the_hub_stops_proxy_and_instances(envs_dir):
     proxy = int((hub.dir / "data" / "proxy.pid").read_text())
     hub.process.send_signal(signal.SIGINT)  # what Ctrl-C in `make run` sends
     hub.process.wait(60)
+    hub.wait_for(lambda: not Path(f"/proc/{proxy}").exists(), timeout=20, what="the proxy gone")
+    assert Path(f"/proc/{instance}").exists()  # instances outlive the hub
+    hub.log.close()
+    hub.launch()
+    hub.wait_for(hub.sign_in, 60, "the hub to start again")
+    assert hub.servers("quinn")["q"]["ready"] and pid_of(hub, "quinn", "q") == instance
     hub.stop()
-    for pid in (instance, proxy):
-        hub.wait_for(lambda p=pid: not Path(f"/proc/{p}").exists(), timeout=20, what=f"{pid} gone")
+    hub.wait_for(lambda: not Path(f"/proc/{instance}").exists(), timeout=20, what="q stopped")
 
 
 def test_running_instance_changes_tags_in_place_and_restarts_for_a_new_spec(hub):
