@@ -17,8 +17,9 @@ import requests
 import yaml
 from sqlalchemy import select
 
+from atelier.hub.records import AccountRecord
 from atelier.hub.settings import DEFAULT_CONFIG
-from atelier.hub.store import AccountRecord, Store
+from atelier.hub.store import Store
 from atelier.spawner.envs import build_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,186 @@
+"""The store's tables (SQLAlchemy) and their migrations (Alembic, in hub/migrations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from atelier.hub import ssh
+from atelier.spawner import core
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite forgets the time zone of what it stores; every time here is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    successor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    accelerator_types: Mapped[list] = mapped_column(JSON, default=list)
+    visibility: Mapped[str] = mapped_column(String(16), default="public")
+    workspace: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    def to_image(self) -> core.Image:
+        return core.Image(
+            self.name,
+            self.display_name,
+            self.description,
+            self.status,
+            self.successor,
+            tuple(self.accelerator_types or ()),
+            self.visibility,
+            self.workspace,
+            self.owner,
+        )
+
+
+class SpecRecord(Base):
+    __tablename__ = "specs"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def to_spec(self) -> core.Spec:
+        return core.Spec(self.name, self.display_name, self.disabled)
+
+
+class InstanceRecord(Base):
+    __tablename__ = "instances"
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    workspace: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    ssh_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    ssh_keypairs: Mapped[list] = mapped_column(JSON, default=list)
+    ssh_allowed_cidrs: Mapped[list] = mapped_column(JSON, default=list)
+    failure_reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+
+    def ssh_access(self) -> ssh.Access:
+        return ssh.Access(
+            self.ssh_enabled, tuple(self.ssh_keypairs or ()), tuple(self.ssh_allowed_cidrs or ())
+        )
+
+
+class VolumeRecord(Base):
+    """An instance's work volume: its size is the store's word, the backend realises it."""
+
+    __tablename__ = "volumes"
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size_gb: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KeyPairRecord(Base):
+    """A user's SSH public key (the private key is never stored)."""
+
+    __tablename__ = "keypairs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(4096))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    algorithm: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "name": self.name,
+            "public_key": self.public_key,
+            "fingerprint": self.fingerprint,
+            "algorithm": self.algorithm,
+            "created": as_utc(self.created).isoformat(),
+        }
+
+
+class AccountRecord(Base):
+    """A system account Atelier made for a hub user; once retired (the user was deleted) it
+    belongs to no one and its name is never given again."""
+
+    __tablename__ = "accounts"
+    account: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hub_user: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    claimed: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WorkspaceRecord(Base):
+    """A workspace: a JupyterHub group (its members) plus its quota."""
+
+    __tablename__ = "workspaces"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_instances: Mapped[int] = mapped_column(Integer, default=10)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "max_instances": self.max_instances,
+            "created": as_utc(self.created).isoformat(),
+        }
+
+
+class AuditEvent(Base):
+    """Who did what to which resource, when, from where, with what result. Append-only."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(255), index=True)
+    source_ip: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource: Mapped[str] = mapped_column(String(512), index=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    result: Mapped[str] = mapped_column(String(16))  # success | failure
+    reason: Mapped[str] = mapped_column(String(2000), default="")
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "time": as_utc(self.time).isoformat(),
+            "actor": self.actor,
+            "source_ip": self.source_ip,
+            "action": self.action,
+            "resource_type": self.resource_type,
+            "resource": self.resource,
+            "owner": self.owner,
+            "result": self.result,
+            "reason": self.reason,
+        }
+
+
+def alembic_config(connection=None) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine) -> None:
+    """Bring the database to the newest schema (Alembic migrations in hub/migrations)."""
+    with engine.begin() as connection:
+        alembic_command.upgrade(alembic_config(connection), "head")
