@@ -55,7 +55,7 @@ def local_catalog(store, allocator: Allocator, envs_dir: Path) -> core.Catalog:
 class LocalInstanceSpawner(LocalProcessSpawner):
     """Run Atelier instances as local JupyterLab processes."""
 
-    data_dir = Unicode(help="Atelier's data dir; instances live under data_dir/instances").tag(
+    data_dir = Unicode(help="The hub's private data dir (the SSH endpoints' credential key)").tag(
         config=True
     )
     shared_dir = Unicode(
