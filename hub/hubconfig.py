@@ -30,10 +30,11 @@ def settings_from_environment() -> Settings:
 
 
 def proxy_command() -> str:
-    for root in (Path.cwd(), PROJECT_ROOT):
-        local = root / "node_modules" / ".bin" / PROXY
-        if local.exists():
-            return str(local)
+    """The project's own proxy (never one from the working directory, which the root hub
+    might share with users), else the system's."""
+    local = PROJECT_ROOT / "node_modules" / ".bin" / PROXY
+    if local.exists():
+        return str(local)
     found = shutil.which(PROXY)
     if found is None:
         raise ConfigError(f"{PROXY} not found: run `npm install` in the project (make does)")
@@ -154,7 +155,8 @@ def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[d
     """A hub-managed service (a module run so that it ends with this hub process) and the
     role that gives it exactly `scopes`."""
     role = {"name": f"{name}-service", "services": [name], "scopes": scopes}
-    launcher = [sys.executable, "-m", "atelier.hub.managed", str(os.getpid())]
+    # -P: nothing is imported from the working directory, which users might write to
+    launcher = [sys.executable, "-P", "-m", "atelier.hub.managed", str(os.getpid())]
     return {"name": name, "command": [*launcher, *command], **more}, role
 
 

@@ -2,10 +2,12 @@
 
 import os
 import stat
+import subprocess
 
 import pytest
 import yaml
 
+from atelier.hub import hubconfig
 from atelier.hub.hubconfig import prepare_data_dir
 from atelier.hub.settings import DEFAULT_CONFIG, ConfigError, load_settings
 from atelier.spawner import accounts
@@ -60,3 +62,13 @@ def test_a_data_dir_inside_a_private_directory_is_fine_and_private(tmp_path):
     finally:
         os.umask(previous)
     assert mode(data_dir) == 0o700 and mode(tmp_path / "shared") == 0o711
+
+
+def test_services_import_nothing_from_the_working_directory(tmp_path):
+    """The root hub's services run with its working directory, which may be one users write
+    to: a module planted there is never imported."""
+    (tmp_path / "planted.py").write_text("open('ran', 'w').close()\n")
+    service, _ = hubconfig.service("probe", ["planted"], [])  # this process plays the hub
+    result = subprocess.run(service["command"], cwd=tmp_path, capture_output=True, text=True)
+    assert "No module named planted" in result.stderr
+    assert not (tmp_path / "ran").exists()
