@@ -8,6 +8,7 @@ so a bad request answers 400 naming the field and the hub's state does not chang
 from __future__ import annotations
 
 import asyncio
+import json
 
 from jupyterhub.apihandlers.auth import OAuthAuthorizeHandler
 from jupyterhub.apihandlers.base import APIHandler
@@ -19,6 +20,14 @@ from tornado import web
 from atelier.hub.pages import create_form, options_from_form
 from atelier.spawner import accounts, checks, core
 from atelier.spawner.devices import DevicesUnavailable
+
+
+def json_object(handler) -> dict:
+    """The request's JSON body ({} when empty); JupyterHub's handlers answer 500 on a list."""
+    body = handler.get_json_body()
+    if body is not None and not isinstance(body, dict):
+        raise web.HTTPError(400, "the body must be a JSON object")
+    return body or {}
 
 
 class InstanceChecks:
@@ -133,8 +142,8 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         )
 
     async def _patch(self, user_name, server_name):
-        body = self.get_json_body() or {}
-        if isinstance(body, dict) and "name" in body:
+        body = json_object(self)
+        if "name" in body:
             # JupyterHub would move only its own record: the volume, SSH settings and
             # workspace would stay behind under the old name
             raise web.HTTPError(
@@ -147,7 +156,7 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         if spawner is not None and spawner.ready and set(body) == {"user_options"}:
             await self.change_running(user, spawner, body["user_options"])
             return
-        if isinstance(body, dict) and isinstance(body.get("user_options"), dict):
+        if isinstance(body.get("user_options"), dict):
             self.check_options(user_name, server_name, body["user_options"])
         await super().patch(user_name, server_name)
         # JupyterHub saves the new options in the database only; show them in the model too
@@ -169,7 +178,7 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
 
     @needs_scope("delete:servers")
     async def delete(self, user_name, server_name=""):
-        body = self.get_json_body() or {}
+        body = json_object(self)
         remove = bool(body.get("remove"))
         if remove and body.get("confirm") != DELETE_VOLUME:
             raise web.HTTPError(
@@ -194,7 +203,7 @@ class VolumeExpandAPIHandler(InstanceChecks, APIHandler):
         user = self.find_user(user_name)
         if user is None or server_name not in user.orm_spawners:
             raise web.HTTPError(404)
-        body = self.get_json_body() or {}
+        body = json_object(self)
         actor, source_ip = self.actor()
         try:
             size = self.context.expand_volume(
@@ -246,7 +255,7 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
         self.check_name(name)
         await self._check_named_server_request(user, name, display_name)  # instances per user
         try:
-            options = options_from_form(form)
+            options = options_from_form(form, self.context.limits)
         except core.OptionsError as error:
             raise web.HTTPError(400, str(error)) from None
         self.check_options(user.name, name, options)
@@ -289,11 +298,30 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
             self.audit("openNotebook", spawner.user.name, spawner.name, result, reason)
 
 
-class UserDeleteAPIHandler(UserAPIHandler):
-    """DELETE /hub/api/users/<name>: JupyterHub deletes the user's instances (and with them
-    their volumes and homes, in delete_forever) but not while one runs, and keeps Atelier's
-    records; here their instances stop first, and after, nothing of theirs is left: a user
-    re-created with the name gets a fresh account and inherits nothing."""
+class UserRecordsAPIHandler(UserAPIHandler):
+    """/hub/api/users/<name>: Atelier's records (account, key pairs, instances, volumes) are
+    keyed by the user's name, so they must never pass to another user of that name.
+
+    DELETE: JupyterHub deletes the user's instances (and with them their volumes and homes,
+    in delete_forever) but not while one runs, and keeps Atelier's records; here their
+    instances stop first, and after, nothing of theirs is left: a user re-created with the
+    name gets a fresh account and inherits nothing. PATCH: a rename is refused, since the
+    records would stay with the old name for whoever takes it next."""
+
+    @needs_scope("admin:users")
+    async def patch(self, user_name):
+        user = self.find_user(user_name)
+        body = json_object(self)
+        if user is not None and body.pop("name", user.name) != user.name:
+            raise web.HTTPError(
+                400,
+                "name: renaming users is not supported; their account, key pairs and volumes "
+                "would pass to whoever takes the old name next",
+            )
+        # JupyterHub 6.1.1 sets the name to null when a PATCH repeats it, as the admin
+        # page's edit box always does: pass on the rest only
+        self.request.body = json.dumps(body).encode()
+        await super().patch(user_name)
 
     @needs_scope("admin:users")
     async def delete(self, user_name):
@@ -320,5 +348,5 @@ HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]+)/volume/expand", VolumeExpandAPIHandler),
     (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),
     (r"/api/oauth2/authorize", OpenNotebookHandler),
-    (r"/api/users/([^/]+)", UserDeleteAPIHandler),
+    (r"/api/users/([^/]+)", UserRecordsAPIHandler),
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,8 +23,10 @@ def render(template: str, **values) -> str:
     return _jinja.get_template(template).render(**values)
 
 
-def options_from_form(formdata: dict[str, list[str]]) -> dict:
-    """Form fields (lists of strings) -> the JSON options the API takes."""
+def options_from_form(formdata: dict[str, list[str]], limits: core.Limits) -> dict:
+    """Form fields (lists of strings) -> the JSON options the API takes. Numbers are plain
+    ASCII: str.isdigit() passes '²' (int() refuses it), int() refuses 5000 digits, and
+    float() takes 'nan', 'inf' and '١٢'."""
 
     def first(key: str) -> str:
         return (formdata.get(key) or [""])[0].strip()
@@ -35,20 +39,27 @@ def options_from_form(formdata: dict[str, list[str]]) -> dict:
                 raise core.OptionsError("tags", f"line {number} must be key=value, got {line!r}")
             tags[key.strip()] = value.strip()
     hours, volume = first("autostop_hours"), first("volume_gb")
-    if volume and not volume.isdigit():
-        raise core.OptionsError("volume_gb", f"must be a whole number of GB, got {volume!r}")
+    volume_gb = core.whole_number(volume, limits.volume_max_gb) if volume else None
+    if volume and volume_gb is None:
+        raise core.OptionsError(
+            "volume_gb",
+            f"must be a whole number of GB, at most {limits.volume_max_gb}, "
+            f"got {reprlib.repr(volume)}",
+        )
     try:
         autostop = float(hours) if hours else None
     except ValueError:
+        autostop = math.nan
+    if autostop is not None and not (hours.isascii() and math.isfinite(autostop)):
         raise core.OptionsError(
-            "autostop_hours", f"must be a number of hours, got {hours!r}"
-        ) from None
+            "autostop_hours", f"must be a number of hours, got {reprlib.repr(hours)}"
+        )
     return {
         "image": first("image"),
         "spec": first("spec"),
         "tags": tags,
         "autostop_hours": autostop,
-        "volume_gb": int(volume) if volume else None,
+        "volume_gb": volume_gb,
     }
 
 

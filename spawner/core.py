@@ -355,6 +355,16 @@ def parse_options(raw: object, limits: Limits) -> InstanceOptions:
     )
 
 
+def whole_number(text: str, high: int) -> int | None:
+    """`text` as a whole number from 0 to `high`, or None: ASCII digits only (str.isdigit()
+    also accepts '²', which int() refuses) and no longer than `high` (int() refuses
+    thousands of digits)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(high)):
+        return None
+    number = int(text)
+    return number if number <= high else None
+
+
 def check_volume_size(size_gb: object, limits: Limits) -> int:
     if isinstance(size_gb, bool) or not isinstance(size_gb, int):
         raise OptionsError("volume_gb", "must be a whole number of GB")

@@ -217,3 +217,63 @@ def test_a_failed_start_shows_failed_with_the_reason_across_a_restart(hub, envs_
     assert stopped.status_code == 200, stopped.text
     assert (stopped.json()["status"], stopped.json()["reason"]) == ("stopped", None)
     assert Client(api, token).instance("lab")["status"] == "stopped"
+
+
+def test_renaming_a_user_is_refused_and_leaves_nothing_to_the_old_name(hub):
+    token = hub.add_user("bert")
+    generated = hub.atelier("POST", "/keypairs", token, json={"name": "laptop", "generate": True})
+    assert generated.status_code == 201, generated.text
+    account = hub.account("bert")
+
+    response = hub.api("PATCH", "/users/bert", json={"name": "robert"})  # the admin page's edit
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("name: renaming users is not supported")
+    assert hub.api("GET", "/users/robert").status_code == 404
+    assert hub.account("bert") == account
+    [keypair] = hub.atelier("GET", "/keypairs", token).json()["keypairs"]
+    assert keypair["name"] == "laptop"
+
+    # the admin page's edit box sends the name unchanged (JupyterHub alone would null it)
+    granted = hub.api("PATCH", "/users/bert", json={"name": "bert", "admin": True})
+    assert granted.status_code == 200, granted.text
+    assert (granted.json()["name"], granted.json()["admin"]) == ("bert", True)
+    revoked = hub.api("PATCH", "/users/bert", json={"admin": False})
+    assert revoked.status_code == 200, revoked.text
+    assert hub.api("GET", "/users/bert").json()["admin"] is False
+    assert hub.atelier("GET", "/keypairs", token).json()["keypairs"] == [keypair]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("volume_gb", "²"),
+        ("volume_gb", "1" * 5000),
+        ("volume_gb", "١٢"),
+        ("autostop_hours", "nan"),
+        ("autostop_hours", "inf"),
+        ("autostop_hours", "1e999"),
+        ("autostop_hours", "١٢"),
+    ],
+)
+def test_the_form_refuses_odd_numbers_naming_the_field(hub, mallory, field, value):
+    response = submit_form(hub, mallory, "odd", image=BASE, spec="cpu.2u4g", **{field: value})
+    assert response.status_code == 400
+    assert f"{field}: must be a" in response.text
+    assert "odd" not in hub.servers("mallory")
+
+
+def test_a_body_that_is_not_a_json_object_is_refused(hub):
+    token = hub.add_user("nora")
+    hub.start("nora", "lab", token, {"image": BASE, "spec": "cpu.2u4g", "volume_gb": 2})
+    server = "/users/nora/servers/lab"
+    for body in ([1], "x"):
+        for method, path in [
+            ("DELETE", server),
+            ("POST", f"{server}/volume/expand"),
+            ("PATCH", server),
+        ]:
+            response = hub.api(method, path, token, json=body)
+            assert response.status_code == 400, (method, path, body, response.text)
+            assert response.json()["message"] == "the body must be a JSON object"
+    assert hub.servers("nora")["lab"]["ready"]
+    assert hub.atelier("GET", "/instances/nora/lab", token).json()["volume"]["size_gb"] == 2
