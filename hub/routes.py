@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from atelier.hub import ssh
 from atelier.hub.handlers import DELETE_VOLUME
-from atelier.hub.service import APIError, BaseHandler, Caller, not_found, whole_number
+from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
 
@@ -48,7 +48,7 @@ def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> 
 
 def visible_images(images: list[core.Image], caller: Caller, workspaces) -> list[core.Image]:
     """Public images, the caller's workspaces' shared ones and their own (admins: all)."""
-    return [i for i in images if caller.admin or i.visible_to(caller.name, workspaces)]
+    return [i for i in images if caller.acts_for_everyone or i.visible_to(caller.name, workspaces)]
 
 
 def hub_error(code: int, data) -> APIError:
@@ -69,7 +69,7 @@ class InstanceBase(BaseHandler):
         return self.recent.get("instances", self.context.store.all_instance_records).get(owner, {})
 
     async def owned_servers(self, caller: Caller, owner: str) -> dict:
-        if not caller.admin and owner != caller.name:
+        if not caller.acts_for_everyone and owner != caller.name:
             raise not_found(f"user {owner!r}")
         servers = await self.hub.servers(owner)
         if servers is None:
@@ -124,7 +124,7 @@ class InstancesHandler(InstanceBase):
     async def get(self):
         caller = self.require("custom:atelier:instances:read")
         owner = self.get_argument("owner", None)
-        if caller.admin and owner is None:
+        if caller.acts_for_everyone and owner is None:
             servers_by_owner = await self.hub.all_servers()
         else:
             owner = owner or caller.name
@@ -154,7 +154,8 @@ class InstancesHandler(InstanceBase):
     async def check_workspace_room(self, caller: Caller, workspace: str) -> None:
         """The caller is a member, and the workspace's quota has room for one more instance."""
         quota = {w["name"]: w for w in self.context.store.workspaces()}.get(workspace)
-        if quota is None or not (caller.admin or workspace in await self.workspaces_of(caller)):
+        member = caller.acts_for_everyone or workspace in await self.workspaces_of(caller)
+        if quota is None or not member:
             raise APIError(404, "not_found", f"no workspace {workspace!r}", "workspace")
         if self.context.store.workspace_usage(workspace) >= quota["max_instances"]:
             raise APIError(
@@ -404,7 +405,7 @@ class AuditHandler(BaseHandler):
             "action": self.get_argument("action", None),
         }
         total, events = self.context.store.audit(
-            visible_to=None if caller.admin else caller.name,
+            visible_to=None if caller.acts_for_everyone else caller.name,
             since=self.time_argument("since"),
             until=self.time_argument("until"),
             limit=self.int_argument("limit", 100, 1, 1000),
@@ -425,7 +426,7 @@ class AuditHandler(BaseHandler):
             raise APIError(400, "invalid", "must be an ISO 8601 time", name) from None
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
-        number = whole_number(self.get_argument(name, str(default)), high)
+        number = core.whole_number(self.get_argument(name, str(default)), high)
         if number is None or number < low:
             raise APIError(400, "invalid", f"must be a whole number from {low} to {high}", name)
         return number

@@ -96,7 +96,7 @@ class KeyPairsHandler(BaseHandler):
     def get(self):
         caller = self.require("custom:atelier:keypairs:manage")
         owner = self.get_argument("owner", caller.name)
-        if owner != caller.name and not caller.admin:
+        if owner != caller.name and not caller.acts_for_everyone:
             raise not_found(f"user {owner!r}")
         self.reply({"keypairs": self.context.store.keypairs(owner)})
 

@@ -79,16 +79,6 @@ def not_found(what: str) -> APIError:
     return APIError(404, "not_found", f"no {what}")
 
 
-def whole_number(text: str, high: int) -> int | None:
-    """`text` as a whole number from 0 to `high`, or None: ASCII digits only (str.isdigit()
-    also accepts '²', which int() refuses) and no longer than `high` (int() refuses
-    thousands of digits)."""
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(high)):
-        return None
-    number = int(text)
-    return number if number <= high else None
-
-
 @dataclass(frozen=True)
 class Caller:
     name: str
@@ -96,15 +86,22 @@ class Caller:
     scopes: frozenset[str]
     source_ip: str
 
-    def may(self, scope: str) -> bool:
-        """The token's scopes decide, for admins too (a filter keeps a user to their own).
+    @property
+    def acts_for_everyone(self) -> bool:
+        """An admin whose token carries JupyterHub's unfiltered admin scope: they see and act
+        on every user's resources (as far as the token's scopes go) and hold Atelier's admin
+        scopes. The admin flag alone is not enough: JupyterHub reports it to every token of
+        an admin, however narrow (their instances' server tokens too). JupyterHub grants and
+        strips its admin role wherever admins are made or demoted (admin_users, the admin
+        page and API, OAuth admin groups), so nothing else needs to be kept in step."""
+        return self.admin and HUB_ADMIN in self.scopes
 
-        An admin's token that carries JupyterHub's own admin scope carries Atelier's admin
-        scopes too: JupyterHub grants and strips its admin role wherever admins are made or
-        demoted (admin_users, the admin page and API, OAuth admin groups), so nothing else
-        needs to be kept in step, and a narrower token of an admin carries neither."""
-        held = self.scopes | (ADMIN_SCOPES if self.admin and HUB_ADMIN in self.scopes else set())
-        return any(s == scope or s.startswith(scope + "!") for s in held)
+    def may(self, scope: str) -> bool:
+        """The token's scopes decide, for admins too. Only unfiltered scopes count: Atelier
+        grants its scopes unfiltered (user role, server tokens, OAuth), and a filtered one
+        (`scope!user=x`, from a hand-made token) would be widened past its filter by
+        counting it whole."""
+        return scope in self.scopes or (self.acts_for_everyone and scope in ADMIN_SCOPES)
 
 
 class HubClient:

@@ -1,11 +1,12 @@
-"""Attacks on the Atelier service's API, each refused: an admin's narrow token used for changes,
-malformed query values, oversized bodies, and key pairs without end."""
+"""Attacks on the Atelier service's API, each refused: an admin's narrow token (or their
+instance's server token) used for changes or on other users' things, malformed query values,
+oversized bodies, and key pairs without end."""
 
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import requests
-from conftest import BASE
+from conftest import BASE, environ_of, pid_of
 
 pytestmark = pytest.mark.e2e
 ACCESS = "access:services!service=atelier"
@@ -22,7 +23,7 @@ def error_of(response, status):
     return response.json()["error"]
 
 
-def test_an_admins_read_only_token_reads_everything_and_changes_nothing(hub):
+def test_an_admins_read_only_token_reads_their_own_and_changes_nothing(hub):
     victim = hub.add_user("vera")
     created = hub.atelier(
         "POST", "/instances", victim, json={"name": "lab", "image": BASE, "spec": "cpu.2u4g"}
@@ -31,11 +32,11 @@ def test_an_admins_read_only_token_reads_everything_and_changes_nothing(hub):
     hub.wait_for(lambda: hub.servers("vera")["lab"]["ready"], what="vera's instance to run")
     reader = hub.add_user("admin", READ_ONLY)
 
-    for path in ("/instances", "/instances/vera/lab", "/images", f"/images/{BASE}", "/specs"):
+    for path in ("/instances", "/images", f"/images/{BASE}", "/specs"):
         assert hub.atelier("GET", path, reader).status_code == 200, path
-    assert [i["owner"] for i in hub.atelier("GET", "/instances", reader).json()["instances"]] == [
-        "vera"
-    ]  # an admin still sees everyone's instances
+    # without JupyterHub's admin scope, the admin's token is kept to the admin's own
+    assert hub.atelier("GET", "/instances", reader).json()["instances"] == []
+    assert error_of(hub.atelier("GET", "/instances/vera/lab", reader), 404)["code"] == "not_found"
 
     changes = [
         ("DELETE", "/instances/vera/lab?confirm=delete-volume", None, "instances:delete"),
@@ -71,6 +72,58 @@ def test_an_admins_read_only_token_reads_everything_and_changes_nothing(hub):
     assert hub.atelier("DELETE", "/workspaces/crew").status_code == 204
     gone = hub.atelier("DELETE", "/instances/vera/lab?confirm=delete-volume")
     assert gone.status_code == 204, gone.text
+
+
+def test_other_users_things_need_the_hub_admin_scope_not_the_admin_flag(hub):
+    """JupyterHub reports the admin flag to every token of an admin: a narrowed token and the
+    server token inside an admin's instance reach the admin's own things alone."""
+    bob = hub.add_user("bob")
+    lab = {"name": "lab", "image": BASE, "spec": "cpu.2u4g"}
+    assert hub.atelier("POST", "/instances", bob, json=lab).status_code == 201
+    private = "secret_1.0-cpu-py_3.11-debian_12-x86_64"
+    image = {"name": private, "visibility": "private", "owner": "bob"}
+    assert hub.atelier("POST", "/images", json=image).status_code == 201
+    own = hub.atelier("POST", "/instances", json={**lab, "name": "own"})
+    assert own.status_code == 201, own.text
+    server_token = environ_of(pid_of(hub, "admin", "own"))["JUPYTERHUB_API_TOKEN"]
+    narrow = hub.add_user(
+        "admin",
+        [ACCESS, "custom:atelier:instances:read", "custom:atelier:instances:delete"],
+    )
+
+    for token in (narrow, server_token):
+        listed = hub.atelier("GET", "/instances", token).json()["instances"]
+        assert [(i["owner"], i["name"]) for i in listed] == [("admin", "own")]
+        for path in ("/instances?owner=bob", "/instances/bob/lab"):
+            assert error_of(hub.atelier("GET", path, token), 404)["code"] == "not_found", path
+        deleted = hub.atelier("DELETE", "/instances/bob/lab?confirm=delete-volume", token)
+        assert error_of(deleted, 404)["code"] == "not_found"
+    # the server token carries every user scope, and still reaches nothing of bob's
+    walk = [
+        ("POST", "/instances/bob/lab/stop", None),
+        ("PATCH", "/instances/bob/lab", {"tags": {"x": "y"}}),
+        ("POST", "/instances", {**lab, "name": "planted", "owner": "bob"}),
+        ("GET", f"/images/{private}", None),
+        ("GET", "/keypairs?owner=bob", None),
+    ]
+    for method, path, body in walk:
+        refused = hub.atelier(method, path, server_token, json=body)
+        assert error_of(refused, 404)["code"] == "not_found", path
+    images = hub.atelier("GET", "/images", server_token).json()["images"]
+    assert private not in [i["name"] for i in images]
+    assert hub.atelier("GET", "/audit?user=bob", server_token).json()["total"] == 0
+    assert hub.servers("bob")["lab"]["ready"] and "planted" not in hub.servers("bob")
+
+    # the admin's full token still reaches everyone's
+    assert hub.atelier("GET", f"/images/{private}").status_code == 200
+    assert hub.atelier("GET", "/audit?user=bob").json()["total"] > 0
+    everyone = hub.atelier("GET", "/instances").json()["instances"]
+    assert ("bob", "lab") in [(i["owner"], i["name"]) for i in everyone]
+    gone = hub.atelier("DELETE", "/instances/bob/lab?confirm=delete-volume")
+    assert gone.status_code == 204, gone.text
+    assert "lab" not in hub.servers("bob")
+    stopped = hub.atelier("POST", "/instances/admin/own/stop")
+    assert stopped.status_code == 200, stopped.text
 
 
 def test_admin_power_follows_the_hub_admin_flag(hub):

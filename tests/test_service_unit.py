@@ -1,6 +1,7 @@
 """The Atelier service's memo of repeated reads, its permission check and number parsing."""
 
-from atelier.hub.service import Caller, Recent, whole_number
+from atelier.hub.service import Caller, Recent
+from atelier.spawner.core import whole_number
 
 
 def test_repeated_reads_are_served_from_the_memo_until_cleared():
@@ -41,6 +42,25 @@ def test_scopes_decide_for_admins_too():
     assert not caller(False, "admin:users").may("custom:atelier:images:admin")
     assert not caller(True, "admin:users!user=ann").may("custom:atelier:images:admin")
     assert caller(False, "custom:atelier:images:admin").may("custom:atelier:images:admin")
+
+
+def test_only_an_admins_token_with_the_hub_admin_scope_acts_for_everyone():
+    assert caller(True, "admin:users").acts_for_everyone
+    # the admin flag comes with every token of an admin: a narrow one, or a server token's
+    narrow = caller(True, "custom:atelier:instances:read", "custom:atelier:instances:delete")
+    assert not narrow.acts_for_everyone
+    assert not caller(True, "admin:users!user=bob").acts_for_everyone
+    assert not caller(False, "admin:users").acts_for_everyone
+
+
+def test_filtered_scopes_count_for_nothing():
+    """Counting `scope!user=x` whole would widen it past its filter."""
+    for scope in (
+        "custom:atelier:instances:delete!user=bob",
+        "custom:atelier:instances:delete!user=ann",
+    ):
+        assert not caller(True, "admin:users", scope).may("custom:atelier:instances:delete")
+        assert not caller(False, scope).may("custom:atelier:instances:delete")
 
 
 def test_whole_numbers_are_plain_ascii_digits_in_range():
