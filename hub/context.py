@@ -11,7 +11,7 @@ from atelier.spawner import core
 from atelier.spawner.checks import visible_catalog
 from atelier.spawner.devices import Allocator, Device, detect_devices
 from atelier.spawner.local import local_catalog, shared_allocator, shared_store
-from atelier.spawner.volumes import LocalVolume
+from atelier.spawner.volumes import LocalVolume, VolumeUnavailable
 
 
 @dataclass
@@ -43,8 +43,9 @@ class Context:
         return LocalVolume(self.settings.resolved_shared_dir, account, name)
 
     def expand_volume(self, owner: str, name: str, add_gb, actor: str, source_ip: str) -> int:
-        """Grow an instance's volume by `add_gb` (online if it runs); audited either way."""
-        current = self.store.volume_size(owner, name)
+        """Grow an instance's volume by `add_gb` (online if it runs); audited either way.
+        The quota check and the new size are one transaction: the hub's spawners reserve
+        volumes in the same store at the same time."""
         event = {
             "actor": actor,
             "source_ip": source_ip,
@@ -53,19 +54,19 @@ class Context:
             "resource": f"{owner}/{name}",
             "owner": owner,
         }
+        volume = self.volume(owner, name)
+
+        def grow(size_gb: int) -> None:
+            try:
+                volume.expand(size_gb)
+            except VolumeUnavailable as error:  # not made yet, or lost
+                raise core.OptionsError("add_gb", str(error)) from None
+
         try:
-            if current is None:
-                raise core.OptionsError(
-                    "add_gb", "the volume is made when the instance first starts"
-                )
-            size = core.check_expand(
-                current, add_gb, self.store.volume_total_gb(owner), self.limits
-            )
+            current, size = self.store.expand_volume(owner, name, add_gb, self.limits, grow)
         except core.OptionsError as error:
             self.store.record(**event, result="failure", reason=str(error))
             raise
-        self.volume(owner, name).expand(size)
-        self.store.set_volume_size(owner, name, size)
         self.store.record(**event, result="success", reason=f"{current} -> {size} GB")
         return size
 

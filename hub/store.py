@@ -6,6 +6,7 @@ reader sees changes at once because each read is a fresh query.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from datetime import datetime
 
@@ -15,6 +16,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -219,13 +221,44 @@ class Store:
             record = db.get(VolumeRecord, (owner, name))
             return None if record is None else record.size_gb
 
-    def set_volume_size(self, owner: str, name: str, size_gb: int) -> None:
-        with self.session() as db, db.begin():
+    def reserve_volume(self, owner: str, name: str, size_gb: int, limits: core.Limits) -> bool:
+        """Hold `size_gb` of the owner's quota for a volume about to be made, checked and
+        recorded in one transaction, so concurrent starts cannot all pass one stale total.
+        True when this call reserved it; False when the volume has a record already."""
+        with self._quota_transaction(owner) as db:
+            if db.get(VolumeRecord, (owner, name)) is not None:
+                return False
+            core.check_volume_quota(_volume_total(db, owner) + size_gb, limits, "volume_gb")
+            db.add(VolumeRecord(owner=owner, name=name, size_gb=size_gb, created=utcnow()))
+            return True
+
+    def expand_volume(
+        self, owner: str, name: str, add_gb, limits: core.Limits, grow
+    ) -> tuple[int, int]:
+        """Check and record a volume's growth by `add_gb` in one transaction, calling
+        `grow(new_size)` inside it: a refusal or a failed growth records nothing. Returns
+        the sizes it had and has."""
+        with self._quota_transaction(owner) as db:
             record = db.get(VolumeRecord, (owner, name))
             if record is None:
-                db.add(VolumeRecord(owner=owner, name=name, size_gb=size_gb, created=utcnow()))
-            else:
-                record.size_gb = size_gb
+                raise core.OptionsError(
+                    "add_gb", "the volume is made when the instance first starts"
+                )
+            current = record.size_gb
+            record.size_gb = core.check_expand(current, add_gb, _volume_total(db, owner), limits)
+            grow(record.size_gb)
+            return current, record.size_gb
+
+    @contextlib.contextmanager
+    def _quota_transaction(self, owner: str):
+        """A transaction that decides on the owner's volume quota. It first writes their
+        account row, which serialises it with every other one of theirs in any process
+        (SQLite's write lock, PostgreSQL's row lock), so the total it reads stays true."""
+        self.claim_account(owner)
+        with self.session() as db, db.begin():
+            account = update(AccountRecord).where(AccountRecord.hub_user == owner)
+            db.execute(account.values(hub_user=owner))
+            yield db
 
     def forget_volume(self, owner: str, name: str) -> None:
         with self.session() as db, db.begin():
@@ -235,8 +268,7 @@ class Store:
 
     def volume_total_gb(self, owner: str) -> int:
         with self.session() as db:
-            query = select(func.coalesce(func.sum(VolumeRecord.size_gb), 0))
-            return db.scalar(query.where(VolumeRecord.owner == owner))
+            return _volume_total(db, owner)
 
     # system accounts -----------------------------------------------------------------------
     def account(self, hub_user: str) -> str | None:
@@ -414,6 +446,11 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _volume_total(db: Session, owner: str) -> int:
+    query = select(func.coalesce(func.sum(VolumeRecord.size_gb), 0))
+    return db.scalar(query.where(VolumeRecord.owner == owner))
 
 
 def _get(db: Session, model: type, name: str, what: str):

@@ -77,6 +77,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self._events: list[dict] = []
         self.held_devices: list[Device] = []
         self.account = ""
+        self.volume_reserved = False  # this start holds quota for a volume it has yet to make
 
     @default("isolate_users")
     def _isolate_default(self):
@@ -166,6 +167,9 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self._report(10, "Planning the instance")
         try:
             plan = self.check()
+            self.volume_reserved = self.store.reserve_volume(
+                self.user.name, self.name, plan.volume_gb, self.core_limits
+            )
         except (core.OptionsError, DevicesUnavailable) as error:
             raise SpawnException(str(error), reason="options", status_code=400) from None
 
@@ -176,6 +180,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
                 self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
             )
         except DevicesUnavailable as error:
+            self._release_reservation()
             raise SpawnException(str(error), reason="devices", status_code=400) from None
         self.held_devices = held
         try:
@@ -243,15 +248,22 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         return LocalVolume(Path(self.shared_dir), self.user_account, self.name)
 
     def _attach_volume(self, plan: core.InstancePlan) -> None:
-        """Create the work volume on first start, then attach it (work/ links to it)."""
-        if self.store.volume_size(self.user.name, self.name) is None:
+        """Make the work volume on the start that reserved it, then attach it (work/ links to
+        it). A volume made before is never made again: lost, attaching it is refused."""
+        if self.volume_reserved:
             self.volume.create(plan.volume_gb)
-            self.store.set_volume_size(self.user.name, self.name, plan.volume_gb)
+            self.volume_reserved = False
             self._audit_volume("createVolume")
         try:
             self.volume.attach(self.account if self.isolate_users else None)
         except VolumeUnavailable as error:
             raise SpawnException(str(error), reason="volume", status_code=400) from None
+
+    def _release_reservation(self) -> None:
+        """A start that failed before making the volume it reserved gives the quota back."""
+        if self.volume_reserved:
+            self.store.forget_volume(self.user.name, self.name)
+            self.volume_reserved = False
 
     def _audit_volume(self, action: str) -> None:
         self.store.record(
@@ -336,6 +348,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         await self._release()
 
     async def _release(self) -> None:
+        self._release_reservation()
         self.allocator.release(self.holder)
         self.held_devices = []
         groups = cgroups.Hierarchy.detect().groups(self.cgroup_name)

@@ -64,14 +64,17 @@ class LocalVolume:
 
     def attach(self, account: str | None) -> None:
         """Mount the volume (as root), owned by the instance's account, and link work/ to it."""
+        self._check_exists()
+        if self.enforced():
+            self._mount(account)
+        link_work(self.home, self.mount if self.enforced() else self.directory)
+
+    def _check_exists(self) -> None:
         if not self.exists():
             raise VolumeMissing(
                 f"the work volume is missing (expected {self.image}); "
                 "it is not recreated empty: restore it or delete the instance"
             )
-        if self.enforced():
-            self._mount(account)
-        link_work(self.home, self.mount if self.enforced() else self.directory)
 
     def _mount(self, account: str | None) -> None:
         self.mount.mkdir(parents=True, exist_ok=True)
@@ -116,6 +119,7 @@ class LocalVolume:
 
     def expand(self, size_gb: int) -> None:
         """Grow to `size_gb`: at once while mounted, at the next attach otherwise."""
+        self._check_exists()
         if not self.enforced():
             return
         with open(self.image, "r+b") as sparse:

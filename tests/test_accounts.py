@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from atelier.hub.store import Store
-from atelier.spawner import accounts
+from atelier.spawner import accounts, core
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_a_deleted_user_leaves_nothing_and_a_new_one_of_that_name_gets_a_fresh_a
     old = store.claim_account("carol")
     store.add_keypair("carol", "laptop", "ssh-ed25519 AAAA", "SHA256:x", "ssh-ed25519")
     store.instance_created("carol", "lab")
-    store.set_volume_size("carol", "lab", 5)
+    assert store.reserve_volume("carol", "lab", 5, core.Limits())
     assert store.forget_user("carol") == old
     assert store.keypairs("carol") == [] and store.instance_records("carol") == {}
     assert store.volume_total_gb("carol") == 0 and store.account("carol") is None

@@ -306,7 +306,7 @@ def test_the_one_check_refuses_what_every_door_must_refuse(tmp_path):
         check("a", {"image": theirs.name, "spec": "cpu.2u8g"})
     bob = SimpleNamespace(name="bob", admin=False, groups=[])
     assert check("a", {"image": theirs.name, "spec": "cpu.2u8g"}, bob).image == theirs
-    store.set_volume_size("alice", "big", 150)
+    assert store.reserve_volume("alice", "big", 150, LIMITS)
     with pytest.raises(OptionsError, match="volume_gb: your volumes would hold 210 GB; the quo"):
         check("b", {"image": BASE.name, "spec": "cpu.2u8g", "volume_gb": 60})
     assert check("big", {"image": BASE.name, "spec": "cpu.2u8g"}).volume_gb == 5  # has one

@@ -3,9 +3,11 @@
 import errno
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from atelier.hub.store import Store
 from atelier.spawner.core import Limits, OptionsError, check_expand, check_volume_size
 from atelier.spawner.volumes import GB, LocalVolume, VolumeMissing, VolumeUnavailable, link_work
 
@@ -114,3 +116,47 @@ def test_work_is_relinked_from_a_users_link_and_never_taken_from_anything_else(t
     with pytest.raises(VolumeUnavailable, match="not the link to its volume"):
         link_work(home, tmp_path / "volume")
     assert (home / "work").is_dir() and not (home / "work").is_symlink()
+
+
+def test_the_quota_holds_when_two_processes_reserve_and_expand_at_once(tmp_path):
+    """The hub's spawners reserve volumes and the service expands them in one store: each
+    check and its record are one transaction, so racing callers never pass a stale total."""
+    url = f"sqlite:///{tmp_path / 'atelier.sqlite'}"
+    hub, service = Store(url), Store(url)
+    assert hub.reserve_volume("ann", "base", 20, LIMITS)
+    assert not service.reserve_volume("ann", "base", 20, LIMITS)  # has its record already
+
+    def reserve(n):
+        return 90 if hub.reserve_volume("ann", f"v{n}", 90, LIMITS) else 0
+
+    def expand(_):
+        service.expand_volume("ann", "base", 60, LIMITS, lambda size: None)
+        return 60
+
+    def attempt(call, n):
+        try:
+            return call(n)
+        except OptionsError as error:
+            assert "the quota is 200 GB" in error.message and error.field in ("volume_gb", "add_gb")
+            return 0
+
+    with ThreadPoolExecutor(6) as pool:
+        calls = [reserve] * 4 + [expand] * 2
+        granted = sum(pool.map(attempt, calls, range(6)))
+    assert hub.volume_total_gb("ann") == 20 + granted <= 200
+
+
+def test_a_refused_or_failed_expansion_records_nothing(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+    with pytest.raises(OptionsError, match="made when the instance first starts"):
+        store.expand_volume("ann", "none", 5, LIMITS, lambda size: None)
+    store.reserve_volume("ann", "lab", 10, LIMITS)
+
+    def fail(size):
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        store.expand_volume("ann", "lab", 5, LIMITS, fail)
+    with pytest.raises(OptionsError, match="the quota is 200 GB"):
+        store.reserve_volume("ann", "big", 191, LIMITS)
+    assert store.volume_size("ann", "lab") == 10 and store.volume_total_gb("ann") == 10

@@ -3,6 +3,8 @@
 import hashlib
 import os
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import BASE, Hub
@@ -103,6 +105,10 @@ def test_volume_lifecycle_enospc_expansion_and_hub_restart(envs_dir):
         assert missing.status_code == 400
         assert "work volume is missing" in missing.json()["error"]["message"]
         assert not backing.exists()  # never silently recreated empty
+        lost = expand(1)
+        assert lost.status_code == 400 and lost.json()["error"]["field"] == "add_gb"
+        assert "work volume is missing" in lost.json()["error"]["message"]
+        assert hub.atelier("GET", "/quotas", token).json()["volume_gb"]["used"] == 103
         backing.with_suffix(".moved").rename(backing)
 
         assert (
@@ -118,5 +124,44 @@ def test_volume_lifecycle_enospc_expansion_and_hub_restart(envs_dir):
             "expandVolume",
             "deleteVolume",
         ]
+    finally:
+        hub.stop()
+
+
+def test_concurrent_creates_never_get_past_the_volume_quota(envs_dir):
+    """Four creates at once, each with a 90 GB volume, against the 200 GB quota: two fit,
+    two are refused naming volume_gb and the quota, and the quota never shows more used."""
+    hub = Hub(envs_dir)
+    try:
+        token = hub.add_user("quinn")
+        seen, done = [], threading.Event()
+
+        def create(n):
+            options = {"name": f"q{n}", "image": BASE, "spec": "cpu.2u4g", "volume_gb": 90}
+            return hub.atelier("POST", "/instances", token, json=options)
+
+        def watch_quota():
+            while not done.is_set():
+                seen.append(hub.atelier("GET", "/quotas", token).json()["volume_gb"]["used"])
+
+        watcher = threading.Thread(target=watch_quota)
+        watcher.start()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(create, range(4)))
+        done.set()
+        watcher.join()
+
+        assert sorted(a.status_code for a in answers) == [201, 201, 400, 400], [
+            a.text for a in answers
+        ]
+        for refused in (a for a in answers if a.status_code == 400):
+            error = refused.json()["error"]
+            assert error["field"] == "volume_gb" and "the quota is 200 GB" in error["message"]
+        assert max(seen) <= 200 and hub.atelier("GET", "/quotas", token).json()["volume_gb"] == {
+            "used": 180,
+            "allowed": 200,
+        }
+        created = [a.json()["name"] for a in answers if a.status_code == 201]
+        assert all(hub.backing_file("quinn", name).exists() for name in created)
     finally:
         hub.stop()
