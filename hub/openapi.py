@@ -240,7 +240,7 @@ AUDIT_QUERY = [
 # (path, method): (summary, scope, parameters, request schema, status, response schema)
 OPERATIONS = {
     ("/instances", "get"): (
-        "List your instances (admins: everyone's, or ?owner=)",
+        "List your instances (an admin's token with admin:users: everyone's, or ?owner=)",
         "instances:read",
         [query("owner", STRING, "only this owner's")],
         None,
@@ -380,7 +380,7 @@ OPERATIONS = {
         None,
     ),
     ("/keypairs", "get"): (
-        "Your SSH key pairs (admins: ?owner=)",
+        "Your SSH key pairs (an admin's token with admin:users: ?owner=)",
         "keypairs:manage",
         [query("owner", STRING, "whose (admins)")],
         None,
@@ -414,7 +414,7 @@ OPERATIONS = {
     ),
     ("/quotas", "get"): ("Your usage and limits", "instances:read", [], None, 200, "Quotas"),
     ("/audit", "get"): (
-        "Audit events (yours; admins: all), newest first",
+        "Audit events (yours; an admin's token with admin:users: all), newest first",
         "audit:read",
         AUDIT_QUERY,
         None,

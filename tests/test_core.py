@@ -304,6 +304,9 @@ def test_the_one_check_refuses_what_every_door_must_refuse(tmp_path):
 
     with pytest.raises(OptionsError, match=f"image: no image named '{theirs.name}'"):
         check("a", {"image": theirs.name, "spec": "cpu.2u8g"})
+    root = SimpleNamespace(name="root", admin=True, groups=[])  # admins run their own too
+    with pytest.raises(OptionsError, match=f"image: no image named '{theirs.name}'"):
+        check("a", {"image": theirs.name, "spec": "cpu.2u8g"}, root)
     bob = SimpleNamespace(name="bob", admin=False, groups=[])
     assert check("a", {"image": theirs.name, "spec": "cpu.2u8g"}, bob).image == theirs
     assert store.reserve_volume("alice", "big", 150, LIMITS)
