@@ -30,6 +30,17 @@ def json_object(handler) -> dict:
     return body or {}
 
 
+def form_text(form: dict[str, list[bytes]]) -> dict[str, list[str]]:
+    """A submitted form's fields as text; bytes that are not UTF-8 are refused by field."""
+    text = {}
+    for field, values in form.items():
+        try:
+            text[field] = [value.decode() for value in values]
+        except UnicodeDecodeError:
+            raise core.OptionsError(field, "must be UTF-8 text") from None
+    return text
+
+
 class InstanceChecks:
     @property
     def context(self):
@@ -151,12 +162,21 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
                 "name: renaming instances is not supported; create a new instance and copy "
                 "what you need from this one's work volume",
             )
+        unknown = sorted(set(body) - set(PATCH_FIELDS))
+        if unknown:
+            raise web.HTTPError(
+                400, f"{unknown[0]!r}: unknown field; allowed: {', '.join(PATCH_FIELDS)}"
+            )
+        if "display_name" in body and not isinstance(body["display_name"], str):
+            raise web.HTTPError(400, "display_name: must be a string")
+        if "user_options" in body and not isinstance(body["user_options"], dict):
+            raise web.HTTPError(400, "user_options: must be an object")
         user = self.find_user(user_name)
         spawner = user.spawners.get(server_name) if user else None
         if spawner is not None and spawner.ready and set(body) == {"user_options"}:
             await self.change_running(user, spawner, body["user_options"])
             return
-        if isinstance(body.get("user_options"), dict):
+        if "user_options" in body:
             self.check_options(user_name, server_name, body["user_options"])
         await super().patch(user_name, server_name)
         # JupyterHub saves the new options in the database only; show them in the model too
@@ -165,8 +185,6 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
 
     async def change_running(self, user, spawner, options: dict) -> None:
         """Tags and auto-stop change in place; a new spec restarts the instance."""
-        if not isinstance(options, dict):
-            raise web.HTTPError(400, "user_options: must be an object")
         if self.check_options(user.name, spawner.name, options):
             self.log.info("Restarting %s on spec %s", spawner._log_name, options["spec"])
             await self.stop_single_user(user, spawner.name)
@@ -243,8 +261,8 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
         user = self.find_user(user_name)
         if user is None:
             raise web.HTTPError(404)
-        form = {k: [v.decode() for v in vs] for k, vs in self.request.body_arguments.items()}
         action = self.lifecycle_action(user.name, server_name)
+        form = self.request.body_arguments
         work = self.spawn_from_form(user, server_name, display_name, form)
         try:
             await self.audited(action, user.name, server_name, work)
@@ -255,7 +273,7 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
         self.check_name(name)
         await self._check_named_server_request(user, name, display_name)  # instances per user
         try:
-            options = options_from_form(form, self.context.limits)
+            options = options_from_form(form_text(form), self.context.limits)
         except core.OptionsError as error:
             raise web.HTTPError(400, str(error)) from None
         self.check_options(user.name, name, options)
@@ -343,6 +361,7 @@ class UserRecordsAPIHandler(UserAPIHandler):
 
 ATELIER_SERVICE = "atelier"
 DELETE_VOLUME = "delete-volume"
+PATCH_FIELDS = ("display_name", "user_options")  # "name" (a rename) is refused on its own
 HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),
     (r"/api/users/([^/]+)/servers/([^/]+)/volume/expand", VolumeExpandAPIHandler),

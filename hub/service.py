@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,6 +51,7 @@ HUB_ADMIN = "admin:users"  # unfiltered: in JupyterHub's admin role, which only 
 MAX_BODY_BYTES = 1 << 20  # the largest request body the API takes (more: 413)
 READ_LIMIT_BYTES = 4 << 20  # the most the server reads of one: past it, it cuts the connection
 AUTH_CACHE_SECONDS = 5  # a revoked token or a demoted admin loses access this soon
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # never in a name; NUL: PostgreSQL refuses
 FIELD_TYPES = {
     "name": str,
     "owner": (str, type(None)),
@@ -246,6 +249,15 @@ class Recent:
         self._values.clear()
 
 
+def holds_nul(value) -> bool:
+    """Whether a JSON value holds NUL anywhere (keys too): PostgreSQL stores no NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
+    return isinstance(value, list) and any(map(holds_nul, value))
+
+
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """JSON in and out, the caller, and errors in one shape."""
 
@@ -258,11 +270,24 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise APIError(
                 413, "too_large", f"the request body may be at most {MAX_BODY_BYTES} bytes"
             )
+        self.check_arguments()
         model = await self.hub_auth.get_user(self, sync=False)
         try:
             self._hub_auth_user_cache = self.check_hub_user(model) if model else None
         except UserNotAllowed:
             self._hub_auth_user_cache = None
+
+    def check_arguments(self) -> None:
+        """The path's names and the query's values hold no control characters: none is in
+        any name, and PostgreSQL refuses NUL in a query outright (a 500, not an answer)."""
+        method = getattr(self, self.request.method.lower(), None)
+        names = list(inspect.signature(method).parameters) if method else []
+        fields = [*zip(names, self.path_args, strict=False), *self.path_kwargs.items()]
+        for name, values in self.request.query_arguments.items():
+            fields += [(name, value.decode("utf-8", "replace")) for value in values]
+        for field, value in fields:
+            if CONTROL_CHARACTERS.search(value):
+                raise APIError(400, "invalid", "may not contain control characters", field)
 
     def on_finish(self):
         if self.request.method != "GET":
@@ -336,6 +361,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             expected = FIELD_TYPES.get(key)
             if expected is not None and not isinstance(value, expected):
                 raise APIError(400, "invalid", f"has the wrong type ({type(value).__name__})", key)
+            if holds_nul(value):
+                raise APIError(400, "invalid", "may not contain NUL characters", key)
         return data
 
     def reply(self, data, status: int = 200) -> None:
