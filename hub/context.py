@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from atelier.spawner.checks import visible_catalog
 from atelier.spawner.devices import Allocator, Device, detect_devices
 from atelier.spawner.local import local_catalog, shared_allocator, shared_store
 from atelier.spawner.volumes import LocalVolume, VolumeUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,8 +62,14 @@ class Context:
         def grow(size_gb: int) -> None:
             try:
                 volume.expand(size_gb)
-            except VolumeUnavailable as error:  # not made yet, or lost
+            except VolumeUnavailable as error:  # lost
                 raise core.OptionsError("add_gb", str(error)) from None
+            except (OSError, RuntimeError) as error:  # a host tool or the disk failed
+                log.error("expanding %s/%s failed: %s", owner, name, error)
+                raise core.OptionsError(
+                    "add_gb",
+                    f"the volume could not grow to {size_gb} GB and keeps its size: {error}",
+                ) from None
 
         try:
             current, size = self.store.expand_volume(owner, name, add_gb, self.limits, grow)

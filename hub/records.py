@@ -90,6 +90,8 @@ class VolumeRecord(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     size_gb: Mapped[int] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # False while only reserved: a start may still make it, as there is nothing to lose yet
+    made: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class KeyPairRecord(Base):

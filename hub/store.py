@@ -221,16 +221,32 @@ class Store:
             record = db.get(VolumeRecord, (owner, name))
             return None if record is None else record.size_gb
 
-    def reserve_volume(self, owner: str, name: str, size_gb: int, limits: core.Limits) -> bool:
+    def reserve_volume(
+        self, owner: str, name: str, size_gb: int, limits: core.Limits
+    ) -> int | None:
         """Hold `size_gb` of the owner's quota for a volume about to be made, checked and
         recorded in one transaction, so concurrent starts cannot all pass one stale total.
-        True when this call reserved it; False when the volume has a record already."""
+        Returns the size to make it at: reserved now, or by an earlier start that never made
+        it (the hub died, or giving it back failed); None when it is made already."""
         with self._quota_transaction(owner) as db:
-            if db.get(VolumeRecord, (owner, name)) is not None:
-                return False
+            record = db.get(VolumeRecord, (owner, name))
+            if record is not None:
+                return None if record.made else record.size_gb
             core.check_volume_quota(_volume_total(db, owner) + size_gb, limits, "volume_gb")
-            db.add(VolumeRecord(owner=owner, name=name, size_gb=size_gb, created=utcnow()))
-            return True
+            db.add(VolumeRecord(owner=owner, name=name, size_gb=size_gb, made=False))
+            return size_gb
+
+    def volume_made(self, owner: str, name: str) -> None:
+        """The reserved volume exists now: from here on, losing it is refused, never remade."""
+        with self.session() as db, db.begin():
+            db.get(VolumeRecord, (owner, name)).made = True
+
+    def release_volume(self, owner: str, name: str) -> None:
+        """Give back the quota of a reservation never made (a made volume's record stays)."""
+        with self.session() as db, db.begin():
+            record = db.get(VolumeRecord, (owner, name))
+            if record is not None and not record.made:
+                db.delete(record)
 
     def expand_volume(
         self, owner: str, name: str, add_gb, limits: core.Limits, grow
@@ -240,7 +256,7 @@ class Store:
         the sizes it had and has."""
         with self._quota_transaction(owner) as db:
             record = db.get(VolumeRecord, (owner, name))
-            if record is None:
+            if record is None or not record.made:
                 raise core.OptionsError(
                     "add_gb", "the volume is made when the instance first starts"
                 )

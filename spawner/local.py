@@ -77,7 +77,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self._events: list[dict] = []
         self.held_devices: list[Device] = []
         self.account = ""
-        self.volume_reserved = False  # this start holds quota for a volume it has yet to make
+        self.volume_to_make: int | None = None  # GB this start holds for a volume not yet made
 
     @default("isolate_users")
     def _isolate_default(self):
@@ -167,29 +167,28 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self._report(10, "Planning the instance")
         try:
             plan = self.check()
-            self.volume_reserved = self.store.reserve_volume(
+            self.volume_to_make = self.store.reserve_volume(
                 self.user.name, self.name, plan.volume_gb, self.core_limits
             )
         except (core.OptionsError, DevicesUnavailable) as error:
             raise SpawnException(str(error), reason="options", status_code=400) from None
 
-        self.store.instance_created(self.user.name, self.name)
-        self._report(25, f"Allocating devices for {plan.spec.name}")
-        try:
-            held = self.allocator.acquire(
-                self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
-            )
-        except DevicesUnavailable as error:
-            self._release_reservation()
-            raise SpawnException(str(error), reason="devices", status_code=400) from None
-        self.held_devices = held
-        try:
+        try:  # from here on, any failure gives back what this start holds
+            self.store.instance_created(self.user.name, self.name)
+            self._report(25, f"Allocating devices for {plan.spec.name}")
+            try:
+                held = self.allocator.acquire(
+                    self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
+                )
+            except DevicesUnavailable as error:
+                raise SpawnException(str(error), reason="devices", status_code=400) from None
+            self.held_devices = held
             self._report(45, "Preparing the work directory")
             self.account = await self._prepare_account()
             owner = self.account if self.isolate_users else None
             accounts.prepare_private_dir(self.home, owner)
             self._report(55, "Attaching the work volume")
-            self._attach_volume(plan)
+            self._attach_volume()
             self._create_cgroups(plan, held)
 
             self._report(70, f"Starting JupyterLab on {plan.image.name}")
@@ -247,23 +246,24 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     def volume(self) -> LocalVolume:
         return LocalVolume(Path(self.shared_dir), self.user_account, self.name)
 
-    def _attach_volume(self, plan: core.InstancePlan) -> None:
-        """Make the work volume on the start that reserved it, then attach it (work/ links to
+    def _attach_volume(self) -> None:
+        """Make the work volume while it is only reserved, then attach it (work/ links to
         it). A volume made before is never made again: lost, attaching it is refused."""
-        if self.volume_reserved:
-            self.volume.create(plan.volume_gb)
-            self.volume_reserved = False
-            self._audit_volume("createVolume")
         try:
+            if self.volume_to_make is not None:
+                self.volume.create(self.volume_to_make)
+                self.store.volume_made(self.user.name, self.name)
+                self.volume_to_make = None
+                self._audit_volume("createVolume")
             self.volume.attach(self.account if self.isolate_users else None)
         except VolumeUnavailable as error:
             raise SpawnException(str(error), reason="volume", status_code=400) from None
 
     def _release_reservation(self) -> None:
         """A start that failed before making the volume it reserved gives the quota back."""
-        if self.volume_reserved:
-            self.store.forget_volume(self.user.name, self.name)
-            self.volume_reserved = False
+        if self.volume_to_make is not None:
+            self.store.release_volume(self.user.name, self.name)
+            self.volume_to_make = None
 
     def _audit_volume(self, action: str) -> None:
         self.store.record(

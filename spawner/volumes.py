@@ -53,14 +53,26 @@ class LocalVolume:
         return self.image.exists() or self.directory.is_dir()
 
     def create(self, size_gb: int) -> None:
+        """Make a new volume; a backing file already there (the store lost its record of it)
+        is someone's data: refused, never formatted over."""
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o700)
         if not self.enforced():
             self.directory.mkdir(exist_ok=True)
             return
-        with open(self.image, "wb") as sparse:
-            sparse.truncate(size_gb * GB)
-        run(MKFS_XFS, "-q", "-f", str(self.image))
+        try:
+            with open(self.image, "xb") as sparse:
+                sparse.truncate(size_gb * GB)
+        except FileExistsError:
+            raise VolumeUnavailable(
+                f"a work volume file is already there ({self.image}) though none is recorded; "
+                "it is not formatted over: restore the store's record or move the file away"
+            ) from None
+        try:
+            run(MKFS_XFS, "-q", "-f", str(self.image))
+        except BaseException:
+            self.image.unlink()  # this call made it: nothing in it to keep
+            raise
 
     def attach(self, account: str | None) -> None:
         """Mount the volume (as root), owned by the instance's account, and link work/ to it."""
@@ -118,16 +130,31 @@ class LocalVolume:
             run(LOSETUP, "-d", device)  # released at once, or when the lazy unmount ends
 
     def expand(self, size_gb: int) -> None:
-        """Grow to `size_gb`: at once while mounted, at the next attach otherwise."""
+        """Grow to `size_gb`: at once while mounted, at the next attach otherwise. A growth
+        that fails before the filesystem took it up gives the file its old size back, so
+        the volume stays the size the store keeps."""
         self._check_exists()
         if not self.enforced():
             return
-        with open(self.image, "r+b") as sparse:
-            sparse.truncate(size_gb * GB)
-        if os.path.ismount(self.mount):
-            for device in self._devices():
-                run(LOSETUP, "-c", device)
-            run(XFS_GROWFS, str(self.mount))
+        before = self.image.stat().st_size
+        try:
+            os.truncate(self.image, size_gb * GB)
+            if os.path.ismount(self.mount):
+                for device in self._devices():
+                    run(LOSETUP, "-c", device)
+                run(XFS_GROWFS, str(self.mount))
+        except (OSError, RuntimeError):
+            if not self._filesystem_exceeds(before):
+                os.truncate(self.image, before)
+            raise
+
+    def _filesystem_exceeds(self, size: int) -> bool:
+        """Whether the mounted filesystem has grown past `size` bytes (shrinking the file
+        under it would lose data)."""
+        if not os.path.ismount(self.mount):
+            return False
+        stats = os.statvfs(self.mount)
+        return stats.f_blocks * stats.f_frsize > size
 
     def used_bytes(self) -> int | None:
         """Bytes in use, when it can be read now (mounted, or the fallback directory)."""

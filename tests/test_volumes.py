@@ -6,12 +6,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from alembic import command
+from sqlalchemy import create_engine, text
 
+from atelier.hub import records
+from atelier.hub.context import Context
+from atelier.hub.settings import Settings
 from atelier.hub.store import Store
+from atelier.spawner import volumes
 from atelier.spawner.core import Limits, OptionsError, check_expand, check_volume_size
 from atelier.spawner.volumes import GB, LocalVolume, VolumeMissing, VolumeUnavailable, link_work
 
 LIMITS = Limits()
+BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
 needs_root = pytest.mark.skipif(not LocalVolume.enforced(), reason="loop mounts need root")
 
 
@@ -123,8 +130,9 @@ def test_the_quota_holds_when_two_processes_reserve_and_expand_at_once(tmp_path)
     check and its record are one transaction, so racing callers never pass a stale total."""
     url = f"sqlite:///{tmp_path / 'atelier.sqlite'}"
     hub, service = Store(url), Store(url)
-    assert hub.reserve_volume("ann", "base", 20, LIMITS)
-    assert not service.reserve_volume("ann", "base", 20, LIMITS)  # has its record already
+    assert hub.reserve_volume("ann", "base", 20, LIMITS) == 20
+    hub.volume_made("ann", "base")
+    assert service.reserve_volume("ann", "base", 20, LIMITS) is None  # made already
 
     def reserve(n):
         return 90 if hub.reserve_volume("ann", f"v{n}", 90, LIMITS) else 0
@@ -151,6 +159,7 @@ def test_a_refused_or_failed_expansion_records_nothing(tmp_path):
     with pytest.raises(OptionsError, match="made when the instance first starts"):
         store.expand_volume("ann", "none", 5, LIMITS, lambda size: None)
     store.reserve_volume("ann", "lab", 10, LIMITS)
+    store.volume_made("ann", "lab")
 
     def fail(size):
         raise OSError("disk gone")
@@ -160,3 +169,70 @@ def test_a_refused_or_failed_expansion_records_nothing(tmp_path):
     with pytest.raises(OptionsError, match="the quota is 200 GB"):
         store.reserve_volume("ann", "big", 191, LIMITS)
     assert store.volume_size("ann", "lab") == 10 and store.volume_total_gb("ann") == 10
+
+
+def test_a_reservation_never_made_is_made_by_the_next_start_and_never_lost(tmp_path):
+    """The hub died (or a start failed) between reserving a volume and making it: the next
+    start makes it, as there is nothing to lose; only a made volume is ever refused as lost."""
+    url = f"sqlite:///{tmp_path / 'atelier.sqlite'}"
+    assert Store(url).reserve_volume("ann", "lab", 10, LIMITS) == 10  # then the hub dies
+    store = Store(url)
+    with pytest.raises(OptionsError, match="made when the instance first starts"):
+        store.expand_volume("ann", "lab", 5, LIMITS, lambda size: None)
+    assert store.reserve_volume("ann", "lab", 20, LIMITS) == 10  # the next start makes it
+    store.volume_made("ann", "lab")
+    store.release_volume("ann", "lab")  # a made volume is never given back by a start
+    assert store.reserve_volume("ann", "lab", 10, LIMITS) is None
+    assert store.volume_total_gb("ann") == 10
+    assert store.reserve_volume("ann", "other", 5, LIMITS) == 5
+    store.release_volume("ann", "other")  # a start that failed before making it
+    assert store.volume_total_gb("ann") == 10 and store.volume_size("ann", "other") is None
+
+
+def test_volumes_from_before_the_made_flag_count_as_made(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+    with engine.begin() as connection:
+        command.upgrade(records.alembic_config(connection), "0008")
+        connection.execute(
+            text("INSERT INTO volumes VALUES ('ann', 'lab', 10, '2024-01-01 00:00:00')")
+        )
+    store = Store(str(engine.url))
+    assert store.reserve_volume("ann", "lab", 10, LIMITS) is None  # made: lost means refused
+
+
+@needs_root
+def test_a_file_already_there_is_never_formatted_over(tmp_path):
+    volume = LocalVolume(tmp_path, "alice", "lab")
+    volume.base.mkdir(parents=True)
+    volume.image.write_bytes(b"the user's data")
+    with pytest.raises(VolumeUnavailable, match=f"already there \\({volume.image}\\)"):
+        volume.create(1)
+    assert volume.image.read_bytes() == b"the user's data"
+
+
+@needs_root
+def test_a_failed_expansion_keeps_the_size_data_and_record_and_is_audited(tmp_path, monkeypatch):
+    store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+    catalog = {"images": [{"name": BASE}], "specs": [{"name": "cpu.2u8g"}]}
+    settings = Settings(data_dir=tmp_path, shared_dir=tmp_path, **catalog)
+    context = Context(settings, store, None, False)
+    store.reserve_volume("ann", "lab", 1, LIMITS)
+    volume = context.volume("ann", "lab")
+    volume.home.mkdir(parents=True)
+    volume.create(1)
+    store.volume_made("ann", "lab")
+    volume.attach(None)
+    try:
+        (volume.home / "work" / "notes.txt").write_text("kept")
+        monkeypatch.setattr(volumes, "XFS_GROWFS", "/usr/bin/false")  # the tool fails
+        with pytest.raises(OptionsError, match="could not grow to 3 GB and keeps its size"):
+            context.expand_volume("ann", "lab", 2, "ann", "10.0.0.1")
+        assert volume.image.stat().st_size == GB and store.volume_size("ann", "lab") == 1
+        assert (volume.home / "work" / "notes.txt").read_text() == "kept"
+        _, events = store.audit(action="expandVolume")
+        assert events[0]["result"] == "failure" and "could not grow" in events[0]["reason"]
+        monkeypatch.undo()
+        assert context.expand_volume("ann", "lab", 2, "ann", "10.0.0.1") == 3  # still grows
+        assert os.statvfs(volume.mount).f_blocks * os.statvfs(volume.mount).f_frsize > 2 * GB
+    finally:
+        volume.delete()
