@@ -424,6 +424,11 @@ class Store:
 
     # audit -------------------------------------------------------------------------------------
     def record(self, **event) -> None:
+        """One audit event, whatever text a refusal quotes: PostgreSQL stores no NUL, so it
+        is kept as the four characters \\x00."""
+        event = {
+            k: v.replace("\x00", "\\x00") if isinstance(v, str) else v for k, v in event.items()
+        }
         with self.session() as db, db.begin():
             db.add(AuditEvent(**event))
 

@@ -94,3 +94,14 @@ def test_audit_visibility_filters_pages_and_retention(url):
 
     assert store.expire_audit(datetime.now(UTC) + timedelta(seconds=1)) == 3
     assert store.audit() == (0, [])
+
+
+def test_a_refusal_quoting_nul_is_recorded_with_the_nul_shown(url):
+    """PostgreSQL stores no NUL: a reason quoting a user's key "\\x00" once answered 500."""
+    reason = "\x00: unknown field"
+    store = Store(url)
+    store.record(
+        actor="a\x00", action="createNotebook", resource="a/x", owner="a", reason=reason, **EVENT
+    )
+    [event] = store.audit()[1]
+    assert (event["actor"], event["reason"]) == ("a\\x00", "\\x00: unknown field")
