@@ -6,6 +6,8 @@ from atelier.hub.service import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, B
 
 STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
 NULLABLE_STRING = {"type": ["string", "null"]}
+# a name or filter in the path or the query: never a control character (hub/service.py)
+ARGUMENT = {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]*$"}
 TAGS = {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 20}
 
 
@@ -212,8 +214,8 @@ SCHEMAS = {
     "AuditPage": obj({"total": INTEGER, "events": {"type": "array", "items": ref("AuditEvent")}}),
 }
 
-OWNER = {"name": "owner", "in": "path", "required": True, "schema": STRING}
-NAME = {"name": "name", "in": "path", "required": True, "schema": STRING}
+OWNER = {"name": "owner", "in": "path", "required": True, "schema": ARGUMENT}
+NAME = {"name": "name", "in": "path", "required": True, "schema": ARGUMENT}
 
 
 def query(name: str, schema: dict, description: str) -> dict:
@@ -227,10 +229,10 @@ def query(name: str, schema: dict, description: str) -> dict:
 
 
 AUDIT_QUERY = [
-    query("user", STRING, "who acted"),
-    query("resource_type", STRING, "instance, image, spec, ..."),
-    query("resource", STRING, "e.g. alice/lab"),
-    query("action", STRING, "e.g. createNotebook"),
+    query("user", ARGUMENT, "who acted"),
+    query("resource_type", ARGUMENT, "instance, image, spec, ..."),
+    query("resource", ARGUMENT, "e.g. alice/lab"),
+    query("action", ARGUMENT, "e.g. createNotebook"),
     query("since", {"type": "string", "format": "date-time"}, "from this time on"),
     query("until", {"type": "string", "format": "date-time"}, "before this time"),
     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
@@ -242,7 +244,7 @@ OPERATIONS = {
     ("/instances", "get"): (
         "List your instances (an admin's token with admin:users: everyone's, or ?owner=)",
         "instances:read",
-        [query("owner", STRING, "only this owner's")],
+        [query("owner", ARGUMENT, "only this owner's")],
         None,
         200,
         "InstanceList",
@@ -382,7 +384,7 @@ OPERATIONS = {
     ("/keypairs", "get"): (
         "Your SSH key pairs (an admin's token with admin:users: ?owner=)",
         "keypairs:manage",
-        [query("owner", STRING, "whose (admins)")],
+        [query("owner", ARGUMENT, "whose (admins)")],
         None,
         200,
         "KeyPairList",
