@@ -237,6 +237,41 @@ class Hub:
         return (self.dir / "hub.log").read_text()
 
 
+def sign_in(hub: Hub, username: str, password: str) -> requests.Session:
+    """A session signed in through the login page, as a browser would; `.last` is the
+    login's answer."""
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login", timeout=30)
+    session.last = session.post(
+        f"{hub.url}/hub/login",
+        data={"username": username, "password": password, "_xsrf": session.cookies["_xsrf"]},
+        timeout=30,
+    )
+    return session
+
+
+def xsrf(session: requests.Session) -> str:
+    """The hub's xsrf token, as its pages send it back with a form."""
+    return session.cookies.get("_xsrf", path="/hub/") or session.cookies["_xsrf"]
+
+
+def sign_up(hub: Hub, username: str, password: str) -> None:
+    """Sign up through the sign-up page; the account waits for an admin's approval."""
+    visitor = requests.Session()
+    visitor.get(f"{hub.url}/hub/signup", timeout=30)
+    visitor.post(
+        f"{hub.url}/hub/signup",
+        data={
+            "username": username,
+            "signup_password": password,
+            "signup_password_confirmation": password,
+            "email": f"{username}@example.org",
+            "_xsrf": visitor.cookies["_xsrf"],
+        },
+        timeout=30,
+    )
+
+
 @pytest.fixture(scope="module")
 def hub(envs_dir):
     hub = Hub(envs_dir)

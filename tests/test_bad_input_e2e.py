@@ -4,8 +4,7 @@ or control characters that PostgreSQL cannot store in the service's arguments an
 """
 
 import pytest
-import requests
-from conftest import BASE
+from conftest import BASE, sign_in, xsrf
 
 pytestmark = pytest.mark.e2e
 
@@ -46,19 +45,8 @@ def test_a_bad_patch_is_refused_and_changes_nothing(hub, defined, server, body, 
 
 
 def test_the_form_refuses_bytes_that_are_not_utf8_naming_the_field(hub):
-    session = requests.Session()
-    session.get(f"{hub.url}/hub/login", timeout=30)
-    session.post(
-        f"{hub.url}/hub/login",
-        data={
-            "username": "admin",
-            "password": hub.admin_password,
-            "_xsrf": session.cookies["_xsrf"],
-        },
-        timeout=30,
-    )
-    xsrf = session.cookies.get("_xsrf", path="/hub/") or session.cookies["_xsrf"]
-    fields = {"image": BASE, "spec": "cpu.2u4g", "autostop_hours": b"\xff", "_xsrf": xsrf}
+    session = sign_in(hub, "admin", hub.admin_password)
+    fields = {"image": BASE, "spec": "cpu.2u4g", "autostop_hours": b"\xff", "_xsrf": xsrf(session)}
     files = {key: (None, value) for key, value in fields.items()}
     response = session.post(f"{hub.url}/hub/spawn/admin/bytes", files=files, timeout=60)
     assert response.status_code == 400

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 import requests
-from conftest import BASE
+from conftest import BASE, sign_in, sign_up, xsrf
 
 from atelier.sdk import Client
 
@@ -31,32 +31,10 @@ def mallory(hub, envs_dir) -> requests.Session:
     image = {"name": PRIVATE, "visibility": "private", "owner": "bob"}
     assert hub.atelier("POST", "/images", json=image).status_code == 201
     password = "correct-horse-battery"
-    session = requests.Session()
-    session.get(f"{hub.url}/hub/signup", timeout=30)
-    session.post(
-        f"{hub.url}/hub/signup",
-        data={
-            "username": "mallory",
-            "signup_password": password,
-            "signup_password_confirmation": password,
-            "email": "mallory@example.org",
-            "_xsrf": session.cookies["_xsrf"],
-        },
-        timeout=30,
-    )
-    admin = requests.Session()
-    admin.get(f"{hub.url}/hub/login", timeout=30)
-    admin.post(
-        f"{hub.url}/hub/login",
-        data={"username": "admin", "password": hub.admin_password, "_xsrf": admin.cookies["_xsrf"]},
-        timeout=30,
-    )
+    sign_up(hub, "mallory", password)
+    admin = sign_in(hub, "admin", hub.admin_password)
     admin.get(f"{hub.url}/hub/authorize/mallory", timeout=30)
-    session.post(
-        f"{hub.url}/hub/login",
-        data={"username": "mallory", "password": password, "_xsrf": session.cookies["_xsrf"]},
-        timeout=30,
-    )
+    session = sign_in(hub, "mallory", password)
     assert "Your instances" in session.get(f"{hub.url}/hub/home", timeout=30).text
     return session
 
@@ -65,10 +43,6 @@ def submit_form(hub, session, name: str, **fields) -> requests.Response:
     """POST the create form as the home page does (multipart, with the xsrf token)."""
     files = {key: (None, value) for key, value in {**fields, "_xsrf": xsrf(session)}.items()}
     return session.post(f"{hub.url}/hub/spawn/mallory/{name}", files=files, timeout=60)
-
-
-def xsrf(session) -> str:
-    return session.cookies.get("_xsrf", path="/hub/") or session.cookies["_xsrf"]
 
 
 def events(hub, action: str, resource: str) -> list[dict]:

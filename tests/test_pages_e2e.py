@@ -5,23 +5,12 @@ import subprocess
 
 import pytest
 import requests
-from conftest import BASE, FAKE_GPU, TORCH
+from conftest import BASE, FAKE_GPU, TORCH, sign_in, sign_up
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = pytest.mark.e2e
-
-
-def sign_in(hub, username, password) -> requests.Session:
-    session = requests.Session()
-    session.get(f"{hub.url}/hub/login", timeout=30)
-    session.last = session.post(
-        f"{hub.url}/hub/login",
-        data={"username": username, "password": password, "_xsrf": session.cookies["_xsrf"]},
-        timeout=30,
-    )
-    return session
 
 
 def submit_form(hub, session, name: str, **fields) -> requests.Response:
@@ -69,20 +58,8 @@ def test_home_page_in_a_browser_creates_stops_and_deletes_an_instance(hub, brows
 
 
 def test_sign_up_waits_for_admin_approval(hub):
-    visitor = requests.Session()
-    visitor.get(f"{hub.url}/hub/signup", timeout=30)
     password = "correct-horse-battery"
-    visitor.post(
-        f"{hub.url}/hub/signup",
-        data={
-            "username": "hank",
-            "signup_password": password,
-            "signup_password_confirmation": password,
-            "email": "hank@example.org",
-            "_xsrf": visitor.cookies["_xsrf"],
-        },
-        timeout=30,
-    )
+    sign_up(hub, "hank", password)
     waiting = sign_in(hub, "hank", password)
     assert "User hank has not been authorized by an administrator yet." in waiting.last.text
     assert "/hub/login" in waiting.get(f"{hub.url}/hub/home", timeout=30).url
