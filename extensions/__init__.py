@@ -24,6 +24,14 @@ def busy_kernels(kernel_manager) -> list[str]:
     ]
 
 
+def _link_jupyter_server_extension(server_app):
+    """JupyterLab's terminals run the shell as SSH sessions do (atelier.extensions.ssh), not as
+    a login shell: Debian's /etc/profile would reset PATH and hide the image's python. Linked
+    before jupyter_server_terminals (extensions link in name order), which reads this."""
+    shell = [os.environ.get("SHELL", "/bin/bash")]
+    server_app.terminado_settings.setdefault("shell_command", shell)
+
+
 def _load_jupyter_server_extension(server_app):
     settings = server_app.web_app.settings
 

@@ -30,10 +30,12 @@ READY = b"ok\n"  # the credential is this instance's: what was asked for follows
 # set by sshd itself for each session, or meaningless in one
 NOT_PASSED = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "USER", "LOGNAME", "MAIL"}
 SESSION = """\
-# every SSH session starts where JupyterLab does, as a login shell or the requested command
+# every SSH session starts where JupyterLab does: the requested command, or the shell as
+# JupyterLab's terminals run it (atelier.extensions), not a login shell: Debian's /etc/profile
+# would reset PATH and hide the image's python
 cd "$HOME" || exit 1
 if [ -n "$SSH_ORIGINAL_COMMAND" ]; then exec "$SHELL" -c "$SSH_ORIGINAL_COMMAND"; fi
-exec -l "$SHELL"
+exec "$SHELL"
 """
 
 

@@ -1,8 +1,11 @@
 """SSH through the gateway with Debian's OpenSSH client (ssh, scp, sftp) into real instances."""
 
+import asyncio
 import hashlib
+import json
 import os
 import pty
+import re
 import select
 import socket
 import subprocess
@@ -12,6 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import BASE, Hub, environ_of, free_port, pid_of
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 pytestmark = pytest.mark.e2e
 USER, OTHER = "sshdev", "sshother"
@@ -138,33 +143,97 @@ def test_exec_runs_in_the_instance_environment_with_exit_codes(hub, setup):
     assert client.ssh(f"{USER}+lab", "kill -9 $$").returncode == 255  # killed by a signal
 
 
-def test_an_interactive_shell_gets_a_pty(hub, setup):
-    client = setup["client"]
-    argv = client.argv(f"{USER}+lab", "-tt")
+def in_a_terminal(argv: list[str], typed: bytes, marker: bytes) -> tuple[bytes, int]:
+    """Run `argv` (ssh -tt) in a real pseudo-terminal, type `typed`, read until `marker`;
+    then type `exit 5`: (what the terminal showed, the exit status)."""
     pid, terminal = pty.fork()
     if pid == 0:
-        os.execvp("ssh", argv)
+        os.execvp(argv[0], argv)
     output = b""
-
-    def read_until(marker: bytes, timeout: float = 30) -> bytes:
-        nonlocal output
-        deadline = time.monotonic() + timeout
-        while marker not in output and time.monotonic() < deadline:
-            if select.select([terminal], [], [], 0.5)[0]:
-                try:
-                    output += os.read(terminal, 4096)
-                except OSError:
-                    break
-        assert marker in output, output.decode(errors="replace")
-        return output
-
-    os.write(terminal, b"tty; echo answer=$((6*7)); stty size\n")
-    read_until(b"answer=42")
-    assert b"/dev/pts/" in output
+    os.write(terminal, typed)
+    deadline = time.monotonic() + 30
+    while marker not in output and time.monotonic() < deadline:
+        if select.select([terminal], [], [], 0.5)[0]:
+            try:
+                output += os.read(terminal, 4096)
+            except OSError:
+                break
+    assert marker in output, output.decode(errors="replace")
     os.write(terminal, b"exit 5\n")
     _, status = os.waitpid(pid, 0)
     os.close(terminal)
-    assert os.waitstatus_to_exitcode(status) == 5
+    return output, os.waitstatus_to_exitcode(status)
+
+
+def test_an_interactive_shell_gets_a_pty(hub, setup):
+    argv = setup["client"].argv(f"{USER}+lab", "-tt")
+    typed = b"tty; echo answer=$((6*7)); stty size\n"
+    output, status = in_a_terminal(argv, typed, b"answer=42")
+    assert b"/dev/pts/" in output
+    assert status == 5
+
+
+# set for one terminal or one SSH session only, not part of the instance's environment
+SESSION_ONLY = {"TERM", "COLUMNS", "LINES", "PYXTERM_DIMENSIONS", "JUPYTER_SERVER_ROOT"}
+SESSION_ONLY |= {"JUPYTER_SERVER_URL", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "LOGNAME"}
+SESSION_ONLY |= {"MAIL", "OLDPWD", "_"}
+
+
+def test_ssh_shells_see_the_image_environment(hub, setup):
+    """Interactive or not, with a pty or not: `python` is the image's, PATH is JupyterLab's."""
+    client, login = setup["client"], f"{USER}+lab"
+    lab = environ_of(pid_of(hub, USER, "lab"))
+    python = f"{lab['VIRTUAL_ENV']}/bin/python"
+    asked = "command -v python; echo PATH=$PATH; echo done=$((6*7))"
+    interactive, _ = in_a_terminal(client.argv(login, "-tt"), f"{asked}\n".encode(), b"done=42")
+    with_command = subprocess.run(
+        [*client.argv(login, "-tt"), asked], capture_output=True, text=True, timeout=60
+    )
+    script_on_stdin = client.ssh(login, input=f"{asked}\n")  # no pty, no command
+    for output in (interactive.decode(), with_command.stdout, script_on_stdin.stdout):
+        lines = re.sub(r"\x1b\[[?0-9;]*[A-Za-z]|\r", "", output).splitlines()
+        assert python in lines, output
+        assert f"PATH={lab['PATH']}" in lines, output
+
+
+def lab_terminal(hub, token: str, typed: str) -> None:
+    """Type `typed` into a new JupyterLab terminal of USER's instance `lab`."""
+    lab = f"{hub.url}/user/{USER}/lab"
+    headers = {"Authorization": f"token {token}"}
+    name = requests.post(f"{lab}/api/terminals", headers=headers, timeout=30).json()["name"]
+
+    async def type_in() -> None:
+        url = f"ws://127.0.0.1:{hub.port}/user/{USER}/lab/terminals/websocket/{name}"
+        connection = await websocket_connect(HTTPRequest(url, headers=headers))
+        await connection.write_message(json.dumps(["stdin", typed + "\r"]))
+        await connection.read_message()
+        connection.close()
+
+    asyncio.run(type_in())
+
+
+def saved_environment(home: Path, name: str, hub) -> dict[str, str]:
+    path = home / name
+    hub.wait_for(path.exists, 30, f"{name} written")
+    items = path.read_bytes().decode().split("\0")
+    return {k: v for k, v in (i.split("=", 1) for i in items if "=" in i) if k not in SESSION_ONLY}
+
+
+def test_an_ssh_terminal_has_the_environment_of_a_jupyterlab_terminal(hub, setup):
+    home = Path(environ_of(pid_of(hub, USER, "lab"))["HOME"])
+    save = "env -0 > ~/.{0}.part && mv ~/.{0}.part ~/{0}.env"
+    lab_terminal(hub, setup["token"], save.format("lab-terminal"))
+    typed = f"{save.format('ssh-terminal')}; echo done=$((6*7))\n".encode()
+    in_a_terminal(setup["client"].argv(f"{USER}+lab", "-tt"), typed, b"done=42")
+    in_lab = saved_environment(home, "lab-terminal.env", hub)
+    over_ssh = saved_environment(home, "ssh-terminal.env", hub)
+    assert over_ssh == in_lab
+    lab = environ_of(pid_of(hub, USER, "lab"))
+    assert (
+        over_ssh["PATH"] == lab["PATH"] == f"{lab['VIRTUAL_ENV']}/bin:/usr/local/bin:/usr/bin:/bin"
+    )
+    for name in ("VIRTUAL_ENV", "MEM_LIMIT", "CPU_LIMIT", "JUPYTERHUB_API_TOKEN", "HOME"):
+        assert over_ssh[name] == lab[name]
 
 
 def test_sftp_and_scp_copy_files_intact(hub, setup):
