@@ -237,6 +237,24 @@ def test_audit_filters_and_pages(hub):
     assert error_of(hub.atelier("GET", "/audit?limit=0"), 400)["field"] == "limit"
 
 
+def test_a_new_user_of_a_deleted_users_name_sees_none_of_their_events(hub):
+    def key_events(token=None):
+        events = hub.atelier("GET", "/audit?resource_type=keypair", token).json()["events"]
+        return [(e["owner"], e["resource"]) for e in events if e["owner"] == "ada"]
+
+    first = hub.add_user("ada")
+    generate = {"name": "laptop", "generate": True}
+    assert hub.atelier("POST", "/keypairs", first, json=generate).status_code == 201
+    assert key_events(first) == [("ada", "laptop")]
+    assert hub.api("DELETE", "/users/ada").status_code == 204
+
+    second = hub.add_user("ada")
+    assert hub.atelier("GET", "/audit", second).json() == {"total": 0, "events": []}
+    assert hub.atelier("POST", "/keypairs", second, json={**generate, "name": "desk"}).ok
+    assert key_events(second) == [("ada", "desk")]
+    assert key_events() == [("ada", "desk"), ("ada", "laptop")]  # an admin sees both
+
+
 def test_every_route_is_in_the_openapi_document(hub):
     served = hub.atelier("GET", "/openapi.json", "no-token-needed")
     assert served.status_code == 200 and served.json() == document()
