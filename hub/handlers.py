@@ -72,7 +72,9 @@ class InstanceChecks:
         )
 
     async def audited(self, action: str, owner: str, name: str, work) -> None:
-        """Run `work` and record one audit event with its result."""
+        """Run `work` and record one audit event with its result; what the spawner does
+        meanwhile (its volume events) is recorded as this request's too."""
+        checks.requester.set(self.actor())
         try:
             await work
         except Exception as error:
@@ -112,6 +114,7 @@ class InstanceChecks:
                 user,
                 name,
                 (stored or {}) if raw is None else raw,
+                current_image=(stored or {}).get("image"),
                 catalog=context.catalog(),
                 store=context.store,
                 allocator=context.allocator,
@@ -172,6 +175,11 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         if "user_options" in body and not isinstance(body["user_options"], dict):
             raise web.HTTPError(400, "user_options: must be an object")
         user = self.find_user(user_name)
+        orm_spawner = user.orm_spawners.get(server_name) if user else None
+        if "user_options" in body and orm_spawner is not None:
+            # a change names what changes; the rest stays as it is
+            body["user_options"] = {**(orm_spawner.user_options or {}), **body["user_options"]}
+            self.request.body = json.dumps(body).encode()
         spawner = user.spawners.get(server_name) if user else None
         if spawner is not None and spawner.ready and set(body) == {"user_options"}:
             await self.change_running(user, spawner, body["user_options"])
@@ -184,11 +192,15 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
             user.spawners[server_name].user_options = user.orm_spawners[server_name].user_options
 
     async def change_running(self, user, spawner, options: dict) -> None:
-        """Tags and auto-stop change in place; a new spec restarts the instance."""
+        """Tags and auto-stop change in place; a new spec restarts the instance, and the
+        answer shows it restarted."""
         if self.check_options(user.name, spawner.name, options):
             self.log.info("Restarting %s on spec %s", spawner._log_name, options["spec"])
             await self.stop_single_user(user, spawner.name)
             await self.spawn_single_user(user, spawner.name, options=options)
+            spawner = user.spawners[spawner.name]
+            if spawner._spawn_future is not None:  # still starting after the hub's short wait
+                await spawner._spawn_future
         else:
             spawner.user_options = spawner.orm_spawner.user_options = options
             self.db.commit()
@@ -271,12 +283,12 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
 
     async def spawn_from_form(self, user, name: str, display_name: str, form: dict) -> None:
         self.check_name(name)
-        await self._check_named_server_request(user, name, display_name)  # instances per user
         try:
             options = options_from_form(form_text(form), self.context.limits)
         except core.OptionsError as error:
             raise web.HTTPError(400, str(error)) from None
         self.check_options(user.name, name, options)
+        await self._check_named_server_request(user, name, display_name)
         spawner = user.get_or_create_spawner(name, display_name, replace_failed=True)
         if spawner.active:
             raise web.HTTPError(400, f"instance {name} is already {self.status(user, name)}")

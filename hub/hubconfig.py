@@ -174,7 +174,8 @@ def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], 
             url=f"http://127.0.0.1:{settings.service_port}",
             environment=environment,
             oauth_no_confirm=True,
-            oauth_client_allowed_scopes=[*USER_SCOPES, "custom:atelier:images:admin"],
+            # a browser session carries what the user's roles give, admin scopes included
+            oauth_client_allowed_scopes=list(SCOPES),
         ),
         service(
             "autostop",

@@ -440,8 +440,13 @@ def operation(summary, scope, parameters, request, status, response) -> dict:
         ok["content"] = {"application/json": {"schema": ref(response)}}
     op = {
         "summary": summary,
-        "description": f"Needs the scope `custom:atelier:{scope}` in the token (an admin's "
-        f"token with JupyterHub's `{HUB_ADMIN}` has the admin scopes too).",
+        "description": f"Needs the scope `custom:atelier:{scope}` in the token "
+        + (
+            f"(not in the default user role; an admin's token with JupyterHub's `{HUB_ADMIN}` "
+            "has it)."
+            if scope.endswith(":admin")
+            else "(in every user's default role, for their own resources)."
+        ),
         "parameters": parameters,
         "security": [{"token": []}],
         "responses": {
@@ -467,7 +472,8 @@ def document() -> dict:
         "info": {
             "title": "Atelier API",
             "version": "1",
-            "description": "Instances, image catalog, specs, quotas and audit. Scopes: "
+            "description": "Instances, image catalog, specs, quotas and audit. Scopes (every "
+            "user's default role has all but the two `:admin` ones): "
             + "; ".join(f"`{s}`: {d}" for s, d in SCOPES.items()),
         },
         "servers": [{"url": API_PREFIX}],

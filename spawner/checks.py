@@ -6,7 +6,13 @@ was used) all call `check_instance`, so what a user may run cannot differ by doo
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from atelier.spawner import core
+
+# who asked for what a spawner does now, and from where (actor, source address): each door
+# sets it for its request, and the tasks the request starts (a spawn, a delete) inherit it
+requester: ContextVar[tuple[str, str] | None] = ContextVar("requester", default=None)
 
 
 def visible_catalog(catalog: core.Catalog, user) -> core.Catalog:
@@ -17,13 +23,25 @@ def visible_catalog(catalog: core.Catalog, user) -> core.Catalog:
 
 
 def check_instance(
-    user, name: str, raw: object, *, catalog: core.Catalog, store, allocator, limits: core.Limits
+    user,
+    name: str,
+    raw: object,
+    *,
+    current_image: str | None = None,
+    catalog: core.Catalog,
+    store,
+    allocator,
+    limits: core.Limits,
 ) -> core.InstancePlan:
-    """The plan for `user`'s instance `name` with options `raw`, or the first refusal
-    (`core.OptionsError`, `DevicesUnavailable`): options and limits, the image's visibility,
-    the flavor rules, the volume quota and free devices."""
+    """The plan for `user`'s instance `name` with options `raw` (an existing instance: on
+    `current_image`), or the first refusal (`core.OptionsError`, `DevicesUnavailable`):
+    the number of instances, options and limits, the image's visibility and lifecycle, the
+    flavor rules, the volume quota and free devices."""
+    if name not in user.orm_spawners:
+        core.check_instance_count(len(set(user.orm_spawners) - {""}), limits)
     options = core.parse_options(raw, limits)
-    plan = core.plan_instance(user.name, name, options, visible_catalog(catalog, user), limits)
+    catalog = visible_catalog(catalog, user)
+    plan = core.plan_instance(user.name, name, options, catalog, limits, current_image)
     if store.volume_size(user.name, name) is None:  # its volume is made at its first start
         total = store.volume_total_gb(user.name) + plan.volume_gb
         core.check_volume_quota(total, limits, "volume_gb")

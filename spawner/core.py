@@ -298,6 +298,16 @@ def validate_instance_name(name: str, limits: Limits) -> str:
     return name
 
 
+def check_instance_count(instances: int, limits: Limits) -> None:
+    """A user who already has `instances` instances may create one more."""
+    if instances >= limits.instances_per_user:
+        raise OptionsError(
+            "name",
+            f"at most {limits.instances_per_user} instances per user "
+            "(limits.instances_per_user); delete one first",
+        )
+
+
 def parse_tags(raw: object, limits: Limits) -> dict[str, str]:
     if raw is None:
         return {}
@@ -404,13 +414,19 @@ def check_expand(current_gb: int, add_gb: object, owner_total_gb: int, limits: L
     return current_gb + add_gb
 
 
-def choose(options: InstanceOptions, catalog: Catalog) -> tuple[Image, Spec]:
-    """Look up image and spec and apply the lifecycle and flavor rules."""
+def choose(
+    options: InstanceOptions, catalog: Catalog, current_image: str | None = None
+) -> tuple[Image, Spec]:
+    """Look up image and spec and apply the lifecycle and flavor rules: a deprecated image
+    runs only the instances already on it (`current_image`), never a new one."""
     image = catalog.images.get(options.image)
     if image is None:
         raise OptionsError("image", f"no image named {options.image!r} in the catalog")
     if image.status == "disabled":
         raise OptionsError("image", f"image {image.name} is disabled; choose another image")
+    if image.status == "deprecated" and image.name != current_image:
+        instead = f"use {image.successor}" if image.successor else "choose another image"
+        raise OptionsError("image", f"image {image.name} is deprecated; {instead}")
     spec = catalog.specs.get(options.spec)
     if spec is None or spec.disabled:
         raise OptionsError("spec", f"no spec named {options.spec!r} in the catalog")
@@ -462,11 +478,17 @@ def check_change(old: InstanceOptions, new: InstanceOptions, status: str) -> boo
 
 
 def plan_instance(
-    owner: str, name: str, options: InstanceOptions, catalog: Catalog, limits: Limits
+    owner: str,
+    name: str,
+    options: InstanceOptions,
+    catalog: Catalog,
+    limits: Limits,
+    current_image: str | None = None,
 ) -> InstancePlan:
-    """The plan for one instance; raises `OptionsError` naming the first bad field."""
+    """The plan for one instance (already on `current_image`, if it exists); raises
+    `OptionsError` naming the first bad field."""
     validate_instance_name(name, limits)
-    image, spec = choose(options, catalog)
+    image, spec = choose(options, catalog, current_image)
     environment = {
         "MEM_LIMIT": str(spec.memory_gb * 1024**3),
         "CPU_LIMIT": str(spec.cpu),

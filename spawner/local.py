@@ -104,11 +104,14 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         return local_catalog(self.store, self.allocator, Path(self.envs_dir))
 
     def check(self) -> core.InstancePlan:
-        """The check every door runs, once more here: the last line, whichever door it was."""
+        """The check every door runs, once more here: the last line, whichever door it was.
+        An instance that has started before (it has a volume) keeps its image."""
+        started_before = self.store.volume_size(self.user.name, self.name) is not None
         return checks.check_instance(
             self.user,
             self.name,
             self.user_options,
+            current_image=self.user_options.get("image") if started_before else None,
             catalog=self.catalog(),
             store=self.store,
             allocator=self.allocator,
@@ -266,9 +269,11 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.volume_to_make = None
 
     def _audit_volume(self, action: str) -> None:
+        """Recorded as caused by the request that started or deleted the instance."""
+        actor, source_ip = checks.requester.get() or (self.user.name, "")
         self.store.record(
-            actor=self.user.name,
-            source_ip="",
+            actor=actor,
+            source_ip=source_ip,
             action=action,
             resource_type="volume",
             resource=f"{self.user.name}/{self.name}",

@@ -35,9 +35,10 @@ def catalog(accelerators=None, arch=None) -> Catalog:
     )
 
 
-def plan(options: dict, name="exp-1", cat=None):
+def plan(options: dict, name="exp-1", cat=None, current_image=None):
+    options = core.parse_options(options, LIMITS)
     return core.plan_instance(
-        "alice", name, core.parse_options(options, LIMITS), cat or catalog({"a100": 2}), LIMITS
+        "alice", name, options, cat or catalog({"a100": 2}), LIMITS, current_image
     )
 
 
@@ -213,8 +214,20 @@ def test_tag_count_limit():
     )
 
 
-def test_deprecated_images_still_run_existing_instances():
-    assert plan({"image": OLD.name, "spec": "cpu.2u8g"}).image.successor == BASE.name
+def test_deprecated_images_still_run_existing_instances_but_no_new_one():
+    options = {"image": OLD.name, "spec": "cpu.2u8g"}
+    assert plan(options, current_image=OLD.name).image.successor == BASE.name
+    message = f"image: image {OLD.name} is deprecated; use {BASE.name}"
+    for current in (None, BASE.name):  # a new instance, or one moving onto it
+        with pytest.raises(OptionsError, match=message):
+            plan(options, current_image=current)
+
+
+def test_instance_count_names_the_field_and_the_limit():
+    core.check_instance_count(9, LIMITS)
+    message = r"name: at most 10 instances per user \(limits.instances_per_user\)"
+    with pytest.raises(OptionsError, match=message):
+        core.check_instance_count(10, LIMITS)
 
 
 @pytest.mark.parametrize("name", ["", "a" * 65, "My-Lab", "lab_1", "lab 1", "lab/1", "läb"])
@@ -295,7 +308,7 @@ def test_the_one_check_refuses_what_every_door_must_refuse(tmp_path):
     )
     store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
     allocator = Allocator([Device("gpu", "a100", 0)])
-    alice = SimpleNamespace(name="alice", admin=False, groups=[])
+    alice = SimpleNamespace(name="alice", admin=False, groups=[], orm_spawners={})
 
     def check(name, options, user=alice):
         return checks.check_instance(
@@ -304,10 +317,12 @@ def test_the_one_check_refuses_what_every_door_must_refuse(tmp_path):
 
     with pytest.raises(OptionsError, match=f"image: no image named '{theirs.name}'"):
         check("a", {"image": theirs.name, "spec": "cpu.2u8g"})
-    root = SimpleNamespace(name="root", admin=True, groups=[])  # admins run their own too
+    root = SimpleNamespace(
+        name="root", admin=True, groups=[], orm_spawners={}
+    )  # admins run their own too
     with pytest.raises(OptionsError, match=f"image: no image named '{theirs.name}'"):
         check("a", {"image": theirs.name, "spec": "cpu.2u8g"}, root)
-    bob = SimpleNamespace(name="bob", admin=False, groups=[])
+    bob = SimpleNamespace(name="bob", admin=False, groups=[], orm_spawners={})
     assert check("a", {"image": theirs.name, "spec": "cpu.2u8g"}, bob).image == theirs
     assert store.reserve_volume("alice", "big", 150, LIMITS)
     with pytest.raises(OptionsError, match="volume_gb: your volumes would hold 210 GB; the quo"):

@@ -15,6 +15,7 @@ import requests
 from conftest import BASE, sign_in, sign_up, xsrf
 
 from atelier.sdk import Client
+from atelier.spawner.envs import STAMP
 
 pytestmark = pytest.mark.e2e
 
@@ -97,6 +98,8 @@ def test_the_form_creates_and_opening_jupyterlab_is_audited_once(hub, mallory):
     hub.wait_for(lambda: hub.servers("mallory")["lab"]["ready"], what="mallory:lab ready")
     [created] = events(hub, "createNotebook", "mallory/lab")
     assert (created["actor"], created["result"]) == ("mallory", "success")
+    [volume] = events(hub, "createVolume", "mallory/lab")  # from the form's request too
+    assert (volume["actor"], volume["source_ip"]) == ("mallory", "127.0.0.1")
 
     lab = mallory.get(f"{hub.url}/user/mallory/lab/lab", timeout=60)  # OAuth, then JupyterLab
     assert lab.status_code == 200 and "JupyterLab" in lab.text
@@ -156,6 +159,7 @@ def test_a_failed_start_shows_failed_with_the_reason_across_a_restart(hub, envs_
     broken = envs_dir / BROKEN / "bin"
     broken.mkdir(parents=True, exist_ok=True)
     (broken / "jupyterhub-singleuser").write_text("not a program\n")  # present, not executable
+    (envs_dir / BROKEN / STAMP).write_text("")  # built to the end, as far as the hub knows
     assert hub.atelier("POST", "/images", json={"name": BROKEN}).status_code == 201
     token = hub.add_user("fay")
     api = f"{hub.url}/services/atelier/api/v1"

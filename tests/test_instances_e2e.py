@@ -56,6 +56,11 @@ def test_create_reach_stop_restart_delete(hub):
     )
     assert response.status_code in (202, 204)
     hub.wait_for(lambda: "lab" not in hub.servers("alice"), what="lab deleted")
+    volume_events = hub.atelier("GET", "/audit?resource=alice/lab&resource_type=volume").json()
+    assert [(e["action"], e["actor"], e["source_ip"]) for e in volume_events["events"][::-1]] == [
+        ("createVolume", "alice", "127.0.0.1"),
+        ("deleteVolume", "alice", "127.0.0.1"),
+    ]
 
 
 def test_torch_image_runs_torch(envs_dir):
@@ -127,7 +132,11 @@ def test_instance_limit_and_changes_of_a_defined_instance(hub):
         )
         assert response.status_code == 201, response.text
     fifth = hub.api("PUT", "/users/carol/servers/n4", token, json={"user_options": CPU_OPTIONS})
-    assert fifth.status_code == 400 and "maximum of 4" in fifth.json()["message"]
+    assert fifth.status_code == 400
+    limit = "name: at most 4 instances per user (limits.instances_per_user); delete one first"
+    assert fifth.json()["message"] == limit
+    fifth = hub.api("POST", "/users/carol/servers/n4", token, json=CPU_OPTIONS)
+    assert (fifth.status_code, fifth.json()["message"]) == (400, limit)
     assert sorted(hub.servers("carol")) == ["n0", "n1", "n2", "n3"]
 
     # a stopped instance may change image and spec; a bad change is refused and changes nothing
@@ -310,16 +319,87 @@ def test_running_instance_changes_tags_in_place_and_restarts_for_a_new_spec(hub)
         == "image: can change only while the instance is stopped, it is running"
     )
 
-    bigger = {**retagged, "spec": "cpu.2u8g"}
-    assert (
-        hub.api("PATCH", "/users/rita/servers/r", token, json={"user_options": bigger}).status_code
-        == 200
-    )
-    hub.wait_for(lambda: hub.servers("rita")["r"]["ready"], what="r restarted")
+    # the README's PATCH names image, spec and tags: auto-stop stays, and the answer shows
+    # the instance restarted on the new spec with the new tags
+    readme = {"image": BASE, "spec": "cpu.2u8g", "tags": {}}
+    response = hub.api("PATCH", "/users/rita/servers/r", token, json={"user_options": readme})
+    assert response.status_code == 200, response.text
+    bigger = {**CPU_OPTIONS, **readme}
+    assert (response.json()["user_options"], response.json()["ready"]) == (bigger, True)
     second = pid_of(hub, "rita", "r")
     assert second != first and not Path(f"/proc/{first}").exists()
     assert environ_of(second)["MEM_LIMIT"] == str(8 * 1024**3)
     assert hub.servers("rita")["r"]["user_options"] == bigger
+    only_tags = {"tags": {"team": "cv"}}
+    response = hub.api("PATCH", "/users/rita/servers/r", token, json={"user_options": only_tags})
+    assert response.json()["user_options"] == {**bigger, **only_tags}
+    assert pid_of(hub, "rita", "r") == second
     hub.api(
         "DELETE", "/users/rita/servers/r", token, json={"remove": True, "confirm": "delete-volume"}
     )
+
+
+def test_a_deprecated_image_runs_its_instances_but_no_new_one(hub, envs_dir):
+    old = "old_1.0-cpu-py_3.11-debian_12-x86_64"
+    if not (envs_dir / old).exists():
+        (envs_dir / old).symlink_to(envs_dir / BASE)
+    assert hub.atelier("POST", "/images", json={"name": old}).status_code == 201
+    token = hub.add_user("dora")
+    hub.start("dora", "kept", token, {"image": old, "spec": "cpu.2u4g"})
+    hub.api("DELETE", "/users/dora/servers/kept", token)
+    hub.wait_for(lambda: not hub.servers("dora")["kept"]["ready"], what="kept stopped")
+    hub.cli("images", "update", old, "--status", "deprecated", "--successor", BASE)
+
+    message = f"image: image {old} is deprecated; use {BASE}"
+    options = {"image": old, "spec": "cpu.2u4g"}
+    created = hub.api("POST", "/users/dora/servers/new", token, json=options)
+    assert (created.status_code, created.json()["message"]) == (400, message)
+    defined = hub.api("PUT", "/users/dora/servers/new", token, json={"user_options": options})
+    assert (defined.status_code, defined.json()["message"]) == (400, message)
+    body = {"name": "new", **options}
+    error = hub.atelier("POST", "/instances", token, json=body).json()["error"]
+    assert (error["field"], error["message"]) == ("image", message.removeprefix("image: "))
+    assert "new" not in hub.servers("dora")
+
+    hub.start("dora", "kept", token)  # an instance already on it starts again
+    assert hub.servers("dora")["kept"]["user_options"]["image"] == old
+
+
+def test_the_readme_delete_examples_delete_and_a_missing_confirmation_says_how(hub):
+    """The README's delete commands, run as written (alice's instances exp-1 and exp-3)."""
+    import re
+    import subprocess
+
+    token = hub.add_user("alice")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    hub_delete = re.search(
+        r"^curl .*-X DELETE \$HUB/users/alice/servers/exp-1 -d .*$", readme, re.M
+    )
+    api_delete = re.search(r'^curl .*-X DELETE "?\$API/instances/alice/exp-3\S*', readme, re.M)
+    environment = {
+        **os.environ,
+        "AUTH": f"Authorization: token {token}",
+        "HUB": f"{hub.url}/hub/api",
+        "API": f"{hub.url}/services/atelier/api/v1",
+    }
+    for name, command in (("exp-1", hub_delete[0]), ("exp-3", api_delete[0])):
+        define = {"user_options": {"image": BASE, "spec": "cpu.2u4g"}}
+        assert hub.api("PUT", f"/users/alice/servers/{name}", token, json=define).ok
+        status = subprocess.run(
+            ["bash", "-c", f"{command} -s -o /dev/null -w '%{{http_code}}'"],
+            env=environment,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert status in ("202", "204"), (command, status)
+        assert name not in hub.servers("alice")
+
+    assert hub.api("PUT", "/users/alice/servers/exp-1", token, json=define).ok
+    refused = hub.api("DELETE", "/users/alice/servers/exp-1", token, json={"remove": True})
+    assert refused.status_code == 400
+    assert refused.json()["message"].endswith(
+        'send {"remove": true, "confirm": "delete-volume"} to go ahead'
+    )
+    refused = hub.atelier("DELETE", "/instances/alice/exp-1", token).json()["error"]
+    assert refused["message"].endswith("add ?confirm=delete-volume to go ahead")
+    assert "exp-1" in hub.servers("alice")

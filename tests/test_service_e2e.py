@@ -1,6 +1,7 @@
 """The Atelier service's REST API end to end: instances, catalog, quotas, audit, scopes."""
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import BASE, TORCH, environ_of
@@ -75,6 +76,12 @@ def test_instance_lifecycle_through_the_api(hub):
         "events"
     ][0]
     assert event["actor"] == "una" and event["source_ip"] == "127.0.0.1" and event["owner"] == "una"
+    query = "/audit?resource=una/api-1&resource_type=volume"
+    volume_events = hub.atelier("GET", query, token).json()["events"]
+    assert [(e["action"], e["actor"], e["source_ip"]) for e in reversed(volume_events)] == [
+        ("createVolume", "una", "127.0.0.1"),
+        ("deleteVolume", "una", "127.0.0.1"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -526,3 +533,41 @@ def test_key_pairs_register_generate_isolate_and_delete(hub, tmp_path):
         ("createKeyPair", "success"),
         ("deleteKeyPair", "success"),
     ]
+
+
+def test_the_instance_limit_names_the_field_and_the_limit(hub):
+    token = hub.add_user("ines")
+    define = {"user_options": {"image": BASE, "spec": "cpu.2u4g"}}
+    for n in range(4):
+        assert hub.api("PUT", f"/users/ines/servers/n{n}", token, json=define).status_code == 201
+    error = error_of(hub.atelier("POST", "/instances", token, json=CREATE), 400)
+    assert error == {
+        "code": "invalid",
+        "field": "name",
+        "message": "at most 4 instances per user (limits.instances_per_user); delete one first",
+    }
+
+
+def test_the_default_role_has_all_but_the_admin_scopes_as_documented(hub):
+    token = hub.add_user("ursula")  # a token with everything the default user role gives
+    for method, path in (("GET", "/instances"), ("GET", "/images"), ("GET", "/specs")):
+        assert hub.atelier(method, path, token).status_code == 200
+    assert hub.atelier("GET", "/keypairs", token).status_code == 200
+    assert hub.atelier("GET", "/audit", token).status_code == 200
+    for method, path, body, scope in (
+        ("GET", "/workspaces", None, "workspaces:admin"),
+        ("POST", "/images", {"name": "jax_0.4.30-cpu-py_3.11-debian_12-x86_64"}, "images:admin"),
+    ):
+        error = error_of(hub.atelier(method, path, token, json=body), 403)
+        assert error["message"] == f"this needs the scope custom:atelier:{scope}"
+
+    openapi = hub.atelier("GET", "/openapi.json").json()
+    assert "default role has all but the two `:admin` ones" in openapi["info"]["description"]
+    for (path, method), summary in (
+        (("/workspaces", "get"), "not in the default user role"),
+        (("/images", "post"), "not in the default user role"),
+        (("/instances", "post"), "in every user's default role"),
+    ):
+        assert summary in openapi["paths"][path][method]["description"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "Every user's default role has all but the two `:admin` scopes" in readme
