@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,12 @@ from atelier.spawner.devices import Device
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "atelier.yaml"
 SHARED_DIR = Path("/var/lib/atelier")  # as root: apart from the clone, wherever that is
+
+
+def shipped(key: str) -> Callable[[], list]:
+    """One of the shipped atelier.yaml's entries: the one source of the default catalog, so
+    a custom file need not repeat it."""
+    return lambda: yaml.safe_load(DEFAULT_CONFIG.read_text())[key]
 
 
 class ConfigError(ValueError):
@@ -194,8 +201,18 @@ class Settings(Strict):
     autostop_every_seconds: int = Field(60, ge=1, le=3600)
     service_port: int = Field(8002, ge=1, le=65535, description="the Atelier service, on loopback")
     audit_retention_days: int = Field(7, ge=1, le=3650)
-    images: list[ImageConfig] = Field(min_length=1)
-    specs: list[SpecConfig] = Field(min_length=1)
+    images: list[ImageConfig] = Field(
+        default_factory=shipped("images"),
+        validate_default=True,
+        min_length=1,
+        description="the catalog seeded at first start; default: the shipped file's",
+    )
+    specs: list[SpecConfig] = Field(
+        default_factory=shipped("specs"),
+        validate_default=True,
+        min_length=1,
+        description="the specs seeded at first start; default: the shipped file's",
+    )
 
     @field_validator("images", "specs")
     @classmethod
