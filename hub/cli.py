@@ -1,4 +1,5 @@
-"""The `atelier` command: run the hub, mint API tokens, and curate images and specs."""
+"""The `atelier` command: run the hub, mint API tokens, curate images and specs, and reach
+instances and the audit log through the Atelier API."""
 
 from __future__ import annotations
 
@@ -7,60 +8,31 @@ import json
 import os
 import sys
 
-from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
-from atelier.hub.store import CatalogError, Store
+from atelier.hub.cli_catalog import (
+    UsageError,
+    build_images,
+    buildable_images,
+    cmd_images,
+    cmd_specs,
+    print_rows,
+    settings_for,
+)
+from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings
+from atelier.hub.store import CatalogError
 from atelier.spawner import core
 
 CONFIG_FILE = PROJECT_ROOT / "config" / "jupyterhub_config.py"
-
-
-class UsageError(Exception):
-    pass
-
-
-def settings_for(args) -> Settings:
-    return load_settings(args.config, data_dir=getattr(args, "data_dir", None))
-
-
-def open_store(args) -> Store:
-    from atelier.hub.context import store_url
-
-    settings = settings_for(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(store_url(settings))
-    store.seed(*settings.initial_catalog())
-    return store
+DAY = 86400
 
 
 # run ----------------------------------------------------------------------------------------
-def buildable_images(settings: Settings) -> list[str]:
-    """Catalog images with a local definition that this machine can run, built or not."""
-    from atelier.hub.context import Context
-    from atelier.spawner.envs import has_definition
-
-    context = Context.from_settings(settings)
-    context.store.seed(*settings.initial_catalog())
-    return [i.name for i in context.catalog().runnable_images() if has_definition(i.name)]
-
-
-def build_images(settings: Settings, names: list[str]) -> None:
-    """Build image environments one after another, printing which (i/n) and each step."""
-    from atelier.spawner.envs import build_env
-
-    def progress(prefix: str):
-        return lambda step: print(f"{prefix}: {step}", flush=True)
-
-    for number, name in enumerate(names, 1):
-        build_env(settings.resolved_envs_dir, name, progress(f"[{number}/{len(names)}] {name}"))
-
-
 def cmd_run(args) -> None:
     from atelier.hub.hubconfig import prepare_data_dir
 
-    settings = load_settings(args.config, data_dir=args.data_dir, port=args.port)
+    settings = settings_for(args)
     for key, value in (
         ("ATELIER_CONFIG", args.config),
-        ("ATELIER_DATA_DIR", args.data_dir),
+        ("ATELIER_DATA_DIR", settings.data_dir),
         ("ATELIER_PORT", args.port),
         ("ATELIER_STOP_INSTANCES_ON_EXIT", "1" if args.stop_instances_on_exit else None),
     ):
@@ -76,115 +48,24 @@ def cmd_run(args) -> None:
 
 # token --------------------------------------------------------------------------------------
 def cmd_token(args) -> None:
+    """A token of a hub user, from the hub's own database wherever this runs."""
     from jupyterhub import orm
 
-    settings = settings_for(args)
-    database = settings.data_dir.absolute() / "jupyterhub.sqlite"
+    if not 0 <= args.expires_in_days <= 3650:
+        raise UsageError(
+            f"--expires-in-days: must be from 0 (never) to 3650, got {args.expires_in_days}"
+        )
+    database = settings_for(args).data_dir / "jupyterhub.sqlite"
     if not database.exists():
-        raise UsageError(f"no hub database at {database}: start the hub once with `atelier run`")
+        raise UsageError(
+            f"no hub state at {database}: start the hub once with `atelier run`, "
+            "or name its configuration with --config or ATELIER_CONFIG"
+        )
     db = orm.new_session_factory(f"sqlite:///{database}")()
     user = orm.User.find(db, args.user)
     if user is None:
         raise UsageError(f"no hub user named {args.user!r}; sign them up or add them first")
-    print(user.new_api_token(note=args.note))
-
-
-# images and specs ----------------------------------------------------------------------------
-IMAGE_COLUMNS = (
-    "name",
-    "flavor",
-    "engine",
-    "engine_version",
-    "status",
-    "successor",
-    "visibility",
-    "display_name",
-)
-SPEC_COLUMNS = (
-    "name",
-    "flavor",
-    "cpu",
-    "memory_gb",
-    "accelerator_type",
-    "accelerator_count",
-    "disabled",
-)
-
-
-def image_row(image: core.Image) -> dict:
-    return {column: core.image_json(image)[column] for column in IMAGE_COLUMNS}
-
-
-def spec_row(spec: core.Spec) -> dict:
-    return {column: core.spec_json(spec)[column] for column in SPEC_COLUMNS}
-
-
-def print_rows(rows: list[dict], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        print("(none)")
-        return
-    columns = list(rows[0])
-    cells = [[("" if row[c] is None else str(row[c])) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def image_changes(args) -> dict:
-    changes = {
-        "display_name": args.display_name,
-        "description": args.description,
-        "status": getattr(args, "status", None),
-        "successor": getattr(args, "successor", None),
-    }
-    if args.accelerator_types is not None:
-        changes["accelerator_types"] = tuple(filter(None, args.accelerator_types.split(",")))
-    return {key: value for key, value in changes.items() if value is not None}
-
-
-def cmd_images(args) -> None:
-    store = open_store(args)
-    if args.action == "list":
-        print_rows([image_row(i) for i in store.images()], args.json)
-    elif args.action == "add":
-        image = store.add_image(core.Image(args.name, **image_changes(args)))
-        print(f"added image {image.name} ({image.flavor})")
-    elif args.action == "update":
-        image = store.update_image(args.name, **image_changes(args))
-        print(f"updated image {image.name}: status {image.status}")
-    elif args.action == "disable":
-        store.update_image(args.name, status="disabled")
-        print(f"disabled image {args.name}: it can no longer start instances")
-    elif args.action == "delete":
-        store.delete_image(args.name)
-        print(f"deleted image {args.name}")
-    elif args.action == "build":
-        settings = settings_for(args)
-        build_images(settings, args.names or buildable_images(settings))
-
-
-def cmd_specs(args) -> None:
-    store = open_store(args)
-    if args.action == "list":
-        print_rows([spec_row(s) for s in store.specs()], args.json)
-    elif args.action == "add":
-        spec = store.add_spec(core.Spec(args.name, args.display_name or ""))
-        print(f"added spec {spec.name}")
-    elif args.action == "update":
-        store.update_spec(
-            args.name, **({"display_name": args.display_name} if args.display_name else {})
-        )
-        print(f"updated spec {args.name}")
-    elif args.action in ("disable", "enable"):
-        store.update_spec(args.name, disabled=args.action == "disable")
-        print(f"{args.action}d spec {args.name}")
-    elif args.action == "delete":
-        store.delete_spec(args.name)
-        print(f"deleted spec {args.name}")
+    print(user.new_api_token(note=args.note, expires_in=args.expires_in_days * DAY or None))
 
 
 # instances and audit, through the Atelier API (the SDK) ---------------------------------------
@@ -202,59 +83,128 @@ INSTANCE_COLUMNS = (
 )
 
 
-def cmd_instances(args) -> None:
+def local_api_url(settings: Settings) -> str:
+    """The Atelier API of the hub this machine's atelier.yaml describes."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.ip, settings.ip)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}/services/atelier/api/v1"
+
+
+def call_api(args, work):
+    """Run `work(client)` against the Atelier API: --url, else $ATELIER_API_URL, else the hub
+    of this machine's atelier.yaml; the token from --token, else $JUPYTERHUB_API_TOKEN.
+    Refusals and an unreachable hub become one-line errors."""
     from atelier.sdk import AtelierError, Client
 
-    if args.action != "list" and not args.name:
-        raise UsageError(f"`atelier instances {args.action}` needs an instance name")
-    client = Client(args.url, args.token)
-    options = {
-        key: value
-        for key, value in (
-            ("image", args.image),
-            ("spec", args.spec),
-            ("autostop_hours", args.autostop_hours),
-            ("volume_gb", args.volume_gb),
-            ("tags", dict(tag.split("=", 1) for tag in args.tag) if args.tag else None),
+    url = args.url or os.environ.get("ATELIER_API_URL") or local_api_url(settings_for(args))
+    token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        raise UsageError(
+            "no API token: pass --token or set JUPYTERHUB_API_TOKEN (a token from the hub's "
+            "/hub/token page, or on the hub's machine `atelier token USER`)"
         )
-        if value is not None
-    }
     try:
-        if args.action == "list":
-            rows = client.instances(args.owner)
-        elif args.action == "create":
-            rows = [client.create_instance(args.name, owner=args.owner, **options)]
-        elif args.action == "delete":
-            client.delete_instance(args.name, args.owner, delete_volume=args.delete_volume)
-            print(f"deleted instance {args.name} and its work volume")
-            return
-        elif args.action == "expand":
-            rows = [client.expand_volume(args.name, args.add_gb, args.owner)]
-        else:
-            call = {
-                "show": client.instance,
-                "start": client.start_instance,
-                "stop": client.stop_instance,
-            }.get(args.action)
-            rows = [
-                call(args.name, args.owner)
-                if call
-                else client.update_instance(args.name, args.owner, **options)
-            ]
+        return work(Client(url, token))
     except AtelierError as error:
         raise UsageError(str(error)) from None
-    print_rows(
-        [{c: row[c] for c in INSTANCE_COLUMNS} for row in rows] if not args.json else rows,
-        args.json,
-    )
+    except OSError as error:
+        reason = getattr(error, "reason", None) or error
+        raise UsageError(
+            f"cannot reach the Atelier API at {url} ({reason}): is the hub running?"
+        ) from None
+
+
+# reason: why a failed instance failed
+INSTANCE_COLUMNS = (
+    "owner",
+    "name",
+    "status",
+    "image",
+    "spec",
+    "volume_gb",
+    "tags",
+    "created",
+    "reason",
+)
+
+
+def instance_row(instance: dict) -> dict:
+    """A table row; VOLUME_GB is the volume's real size once it exists (its requested size
+    before its first start)."""
+    row = {column: instance.get(column) for column in INSTANCE_COLUMNS}
+    row["volume_gb"] = (instance.get("volume") or {}).get("size_gb", instance["volume_gb"])
+    return row
+
+
+def instance_options(args) -> dict:
+    tags = None
+    if args.tag:
+        malformed = [tag for tag in args.tag if "=" not in tag]
+        if malformed:
+            raise UsageError(f"--tag: {malformed[0]!r} is not key=value")
+        tags = dict(tag.split("=", 1) for tag in args.tag)
+    options = {
+        "image": args.image,
+        "spec": args.spec,
+        "autostop_hours": args.autostop_hours,
+        "volume_gb": args.volume_gb,
+        "tags": tags,
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def cmd_instances(args) -> None:
+    name, owner = args.name, args.owner
+    if args.action != "list" and not name:
+        raise UsageError(f"`atelier instances {args.action}` needs an instance name")
+    if args.action == "delete" and not args.delete_volume:
+        raise UsageError(
+            f"deleting {name} deletes its work volume and every file on it: "
+            "add --delete-volume to go ahead"
+        )
+    if args.action == "expand" and args.add_gb is None:
+        raise UsageError("`atelier instances expand` needs --add-gb N")
+    options = instance_options(args)
+
+    def work(client) -> dict | list[dict] | None:
+        match args.action:
+            case "list":
+                listed = client.instances(owner)
+                return (
+                    listed
+                    if args.json
+                    else [client.instance(i["name"], i["owner"]) for i in listed]
+                )
+            case "create":
+                return client.create_instance(name, owner=owner, **options)
+            case "update":
+                return client.update_instance(name, owner, **options)
+            case "expand":
+                return client.expand_volume(name, args.add_gb, owner)
+            case "delete":
+                return client.delete_instance(name, owner, delete_volume=True)
+        call = {
+            "show": client.instance,
+            "start": client.start_instance,
+            "stop": client.stop_instance,
+        }
+        return call[args.action](name, owner)
+
+    result = call_api(args, work)
+    if args.action == "delete":
+        print(f"deleted instance {name} and its work volume")
+    elif args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_rows(
+            [instance_row(i) for i in (result if args.action == "list" else [result])], False
+        )
 
 
 def cmd_audit(args) -> None:
-    from atelier.sdk import AtelierError, Client
-
     filters = {
-        k: getattr(args, k)
-        for k in (
+        key: getattr(args, key)
+        for key in (
             "user",
             "resource_type",
             "resource",
@@ -265,15 +215,14 @@ def cmd_audit(args) -> None:
             "offset",
         )
     }
-    try:
-        page = Client(args.url, args.token).audit(**filters)
-    except AtelierError as error:
-        raise UsageError(str(error)) from None
+    page = call_api(args, lambda client: client.audit(**filters))
     print_rows(page["events"], args.json)
 
 
 def api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the Atelier API (default: $ATELIER_API_URL)")
+    parser.add_argument(
+        "--url", help="the Atelier API (default: $ATELIER_API_URL, else this machine's hub)"
+    )
     parser.add_argument("--token", help="an API token (default: $JUPYTERHUB_API_TOKEN)")
     parser.add_argument("--json", action="store_true")
 
@@ -298,6 +247,7 @@ def parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print a new API token for a hub user")
     token.add_argument("user")
     token.add_argument("--note", default="atelier token")
+    token.add_argument("--expires-in-days", type=int, default=30, help="0: never (default 30)")
     token.add_argument("--data-dir")
     token.set_defaults(func=cmd_token)
 
@@ -345,7 +295,9 @@ def parser() -> argparse.ArgumentParser:
                     sub.add_argument("--accelerator-types", help="comma-separated, e.g. a100,h100")
                 if noun == "images" and action == "update":
                     sub.add_argument("--status", choices=core.IMAGE_STATUSES)
-                    sub.add_argument("--successor", help="image that replaces a deprecated one")
+                    sub.add_argument(
+                        "--successor", help='image that replaces a deprecated one ("": none)'
+                    )
         if noun == "images":
             build = actions.add_parser("build", help="build local environments of images")
             build.add_argument("names", nargs="*")
@@ -357,9 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CatalogError, UsageError) as error:
+    except (ConfigError, CatalogError, UsageError, OSError) as error:
         print(f"atelier: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("atelier: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

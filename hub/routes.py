@@ -251,9 +251,15 @@ class CatalogBase(BaseHandler):
     def catalog_change(self, caller: Caller, action: str, name: str, change):
         """Apply a catalog change, audit it, and map refusals to 400/404."""
         try:
-            result = change()
+            return self.context.store.audited_catalog_change(
+                change,
+                actor=caller.name,
+                source_ip=caller.source_ip,
+                action=action,
+                kind=self.noun,
+                name=name,
+            )
         except CatalogError as error:
-            self.audit(caller, action, self.noun, name, "failure", str(error))
             status = 404 if str(error).startswith("name: no ") else 400
             raise APIError(
                 status,
@@ -263,8 +269,6 @@ class CatalogBase(BaseHandler):
             ) from None
         except (TypeError, ValueError) as error:
             raise APIError(400, "invalid", str(error)) from None
-        self.audit(caller, action, self.noun, name)
-        return result
 
 
 class ImagesHandler(CatalogBase):

@@ -432,6 +432,27 @@ class Store:
         with self.session() as db, db.begin():
             db.add(AuditEvent(**event))
 
+    def audited_catalog_change(
+        self, change, *, actor: str, source_ip: str, action: str, kind: str, name: str
+    ):
+        """Apply a catalog change and audit it, refused or done: the API and the CLI both
+        change the catalog through here, so neither door goes unaudited."""
+        event = dict(
+            actor=actor,
+            source_ip=source_ip,
+            action=action,
+            resource_type=kind,
+            resource=name,
+            owner="",
+        )
+        try:
+            result = change()
+        except CatalogError as error:
+            self.record(**event, result="failure", reason=str(error))
+            raise
+        self.record(**event, result="success", reason="")
+        return result
+
     def audit(
         self,
         *,

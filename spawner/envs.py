@@ -2,7 +2,9 @@
 
 Each image folder in `images/` holds a `requirements.txt`; its environment is a virtual
 environment built from the system Python (readable by every instance account) plus
-Atelier's jupyter-server extension. A stamp of the requirements makes rebuilds no-ops.
+Atelier's jupyter-server extension. A stamp of the requirements, written last, marks an
+environment as built and makes rebuilds no-ops; a build that fails or is cut off leaves no
+environment that looks built.
 """
 
 from __future__ import annotations
@@ -37,12 +39,10 @@ def env_python_bin(envs_dir: Path, image: str) -> Path:
 
 
 def built_envs(envs_dir: Path) -> frozenset[str]:
-    """Images whose environment can start a JupyterLab server."""
+    """Images whose environment was built to the end (a half-built one has no stamp)."""
     if not envs_dir.is_dir():
         return frozenset()
-    return frozenset(
-        env.name for env in envs_dir.iterdir() if (env / "bin" / "jupyterhub-singleuser").exists()
-    )
+    return frozenset(env.name for env in envs_dir.iterdir() if (env / STAMP).exists())
 
 
 def requirements_file(image: str) -> Path:
@@ -91,27 +91,32 @@ def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) ->
     target = envs_dir / image
     if is_built(envs_dir, image):
         log("already built")
+        log("installing Atelier's extension")
+        install_extension(target)
     else:
-        log("creating the environment")
-        shutil.rmtree(target, ignore_errors=True)
-        envs_dir.mkdir(parents=True, exist_ok=True)
-        run(base_python(), "-m", "venv", str(target))
-        pip = str(target / "bin" / "pip")
-        log("installing packages (a few minutes the first time)")
-        run(
-            pip,
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-            str(requirements_file(image)),
-        )
-        (target / STAMP).write_text(requirements_digest(requirements_file(image)))
-    log("installing Atelier's extension")
-    install_extension(target)
+        try:
+            create_env(target, image, log)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)  # failed or interrupted: nothing half-built
+            raise
     envs_dir.chmod(0o755)
     log(f"done in {time.monotonic() - started:.0f} s")
     return target
+
+
+def create_env(target: Path, image: str, log: Callable[[str], None]) -> None:
+    """A fresh environment in place (a virtual environment cannot move), stamped last."""
+    log("creating the environment")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    run(base_python(), "-m", "venv", str(target))
+    log("installing packages (a few minutes the first time)")
+    requirements = requirements_file(image)
+    pip = str(target / "bin" / "pip")
+    run(pip, "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements))
+    log("installing Atelier's extension")
+    install_extension(target)
+    (target / STAMP).write_text(requirements_digest(requirements))
 
 
 def install_extension(env: Path) -> None:
