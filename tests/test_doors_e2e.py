@@ -16,7 +16,6 @@ from conftest import BASE, sign_in, sign_up, xsrf
 
 from atelier.sdk import Client
 from atelier.spawner.envs import STAMP
-from atelier.spawner.envs import STAMP
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +159,6 @@ def test_a_failed_start_shows_failed_with_the_reason_across_a_restart(hub, envs_
     broken = envs_dir / BROKEN / "bin"
     broken.mkdir(parents=True, exist_ok=True)
     (broken / "jupyterhub-singleuser").write_text("not a program\n")  # present, not executable
-    (envs_dir / BROKEN / STAMP).write_text("")  # built to the end, as far as the hub knows
     (envs_dir / BROKEN / STAMP).write_text("")  # built to the end, as far as the hub knows
     assert hub.atelier("POST", "/images", json={"name": BROKEN}).status_code == 201
     token = hub.add_user("fay")
