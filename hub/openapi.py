@@ -216,6 +216,13 @@ SCHEMAS = {
 
 OWNER = {"name": "owner", "in": "path", "required": True, "schema": ARGUMENT}
 NAME = {"name": "name", "in": "path", "required": True, "schema": ARGUMENT}
+KEY_PAIR_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": ARGUMENT,
+    "description": "the key pair's id (`id` in its listing), not its name",
+}
 
 
 def query(name: str, schema: dict, description: str) -> dict:
@@ -391,25 +398,26 @@ OPERATIONS = {
     ),
     ("/keypairs", "post"): (
         "Register a public key (ed25519, ecdsa, RSA >= 3072), or generate one: the private key "
-        "is in this answer only; at most `limits.keypairs_per_user` (20) each",
+        "is in this answer only; a name once per user (409); at most `limits.keypairs_per_user` "
+        "(20) each",
         "keypairs:manage",
         [],
         "KeyPairCreate",
         201,
         "KeyPair",
     ),
-    ("/keypairs/{name}", "get"): (
+    ("/keypairs/{id}", "get"): (
         "Show a key pair",
         "keypairs:manage",
-        [NAME],
+        [KEY_PAIR_ID],
         None,
         200,
         "KeyPair",
     ),
-    ("/keypairs/{name}", "delete"): (
+    ("/keypairs/{id}", "delete"): (
         "Delete a key pair",
         "keypairs:manage",
-        [NAME],
+        [KEY_PAIR_ID],
         None,
         204,
         None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from atelier.hub import ssh
@@ -98,6 +98,7 @@ class KeyPairRecord(Base):
     """A user's SSH public key (the private key is never stored)."""
 
     __tablename__ = "keypairs"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_keypairs_owner_name"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255), index=True)
     name: Mapped[str] = mapped_column(String(64))

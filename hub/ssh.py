@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from atelier.spawner import core
 
 MAX_CIDRS = 20
+IDENTITY = "~/.ssh/atelier"  # where the README and the SSH page say to save the private key
 LOGIN = re.compile(r"^(?P<owner>[^+\s]{1,255})\+(?P<instance>[a-z0-9-]{1,64})$")
 
 
@@ -135,7 +136,8 @@ class FailureLimit:
 
 
 def ssh_command(owner: str, instance: str, host: str, port: int) -> str:
-    return f"ssh -p {port} {owner}+{instance}@{host}"
+    """The command the README shows, with the key a generated pair is saved as."""
+    return f"ssh -i {IDENTITY} -p {port} {owner}+{instance}@{host}"
 
 
 def ssh_config(owner: str, instance: str, host: str, port: int) -> str:
@@ -145,6 +147,6 @@ def ssh_config(owner: str, instance: str, host: str, port: int) -> str:
         f"    HostName {host}\n"
         f"    Port {port}\n"
         f"    User {owner}+{instance}\n"
-        "    IdentityFile ~/.ssh/atelier\n"
+        f"    IdentityFile {IDENTITY}\n"
         "    IdentitiesOnly yes\n"
     )

@@ -352,6 +352,10 @@ class Store:
                 created=utcnow(),
             )
             db.add(record)
+            try:  # the unique constraint decides, so two requests at once cannot both win
+                db.flush()
+            except IntegrityError:
+                raise CatalogError("name", f"a key pair named {name} already exists") from None
             return record.to_json()
 
     def delete_keypair(self, owner: str, key_id: str) -> bool:

@@ -1,10 +1,16 @@
-"""SSH public keys: accepted kinds, OpenSSH's own fingerprints, generated pairs."""
+"""SSH public keys: accepted kinds, OpenSSH's own fingerprints, generated pairs, one name
+once per user."""
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from alembic import command
+from sqlalchemy import create_engine, text
 
+from atelier.hub import records
 from atelier.hub.keypairs import generate_key_pair, inspect_public_key
+from atelier.hub.store import CatalogError, Store
 from atelier.spawner.core import OptionsError
 
 
@@ -57,3 +63,40 @@ def test_generated_pair_is_a_real_openssh_key(tmp_path):
     derived = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True)
     assert derived.stdout.split()[:2] == public.split()[:2]
     assert inspect_public_key(public).algorithm == "ssh-ed25519"
+
+
+def add(store: Store, owner: str, name: str) -> dict:
+    key = inspect_public_key(generate_key_pair(f"{owner}@atelier {name}")[1])
+    return store.add_keypair(owner, name, key.openssh, key.fingerprint, key.algorithm)
+
+
+def test_a_name_is_taken_once_per_user_even_by_requests_at_once(tmp_path):
+    stores = [Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}") for _ in range(8)]
+    add(stores[0], "bob", "laptop")  # another user's name is no matter
+
+    def attempt(store: Store) -> str:
+        try:
+            return add(store, "alice", "laptop")["name"]
+        except CatalogError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        results = sorted(pool.map(attempt, stores))
+    assert results == ["laptop"] + ["name: a key pair named laptop already exists"] * 7
+    assert [k["name"] for k in stores[0].keypairs("alice")] == ["laptop"]
+
+
+def test_duplicate_names_from_before_are_renamed_by_the_migration(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+    with engine.begin() as connection:
+        command.upgrade(records.alembic_config(connection), "0009")
+        for key_id, created in (("a1", "2024-01-01"), ("a2", "2024-02-01")):
+            connection.execute(
+                text(
+                    "INSERT INTO keypairs VALUES (:id, 'alice', 'laptop', 'ssh-ed25519 AAAA', "
+                    "'SHA256:x', 'ssh-ed25519', :created)"
+                ),
+                {"id": key_id, "created": created},
+            )
+    store = Store(str(engine.url))
+    assert [k["name"] for k in store.keypairs("alice")] == ["laptop", "laptop-a2"]

@@ -188,7 +188,10 @@ def test_ssh_page_adds_key_pairs_and_sets_instance_access(hub):
         f"{api}/instances/admin/sshpage", json=access, headers=headers, timeout=30
     )
     assert changed.status_code == 200, changed.text
-    assert changed.json()["ssh"]["command"] == f"ssh -p {hub.ssh_port} admin+sshpage@localhost"
+    assert (
+        changed.json()["ssh"]["command"]
+        == f"ssh -i ~/.ssh/atelier -p {hub.ssh_port} admin+sshpage@localhost"
+    )
     listed = session.get(f"{api}/keypairs", headers=headers, timeout=30).json()["keypairs"]
     assert [key["name"] for key in listed] == ["page"]
     assert "private_key" not in listed[0]
@@ -202,7 +205,7 @@ def test_ssh_page_in_a_browser_from_new_key_to_a_working_login(hub, browser, tmp
     wait = browser_home(hub, browser)
     browser.find_element(By.ID, "ssh-page").click()
     card = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "[data-instance=sshpage]"))
-    assert f"ssh -p {hub.ssh_port} admin+sshpage@localhost" in card.text
+    assert f"ssh -i ~/.ssh/atelier -p {hub.ssh_port} admin+sshpage@localhost" in card.text
 
     browser.find_element(By.ID, "key-name").send_keys("browser")
     click(browser, browser.find_element(By.CSS_SELECTOR, "#add-keypair button"))

@@ -3,6 +3,8 @@
 import os
 import pwd
 import socket
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,7 @@ from atelier.hub.keypairs import deployment_keys
 from atelier.spawner import accounts, sshendpoint
 from atelier.spawner.core import OptionsError
 
+README = Path(__file__).parents[1] / "README.md"
 KEYS = {"k1", "k2"}
 NOBODY = pwd.getpwnam("nobody")
 OPEN = ssh.Access(True, ("k1",), ("127.0.0.0/8", "2001:db8::/32"))
@@ -117,14 +120,15 @@ def test_failed_logins_are_limited_per_address_within_the_window():
     assert limit.failures == {}  # forgotten once the window has passed
 
 
-def test_connection_help_names_user_instance_and_port():
-    assert ssh.ssh_command("alice", "lab", "hub.example.org", 2222) == (
-        "ssh -p 2222 alice+lab@hub.example.org"
-    )
-    block = ssh.ssh_config("alice", "lab", "hub.example.org", 2222)
-    assert "Host atelier-lab\n" in block
-    assert "    User alice+lab\n" in block
-    assert "    Port 2222\n" in block
+def test_connection_help_is_what_the_readme_shows():
+    """The command and the ~/.ssh/config block the API and the SSH page show, with the key."""
+    command = ssh.ssh_command("alice", "exp-1", "hub.example.org", 2222)
+    assert command == "ssh -i ~/.ssh/atelier -p 2222 alice+exp-1@hub.example.org"
+    readme = README.read_text()
+    assert command in (line.split("#")[0].strip() for line in readme.splitlines())
+    block = ssh.ssh_config("alice", "exp-1", "hub.example.org", 2222)
+    assert textwrap.indent(block, "   ") in readme
+    assert "    IdentityFile ~/.ssh/atelier\n" in block
 
 
 def test_deployment_keys_are_made_once_and_kept(tmp_path):

@@ -106,7 +106,10 @@ def test_the_instance_shows_how_to_connect(hub, setup):
     instance = hub.atelier("GET", f"/instances/{USER}/lab", setup["token"]).json()
     assert instance["ssh"]["enabled"] is True
     assert instance["ssh"]["keypairs"] == [setup["key"]["id"]]
-    assert instance["ssh"]["command"] == f"ssh -p {hub.ssh_port} {USER}+lab@localhost"
+    assert (
+        instance["ssh"]["command"]
+        == f"ssh -i ~/.ssh/atelier -p {hub.ssh_port} {USER}+lab@localhost"
+    )
     assert f"User {USER}+lab" in instance["ssh"]["config"]
 
 
@@ -545,6 +548,29 @@ def test_the_host_key_is_the_deployments_own(hub, setup):
     offered = scan.stdout.split()[2]
     kept = (hub.dir / "data" / "ssh" / "host_ed25519_key.pub").read_text().split()[1]
     assert offered == kept
+
+
+def test_the_documented_key_pair_path_takes_the_id(hub, setup):
+    document = hub.atelier("GET", "/openapi.json").json()
+    path = next(p for p in document["paths"] if p.startswith("/keypairs/"))
+    assert path == "/keypairs/{id}"
+    for method in ("get", "delete"):
+        assert [p["name"] for p in document["paths"][path][method]["parameters"]] == ["id"]
+    shown = hub.atelier("GET", path.format(id=setup["spare"]["id"]), setup["token"])
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["name"] == "spare"
+
+
+def test_a_key_pair_name_is_taken_once_per_user(hub, setup):
+    token = setup["token"]
+    before = hub.atelier("GET", "/keypairs", token).json()["keypairs"]
+    again = hub.atelier("POST", "/keypairs", token, json={"name": "spare", "generate": True})
+    assert again.status_code == 409, again.text
+    error = again.json()["error"]
+    assert (error["field"], error["message"]) == ("name", "a key pair named spare already exists")
+    assert hub.atelier("GET", "/keypairs", token).json()["keypairs"] == before
+    body = {"name": "spare", "generate": True}
+    assert hub.atelier("POST", "/keypairs", setup["other_token"], json=body).status_code == 201
 
 
 def test_deleting_a_key_refuses_it_at_once(hub, setup):
