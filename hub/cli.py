@@ -235,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="start the hub (proxy, instances, services)")
     run.add_argument("--port", type=int, help="public port (default from atelier.yaml: 8000)")
-    run.add_argument("--data-dir", help="state directory (default .atelier)")
+    run.add_argument("--data-dir", help="state directory (default: data_dir of atelier.yaml)")
     run.add_argument("--no-build", action="store_true", help="do not build image environments")
     run.add_argument(
         "--stop-instances-on-exit",
@@ -248,7 +248,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("user")
     token.add_argument("--note", default="atelier token")
     token.add_argument("--expires-in-days", type=int, default=30, help="0: never (default 30)")
-    token.add_argument("--data-dir")
+    token.add_argument("--data-dir", help="the hub's state (default: as `atelier run`)")
     token.set_defaults(func=cmd_token)
 
     instances = commands.add_parser("instances", help="your instances, through the Atelier API")
