@@ -164,6 +164,8 @@ def cmd_instances(args) -> None:
         )
     if args.action == "expand" and args.add_gb is None:
         raise UsageError("`atelier instances expand` needs --add-gb N")
+    if args.action == "create" and not (args.image and args.spec):
+        raise UsageError("`atelier instances create` needs --image and --spec")
     options = instance_options(args)
 
     def work(client) -> dict | list[dict] | None:

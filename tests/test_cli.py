@@ -246,7 +246,22 @@ def run_cli(*argv) -> tuple[int, str, str]:
             "atelier: cannot reach the Atelier API at http://127.0.0.1:{port}/",
         ),
         (
-            ("instances", "create", "exp-1", "--tag", "team", "--token", "x"),
+            ("instances", "create", "exp-1", "--spec", "cpu.2u4g", "--token", "x"),
+            {},
+            "atelier: `atelier instances create` needs --image and --spec",
+        ),
+        (
+            (
+                "instances",
+                "create",
+                "exp-1",
+                "--image",
+                BASE,
+                "--spec",
+                "cpu.2u4g",
+                "--tag",
+                "team",
+            ),
             {},
             "atelier: --tag: 'team' is not key=value",
         ),
