@@ -46,6 +46,17 @@ def test_instance_lifecycle_through_the_api(hub):
         "field": "image",
         "message": "can change only while the instance is stopped, it is running",
     }
+    # the README's PATCH of a running instance: the answer shows it restarted on the new spec,
+    # with what the PATCH did not name kept
+    respecced = hub.atelier("PATCH", "/instances/una/api-1", token, json={"spec": "cpu.2u8g"})
+    assert respecced.status_code == 200, respecced.text
+    shown = {key: respecced.json()[key] for key in ("status", "spec", "tags", "autostop_hours")}
+    assert shown == {
+        "status": "running",
+        "spec": "cpu.2u8g",
+        "tags": {"team": "nlp"},
+        "autostop_hours": 2,
+    }
     quotas = hub.atelier("GET", "/quotas", token).json()
     assert quotas["instances"] == {"used": 1, "allowed": 4}
 
@@ -70,6 +81,7 @@ def test_instance_lifecycle_through_the_api(hub):
         ("updateNotebook", "success"),
         ("startNotebook", "success"),
         ("updateNotebook", "failure"),
+        ("updateNotebook", "success"),
         ("deleteNotebook", "success"),
     ]
     event = hub.atelier("GET", "/audit?action=createNotebook&resource=una/api-1", token).json()[
