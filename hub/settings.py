@@ -87,6 +87,9 @@ class LimitsConfig(Strict):
     volume_max_gb: int = Field(4096, ge=1, le=65536)
     volume_step_max_gb: int = Field(100, ge=1, le=4096)
     volume_quota_gb: int = Field(200, ge=1, le=1_000_000)
+    ephemeral_storage_gb: int = Field(
+        10, ge=1, le=4096, description="each instance's disk outside work/, reset at every start"
+    )
     keypairs_per_user: int = Field(20, ge=1, le=1000)
 
     def to_limits(self) -> core.Limits:

@@ -1,10 +1,11 @@
 """What the local backend does to the host: system accounts and the shared dir's layout.
 
 The shared dir holds what instance accounts must reach: image environments (envs/), instance
-homes (homes/<account>/<instance>), volume mount points (mounts/<account>/<instance>), volume
-backing files (volumes/<account>/) and SSH endpoint sockets (run/). Every directory in it is
-root's except each instance's home, so nothing the hub does as root passes through a path
-component a user can write. It is apart from the data dir, which is the hub's alone (0700).
+homes (homes/<account>/<instance>), volume mount points (mounts/<account>/<instance>), the
+backing files of volumes and homes (volumes/<account>/) and SSH endpoint sockets (run/). Every
+directory in it is root's except each instance's home (as root, a filesystem of its own
+mounted there), so nothing the hub does as root passes through a path component a user can
+write. It is apart from the data dir, which is the hub's alone (0700).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def prepare_shared_dir(shared_dir: Path) -> None:
 
 
 def instance_home(shared_dir: Path, account: str, instance: str) -> Path:
-    """An instance's directory: its HOME and JupyterLab root, with work/ linking to its volume."""
+    """An instance's directory: its HOME and JupyterLab root, with work/ linking to its volume
+    (atelier.spawner.homes makes it afresh at every start)."""
     return Path(shared_dir) / "homes" / account / instance
 
 

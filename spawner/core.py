@@ -54,6 +54,7 @@ class Limits:
     volume_max_gb: int = 4096
     volume_step_max_gb: int = 100
     volume_quota_gb: int = 200  # all of one user's volumes together
+    ephemeral_storage_gb: int = 10  # each instance's disk outside work/, reset at every start
     keypairs_per_user: int = 20
 
 

@@ -27,6 +27,7 @@ from atelier.spawner.devices import (
     visible_devices_environment,
 )
 from atelier.spawner.envs import built_envs, env_python_bin
+from atelier.spawner.homes import InstanceHome
 from atelier.spawner.volumes import LocalVolume, VolumeUnavailable
 
 
@@ -186,10 +187,11 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             except DevicesUnavailable as error:
                 raise SpawnException(str(error), reason="devices", status_code=400) from None
             self.held_devices = held
-            self._report(45, "Preparing the work directory")
+            self._report(45, "Preparing a fresh home")
             self.account = await self._prepare_account()
             owner = self.account if self.isolate_users else None
-            accounts.prepare_private_dir(self.home, owner)
+            size_gb = self.core_limits.ephemeral_storage_gb
+            await asyncio.to_thread(self.instance_home.reset, size_gb, owner)
             self._report(55, "Attaching the work volume")
             self._attach_volume()
             self._create_cgroups(plan, held)
@@ -246,6 +248,10 @@ class LocalInstanceSpawner(LocalProcessSpawner):
                 self.popen_kwargs = popen_kwargs
 
     @property
+    def instance_home(self) -> InstanceHome:
+        return InstanceHome(Path(self.shared_dir), self.user_account, self.name)
+
+    @property
     def volume(self) -> LocalVolume:
         return LocalVolume(Path(self.shared_dir), self.user_account, self.name)
 
@@ -289,6 +295,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self.volume.delete()
         self.store.forget_volume(self.user.name, self.name)
         self._audit_volume("deleteVolume")
+        self.instance_home.release()
         shutil.rmtree(self.home, ignore_errors=True)
         shutil.rmtree(self.ssh_socket.parent, ignore_errors=True)
 
@@ -359,6 +366,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         groups = cgroups.Hierarchy.detect().groups(self.cgroup_name)
         await asyncio.to_thread(cgroups.remove, groups)
         self.volume.detach()
+        await asyncio.to_thread(self.instance_home.release)
 
     # hub restarts ---------------------------------------------------------------------------------
     def get_state(self):

@@ -61,18 +61,12 @@ class LocalVolume:
             self.directory.mkdir(exist_ok=True)
             return
         try:
-            with open(self.image, "xb") as sparse:
-                sparse.truncate(size_gb * GB)
+            make_filesystem(self.image, size_gb)
         except FileExistsError:
             raise VolumeUnavailable(
                 f"a work volume file is already there ({self.image}) though none is recorded; "
                 "it is not formatted over: restore the store's record or move the file away"
             ) from None
-        try:
-            run(MKFS_XFS, "-q", "-f", str(self.image))
-        except BaseException:
-            self.image.unlink()  # this call made it: nothing in it to keep
-            raise
 
     def attach(self, account: str | None) -> None:
         """Mount the volume (as root), owned by the instance's account, and link work/ to it."""
@@ -92,42 +86,13 @@ class LocalVolume:
         self.mount.mkdir(parents=True, exist_ok=True)
         self.mount.parent.chmod(0o711)
         if not os.path.ismount(self.mount):
-            device = self._loop_device()
-            try:
-                run(MOUNT, "-o", "nosuid,nodev", device, str(self.mount))
-            except RuntimeError:
-                run(LOSETUP, "-d", device)
-                raise
+            loop_mount(self.image, self.mount)
             run(XFS_GROWFS, str(self.mount))  # take up an expansion made while stopped
-        root = os.open(self.mount, DIRECTORY_NOFOLLOW)  # the filesystem's root, not a link
-        try:
-            if account is not None:
-                entry = pwd.getpwnam(account)
-                os.fchown(root, entry.pw_uid, entry.pw_gid)
-            os.fchmod(root, 0o700)
-        finally:
-            os.close(root)
-
-    def _loop_device(self) -> str:
-        """A loop device over the image; direct I/O spares the page cache a second copy."""
-        try:
-            return run(LOSETUP, "--find", "--show", "--direct-io=on", str(self.image)).strip()
-        except RuntimeError:  # a backing filesystem without O_DIRECT
-            return run(LOSETUP, "--find", "--show", str(self.image)).strip()
-
-    def _devices(self) -> list[str]:
-        listing = run(LOSETUP, "-j", str(self.image)) if self.image.exists() else ""
-        return [line.split(":", 1)[0] for line in listing.splitlines() if line]
+        give_root(self.mount, account)
 
     def detach(self) -> None:
         """Unmount the root-owned mount point (never a path in the user's home)."""
-        if os.path.ismount(self.mount):
-            try:
-                run(UMOUNT, str(self.mount))
-            except RuntimeError:  # still busy: detach now, free when the last user lets go
-                run(UMOUNT, "--lazy", str(self.mount))
-        for device in self._devices():
-            run(LOSETUP, "-d", device)  # released at once, or when the lazy unmount ends
+        unmount(self.mount, self.image)
 
     def expand(self, size_gb: int) -> None:
         """Grow to `size_gb`: at once while mounted, at the next attach otherwise. A growth
@@ -140,7 +105,7 @@ class LocalVolume:
         try:
             os.truncate(self.image, size_gb * GB)
             if os.path.ismount(self.mount):
-                for device in self._devices():
+                for device in loop_devices(self.image):
                     run(LOSETUP, "-c", device)
                 run(XFS_GROWFS, str(self.mount))
         except (OSError, RuntimeError):
@@ -171,6 +136,59 @@ class LocalVolume:
         shutil.rmtree(self.directory, ignore_errors=True)
         if self.mount.is_dir() and not os.path.ismount(self.mount):
             self.mount.rmdir()
+
+
+def make_filesystem(image: Path, size_gb: int) -> None:
+    """A new XFS filesystem in a new sparse file; a file already there is never formatted
+    over (FileExistsError). mkfs on a sparse file writes only metadata: milliseconds."""
+    with open(image, "xb") as sparse:
+        sparse.truncate(size_gb * GB)
+    try:
+        run(MKFS_XFS, "-q", "-f", "-K", str(image))  # -K: nothing to discard in a new file
+    except BaseException:
+        image.unlink()  # this call made it: nothing in it to keep
+        raise
+
+
+def loop_mount(image: Path, mount: Path) -> None:
+    """Mount a filesystem file at a root-owned directory, through a loop device."""
+    try:  # direct I/O spares the page cache a second copy
+        device = run(LOSETUP, "--find", "--show", "--direct-io=on", str(image)).strip()
+    except RuntimeError:  # a backing filesystem without O_DIRECT
+        device = run(LOSETUP, "--find", "--show", str(image)).strip()
+    try:
+        run(MOUNT, "-o", "nosuid,nodev", device, str(mount))
+    except RuntimeError:
+        run(LOSETUP, "-d", device)
+        raise
+
+
+def give_root(mount: Path, account: str | None) -> None:
+    """Hand the mounted filesystem's root (never a link) to the account, 0700."""
+    root = os.open(mount, DIRECTORY_NOFOLLOW)
+    try:
+        if account is not None:
+            entry = pwd.getpwnam(account)
+            os.fchown(root, entry.pw_uid, entry.pw_gid)
+        os.fchmod(root, 0o700)
+    finally:
+        os.close(root)
+
+
+def loop_devices(image: Path) -> list[str]:
+    listing = run(LOSETUP, "-j", str(image)) if image.exists() else ""
+    return [line.split(":", 1)[0] for line in listing.splitlines() if line]
+
+
+def unmount(mount: Path, image: Path) -> None:
+    """Unmount a root-owned mount point and free the image's loop devices."""
+    if os.path.ismount(mount):
+        try:
+            run(UMOUNT, str(mount))
+        except RuntimeError:  # still busy: detach now, free when the last user lets go
+            run(UMOUNT, "--lazy", str(mount))
+    for device in loop_devices(image):
+        run(LOSETUP, "-d", device)  # released at once, or when the lazy unmount ends
 
 
 def link_work(home: Path, volume_root: Path) -> None:

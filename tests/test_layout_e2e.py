@@ -54,12 +54,14 @@ def test_a_work_link_to_elsewhere_mounts_nothing_there(hub):
     hub.start("mal", "lab", token, OPTIONS)
     account, home = hub.account("mal"), hub.home("mal", "lab")
     assert as_account(account, f"echo kept > {home}/work/note").returncode == 0
-    stop(hub, "mal", "lab", token)
     victim = WORK / f"victim-{secrets.token_hex(4)}"  # root's own directory
     victim.mkdir(mode=0o755)
     try:
         swapped = as_account(account, f"cd {home} && rm -rf work && ln -s {victim} work")
         assert swapped.returncode == 0, swapped.stderr
+        stop(hub, "mal", "lab", token)
+        stopped = as_account(account, f"ls {home}")  # a stopped instance's home is root's
+        assert stopped.returncode != 0 and "Permission denied" in stopped.stderr
 
         hub.start("mal", "lab", token, OPTIONS)
         assert str(victim) not in Path("/proc/mounts").read_text()

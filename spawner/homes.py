@@ -1,0 +1,75 @@
+"""Instance homes: the instance's disk outside work/, its ephemeral storage.
+
+Only the work volume persists, as in a managed notebook's container: whatever else a run
+writes (files, dotfiles, `pip install --user`) is gone at the next start, and it is bounded
+by `limits.ephemeral_storage_gb`. As root the home is a new XFS filesystem in a sparse file
+(`<shared dir>/volumes/<account>/<instance>.home.xfs`, root's alone) loop-mounted at the
+home's root-owned mount point: made with mkfs at every start, it holds nothing of the last
+run without root ever walking what the user left there, and writing past its size fails
+with ENOSPC without touching work/ or the host's disk. Stopping unmounts it and drops the
+file. Without root the home is a plain directory, emptied at start, its size not limited.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from atelier.spawner.accounts import instance_home, prepare_private_dir, volumes_dir
+from atelier.spawner.volumes import (
+    LocalVolume,
+    give_root,
+    loop_mount,
+    make_filesystem,
+    unmount,
+)
+
+
+class InstanceHome:
+    """One instance's home on this machine: its HOME and JupyterLab root."""
+
+    def __init__(self, shared_dir: Path, account: str, instance: str):
+        self.path = instance_home(shared_dir, account, instance)
+        self.image = volumes_dir(shared_dir, account) / f"{instance}.home.xfs"
+
+    enforced = staticmethod(LocalVolume.enforced)  # the same tools and rights as volumes
+
+    def reset(self, size_gb: int, account: str | None) -> None:
+        """Give a starting instance an empty home of `size_gb`, the account's (None: the
+        hub's own), 0700."""
+        if not self.enforced():  # emptied: fd-based on Linux, rmtree follows no link
+            shutil.rmtree(self.path, ignore_errors=True)
+            prepare_private_dir(self.path, account)
+            return
+        self.release()  # a run the hub never saw stop (it was down) left it mounted
+        self._make_mount_point()
+        self.image.parent.mkdir(parents=True, exist_ok=True)
+        self.image.parent.chmod(0o700)
+        make_filesystem(self.image, size_gb)
+        try:
+            loop_mount(self.image, self.path)
+            give_root(self.path, account)
+        except BaseException:
+            self.release()
+            raise
+
+    def _make_mount_point(self) -> None:
+        """An empty root-owned directory, 0700 while nothing is mounted on it. A home from
+        before homes were filesystems is the user's: removed without following its links."""
+        if self.path.exists() and (self.path.stat().st_uid != 0 or os.listdir(self.path)):
+            shutil.rmtree(self.path)
+        prepare_private_dir(self.path, None)
+
+    def release(self) -> None:
+        """Unmount it and drop its file (stop, delete): nothing in it is ever used again."""
+        if self.enforced():
+            unmount(self.path, self.image)
+            self.image.unlink(missing_ok=True)
+
+    def used_bytes(self) -> int | None:
+        """Bytes in use while mounted (as root)."""
+        if not os.path.ismount(self.path):
+            return None
+        stats = os.statvfs(self.path)
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize

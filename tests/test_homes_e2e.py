@@ -1,0 +1,115 @@
+"""The instance's disk outside work/ end to end: what a run writes there is gone at the next
+start (work/ is kept), it is bounded apart from work/, and links a user leaves in it never lead
+the hub elsewhere."""
+
+import os
+import secrets
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BASE, WORK, Hub
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="homes are filesystems of their own as root"),
+]
+OPTIONS = {"image": BASE, "spec": "cpu.2u4g", "volume_gb": 1}
+
+
+def as_account(account: str, script: str) -> subprocess.CompletedProcess:
+    """Run a shell script in the instance's shoes: its own system account, its HOME."""
+    return subprocess.run(
+        ["/usr/sbin/runuser", "-u", account, "--", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+    )
+
+
+def home_file(hub, user: str, instance: str):
+    return hub.shared_dir / "volumes" / hub.account(user) / f"{instance}.home.xfs"
+
+
+def wait_running(hub, token, path: str) -> None:
+    """Wait until the instance answers (a loaded machine can take longer than a request)."""
+
+    def running() -> bool:
+        return hub.atelier("GET", path, token).json()["status"] == "running"
+
+    hub.wait_for(running, what=f"{path} running")
+
+
+def test_outside_work_resets_at_every_start_and_work_is_kept(hub):
+    token = hub.add_user("rita")
+    created = hub.atelier("POST", "/instances", token, json={"name": "r1", **OPTIONS})
+    assert created.status_code == 201, created.text
+    wait_running(hub, token, "/instances/rita/r1")
+    account, home = hub.account("rita"), hub.home("rita", "r1")
+    assert home.owner() == account and stat.S_IMODE(home.stat().st_mode) == 0o700
+    victim = WORK / f"victim-{secrets.token_hex(4)}"  # root's own, on the host
+    victim.mkdir(mode=0o755)
+    (victim / "secret").write_text("root's\n")
+    try:
+        planted = as_account(
+            account,
+            f"cd {home} && echo mine > notes.txt && echo 'alias ls=rm' > .bashrc"
+            f" && mkdir -p .local/lib/python3.11/site-packages && touch .local/lib/python3.11"
+            f"/site-packages/installed.py && echo kept > work/kept.txt"
+            f" && ln -s {victim} escape && ln -s {victim}/secret secret",
+        )
+        assert planted.returncode == 0, planted.stderr
+        before = victim.stat(), (victim / "secret").stat()
+
+        assert hub.atelier("POST", "/instances/rita/r1/stop", token).json()["status"] == "stopped"
+        assert not os.path.ismount(home) and not home_file(hub, "rita", "r1").exists()
+        assert hub.atelier("POST", "/instances/rita/r1/start", token).status_code == 200
+        wait_running(hub, token, "/instances/rita/r1")
+
+        gone = ["notes.txt", ".bashrc", "escape", "secret", ".local/lib/python3.11"]
+        assert [name for name in gone if os.path.lexists(home / name)] == []
+        assert (home / "work" / "kept.txt").read_text() == "kept\n"
+        assert os.path.ismount((home / "work").resolve())
+        assert home.owner() == account and stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert (victim.stat(), (victim / "secret").stat()) == before  # untouched, not chowned
+        assert (victim / "secret").read_text() == "root's\n"
+
+        assert as_account(account, f"echo again > {home}/notes.txt").returncode == 0
+        hub.restart()  # with the instance running: it keeps its home
+        wait_running(hub, token, "/instances/rita/r1")
+        assert (home / "notes.txt").read_text() == "again\n"
+
+        deleted = hub.atelier("DELETE", "/instances/rita/r1?confirm=delete-volume", token)
+        assert deleted.status_code == 204
+        hub.wait_for(lambda: not home.exists(), what="the home removed")
+        assert not home_file(hub, "rita", "r1").exists()
+        assert str(home) not in Path("/proc/mounts").read_text()
+    finally:
+        (victim / "secret").unlink()
+        victim.rmdir()
+
+
+def test_outside_work_is_bounded_apart_from_work(envs_dir):
+    hub = Hub(envs_dir, limits={"instances_per_user": 4, "ephemeral_storage_gb": 1})
+    try:
+        token = hub.add_user("bea")
+        hub.start("bea", "b1", token, OPTIONS)
+        account, home = hub.account("bea"), hub.home("bea", "b1")
+
+        def fill(path):
+            return as_account(account, f"dd if=/dev/zero of={path} bs=1M count=1200 status=none")
+
+        full = fill(home / "filler")
+        assert full.returncode != 0 and "No space left on device" in full.stderr
+        assert os.stat(home_file(hub, "bea", "b1")).st_blocks * 512 < 1.1 * 1024**3  # host disk
+        assert as_account(account, f"echo ok > {home}/work/fits").returncode == 0
+        assert (home / "work" / "fits").read_text() == "ok\n"
+
+        os.unlink(home / "filler")
+        full = fill(home / "work" / "filler")
+        assert full.returncode != 0 and "No space left on device" in full.stderr
+        roomy = as_account(account, f"dd if=/dev/zero of={home}/big bs=1M count=500 status=none")
+        assert roomy.returncode == 0, roomy.stderr
+        assert (home / "big").stat().st_size == 500 * 1024**2
+    finally:
+        hub.stop()
