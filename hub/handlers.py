@@ -328,7 +328,7 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
             self.audit("openNotebook", spawner.user.name, spawner.name, result, reason)
 
 
-class UserRecordsAPIHandler(UserAPIHandler):
+class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
     """/hub/api/users/<name>: Atelier's records (account, key pairs, instances, volumes) are
     keyed by the user's name, so they must never pass to another user of that name.
 
@@ -355,6 +355,7 @@ class UserRecordsAPIHandler(UserAPIHandler):
 
     @needs_scope("admin:users")
     async def delete(self, user_name):
+        checks.requester.set(self.actor())  # who deleted their volumes
         user = self.find_user(user_name)
         if user is not None and user.name != self.current_user.name:
             for name, spawner in list(user.spawners.items()):
@@ -365,7 +366,8 @@ class UserRecordsAPIHandler(UserAPIHandler):
         await super().delete(user_name)
         context = self.settings["atelier"]
         account = context.store.forget_user(user_name)
-        if account is not None and context.isolated:
+        # an account claimed (by a key pair, say) but never made has nothing running
+        if account is not None and context.isolated and accounts.system_account_exists(account):
             await asyncio.to_thread(accounts.kill_processes, account)
         if account is not None:
             accounts.remove_account_dirs(context.settings.resolved_shared_dir, account)

@@ -220,6 +220,13 @@ def test_renaming_a_user_is_refused_and_leaves_nothing_to_the_old_name(hub):
     assert hub.api("GET", "/users/bert").json()["admin"] is False
     assert hub.atelier("GET", "/keypairs", token).json()["keypairs"] == [keypair]
 
+    # deleting the user deletes their instances' volumes: audited as the admin's request
+    define = {"user_options": {"image": BASE, "spec": "cpu.2u4g"}}
+    assert hub.api("PUT", "/users/bert/servers/b1", token, json=define).status_code == 201
+    assert hub.api("DELETE", "/users/bert").status_code == 204
+    [deleted] = events(hub, "deleteVolume", "bert/b1")
+    assert (deleted["actor"], deleted["source_ip"]) == ("admin", "127.0.0.1")
+
 
 @pytest.mark.parametrize(
     ("field", "value"),
