@@ -66,10 +66,3 @@ class InstanceHome:
         if self.enforced():
             unmount(self.path, self.image)
             self.image.unlink(missing_ok=True)
-
-    def used_bytes(self) -> int | None:
-        """Bytes in use while mounted (as root)."""
-        if not os.path.ismount(self.path):
-            return None
-        stats = os.statvfs(self.path)
-        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
