@@ -2,10 +2,12 @@
 
 A reader on the hub's machine (alice, signed up and approved) runs each block with bash; the
 README's example host and ports become the test hub's, `$TOKEN` comes from the README's own
-`atelier token alice`, and the few placeholders are filled from the previous answer. Every
-fenced block is either run here or listed in NOT_RUN with the reason; a new block that is
-neither fails `test_every_block_is_run_or_listed`, so the README cannot grow an untested
-example."""
+`atelier token alice`, and the few placeholders are filled from the previous answer. After
+a line that changes an instance the reader waits, as a person does, until no instance is
+creating, starting or stopping (the answer says so; a PATCH of a creating instance is refused).
+Each step builds on the ones before, as one reader's session does. Every fenced block is
+either run here or listed in NOT_RUN with the reason; a new block that is neither fails
+`test_every_block_is_run_or_listed`, so the README cannot grow an untested example."""
 
 from __future__ import annotations
 
@@ -260,6 +262,16 @@ def test_every_block_is_run_or_listed():
     found = blocks(README.read_text())
     _, problems = classify(found, [step.where for step in STEPS] + list(NOT_RUN))
     assert not problems, "\n".join(problems)
+
+
+def test_a_new_example_neither_run_nor_listed_is_caught():
+    grown = README.read_text() + "\n### Backups\n```sh\natelier backup --to /srv\n```\n"
+    _, problems = classify(blocks(grown), [step.where for step in STEPS] + list(NOT_RUN))
+    line = len(grown.splitlines()) - 2
+    assert problems == [
+        f"README.md:{line} (Backups) ```sh atelier backup --to /srv: neither run by the README "
+        "test nor listed as not runnable"
+    ]
 
 
 @pytest.fixture(scope="module")
