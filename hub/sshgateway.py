@@ -321,10 +321,13 @@ class Downstream(asyncssh.SSHServerSession):
 
 
 class Upstream(asyncssh.SSHClientSession):
-    """The instance's side of a session: output, exit status and flow control go back."""
+    """The instance's side of a session: output, exit status and flow control go back. The
+    exit status goes back once this side has closed: sshd may send output after it, and
+    asyncssh's exit() closes the user's channel, which would drop that output."""
 
     def __init__(self, down: asyncssh.SSHServerChannel):
         self.down = down
+        self.ending = down.close
 
     def data_received(self, data: bytes, datatype) -> None:
         self.down.write(data, datatype)
@@ -334,10 +337,10 @@ class Upstream(asyncssh.SSHClientSession):
         return True
 
     def exit_status_received(self, status: int) -> None:
-        self.down.exit(status)
+        self.ending = lambda: self.down.exit(status)
 
     def exit_signal_received(self, signal, core_dumped, msg, lang) -> None:
-        self.down.exit_with_signal(signal, core_dumped, msg, lang)
+        self.ending = lambda: self.down.exit_with_signal(signal, core_dumped, msg, lang)
 
     def pause_writing(self) -> None:
         self.down.pause_reading()
@@ -346,7 +349,7 @@ class Upstream(asyncssh.SSHClientSession):
         self.down.resume_reading()
 
     def connection_lost(self, exc) -> None:
-        self.down.close()
+        self.ending()
 
 
 class SFTPServer(asyncio.Protocol):

@@ -168,6 +168,13 @@ def in_a_terminal(argv: list[str], typed: bytes, marker: bytes) -> tuple[bytes, 
     return output, os.waitstatus_to_exitcode(status)
 
 
+def test_a_commands_whole_output_comes_back_before_its_exit_status(hub, setup):
+    """The instance's sshd may send the last output after the exit status; none is lost."""
+    for _ in range(30):
+        result = setup["client"].ssh(f"{USER}+lab", "command -v python; echo end; exit 3")
+        assert (result.stdout.splitlines()[-1:], result.returncode) == (["end"], 3)
+
+
 def test_an_interactive_shell_gets_a_pty(hub, setup):
     argv = setup["client"].argv(f"{USER}+lab", "-tt")
     typed = b"tty; echo answer=$((6*7)); stty size\n"
