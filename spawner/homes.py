@@ -57,7 +57,7 @@ class InstanceHome:
     def _make_mount_point(self) -> None:
         """An empty root-owned directory, 0700 while nothing is mounted on it. A home from
         before homes were filesystems is the user's: removed without following its links."""
-        if self.path.exists() and (self.path.stat().st_uid != 0 or os.listdir(self.path)):
+        if self.path.exists() and (self.path.lstat().st_uid != 0 or os.listdir(self.path)):
             shutil.rmtree(self.path)
         prepare_private_dir(self.path, None)
 
