@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
+TRANSIENT = ("creating", "stopping")  # what a start or stop passes through
 
 FIELD_PREFIX = re.compile(r"^([a-z_][\w.]*): ")
 
@@ -112,6 +114,14 @@ class InstanceBase(BaseHandler):
             "path": "work/",
         }
 
+    async def settled(self, caller: Caller, owner: str, name: str) -> dict:
+        """The instance once the hub has finished starting or stopping it: the hub answers
+        202 while a start is slow, and the answer should show how the start ended. The hub's
+        start timeout bounds the wait (it then shows the instance failed)."""
+        while (instance := await self.instance(caller, owner, name))["status"] in TRANSIENT:
+            await asyncio.sleep(0.5)
+        return instance
+
     async def hub_call(self, caller: Caller, method: str, owner: str, name: str, body=None):
         path = f"/users/{quote(owner)}/servers/{quote(name)}"
         code, data = await self.hub.request(method, path, caller, body)
@@ -149,7 +159,7 @@ class InstancesHandler(InstanceBase):
             await self.check_workspace_room(caller, workspace)
         await self.hub_call(caller, "POST", owner, name, {"user_options": body})
         self.context.store.place_instance(owner, name, workspace)
-        self.reply(await self.instance(caller, owner, name), 201)
+        self.reply(await self.settled(caller, owner, name), 201)
 
     async def check_workspace_room(self, caller: Caller, workspace: str) -> None:
         """The caller is a member, and the workspace's quota has room for one more instance."""
@@ -221,7 +231,7 @@ class InstanceActionHandler(InstanceBase):
         self.body(())
         await self.instance(caller, owner, name)
         await self.hub_call(caller, "POST" if action == "start" else "DELETE", owner, name)
-        self.reply(await self.instance(caller, owner, name))
+        self.reply(await self.settled(caller, owner, name))
 
 
 class VolumeExpandHandler(InstanceBase):
