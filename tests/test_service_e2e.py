@@ -325,7 +325,7 @@ def test_sdk_and_cli(hub):
     stopped = subprocess.run(
         [*cli, "instances", "stop", "sdk-1", "--json", *api], capture_output=True, text=True
     )
-    assert json.loads(stopped.stdout)[0]["status"] == "stopped"
+    assert json.loads(stopped.stdout)["status"] == "stopped"  # one instance: one object
     refused = subprocess.run(
         [*cli, "instances", "update", "sdk-1", "--spec", "cpu.1u1g", *api],
         capture_output=True,
