@@ -71,14 +71,16 @@ class Store:
 
     # catalog -----------------------------------------------------------------------------
     def seed(self, images: list[core.Image], specs: list[core.Spec]) -> None:
-        """Add configured images and specs the store does not know yet."""
+        """Fill an empty catalog (the first start) with the configured images and specs. Once
+        there is a catalog, admins own it: an image they deleted does not come back at the next
+        start or CLI command."""
         with self.session() as db, db.begin():
-            for image in images:
-                if db.get(ImageRecord, image.name) is None:
-                    db.add(_image_record(image))
-            for spec in specs:
-                if db.get(SpecRecord, spec.name) is None:
-                    db.add(SpecRecord(name=spec.name, display_name=spec.display_name))
+            if db.scalar(select(ImageRecord.name).limit(1)) or db.scalar(
+                select(SpecRecord.name).limit(1)
+            ):
+                return
+            db.add_all(_image_record(image) for image in images)
+            db.add_all(SpecRecord(name=s.name, display_name=s.display_name) for s in specs)
 
     def images(self) -> list[core.Image]:
         with self.session() as db:

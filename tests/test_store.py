@@ -37,6 +37,17 @@ def test_migrations_build_exactly_the_models(url):
     Store(url)  # a second start migrates nothing
 
 
+def test_an_image_an_admin_deleted_is_not_seeded_again(url):
+    """The configured catalog fills the first start only: `atelier images delete` of a
+    configured image must survive the next start and the next CLI command, which seed again."""
+    store = Store(url)
+    store.seed([TORCH, BASE], [Spec("cpu.2u8g")])
+    store.delete_image(TORCH.name)
+    store.seed([TORCH, BASE], [Spec("cpu.2u8g"), Spec("cpu.2u4g")])
+    assert [i.name for i in store.images()] == [BASE.name]
+    assert [s.name for s in store.specs()] == ["cpu.2u8g"]
+
+
 def test_catalog_round_trip(url):
     store = Store(url)
     store.seed([TORCH, BASE], [Spec("cpu.2u8g")])
