@@ -292,9 +292,14 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         server, which JupyterHub deletes with its user, is never an instance.)"""
         if not self.name:
             return
-        self.volume.delete()
+        made = self.volume.exists()
+        await asyncio.to_thread(self._delete_files)
         self.store.forget_volume(self.user.name, self.name)
-        self._audit_volume("deleteVolume")
+        if made:  # an instance that never started had no volume to delete
+            self._audit_volume("deleteVolume")
+
+    def _delete_files(self) -> None:
+        self.volume.delete()
         self.instance_home.release()
         shutil.rmtree(self.home, ignore_errors=True)
         shutil.rmtree(self.ssh_socket.parent, ignore_errors=True)

@@ -9,6 +9,7 @@ import requests
 from conftest import BASE, FAKE_GPU, TORCH, environ_of, owner_of, pid_of
 
 pytestmark = pytest.mark.e2e
+REMOVE = {"remove": True, "confirm": "delete-volume"}  # deleting an instance deletes its volume
 CPU_OPTIONS = {"image": BASE, "spec": "cpu.2u4g", "tags": {"team": "vision"}, "autostop_hours": 8}
 
 
@@ -52,7 +53,7 @@ def test_create_reach_stop_restart_delete(hub):
         "DELETE",
         "/users/alice/servers/lab",
         token,
-        json={"remove": True, "confirm": "delete-volume"},
+        json=REMOVE,
     )
     assert response.status_code in (202, 204)
     hub.wait_for(lambda: "lab" not in hub.servers("alice"), what="lab deleted")
@@ -155,6 +156,12 @@ def test_instance_limit_and_changes_of_a_defined_instance(hub):
     response = hub.api("PATCH", "/users/carol/servers/n0", token, json={"name": "Not OK"})
     assert response.status_code == 400 and "name:" in response.json()["message"]
 
+    # a defined instance that never started had no volume: deleting it deletes none
+    deleted = hub.api("DELETE", "/users/carol/servers/n3", token, json=REMOVE)
+    assert deleted.status_code == 204, deleted.text
+    audit = hub.atelier("GET", "/audit?resource=carol/n3").json()["events"]
+    assert [e["action"] for e in audit if e["resource_type"] == "volume"] == []
+
 
 def test_users_cannot_touch_each_others_instances(hub):
     dave, erin = hub.add_user("dave"), hub.add_user("erin")
@@ -208,7 +215,7 @@ def test_devices_are_exclusive_released_and_refused_when_exhausted(hub):
             "DELETE",
             f"/users/gpu-user/servers/{name}",
             token,
-            json={"remove": True, "confirm": "delete-volume"},
+            json=REMOVE,
         )
 
 
@@ -269,9 +276,7 @@ def test_progress_says_what_is_happening(hub):
     assert "Allocating devices for cpu.2u4g" in messages
     assert f"Starting JupyterLab on {BASE}" in messages
     assert events[-1]["ready"] is True
-    hub.api(
-        "DELETE", "/users/pat/servers/p", token, json={"remove": True, "confirm": "delete-volume"}
-    )
+    hub.api("DELETE", "/users/pat/servers/p", token, json=REMOVE)
 
 
 def test_interrupting_the_hub_stops_the_proxy_and_keeps_instances(envs_dir):
@@ -334,9 +339,7 @@ def test_running_instance_changes_tags_in_place_and_restarts_for_a_new_spec(hub)
     response = hub.api("PATCH", "/users/rita/servers/r", token, json={"user_options": only_tags})
     assert response.json()["user_options"] == {**bigger, **only_tags}
     assert pid_of(hub, "rita", "r") == second
-    hub.api(
-        "DELETE", "/users/rita/servers/r", token, json={"remove": True, "confirm": "delete-volume"}
-    )
+    hub.api("DELETE", "/users/rita/servers/r", token, json=REMOVE)
 
 
 def test_a_deprecated_image_runs_its_instances_but_no_new_one(hub, envs_dir):
