@@ -34,7 +34,8 @@ def open_store(args) -> Store:
     from atelier.hub.context import store_url
 
     settings = settings_for(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # the store is the hub's private state, as `atelier run` keeps it
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = Store(store_url(settings))
     store.seed(*settings.initial_catalog())
     return store

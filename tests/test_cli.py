@@ -365,3 +365,13 @@ def test_an_interrupted_build_leaves_no_environment(tmp_path):
     _, err = build.communicate(timeout=60)
     assert (build.returncode, err) == (130, "atelier: interrupted\n")
     assert not (envs / BASE).exists()
+
+
+def test_a_catalog_command_before_the_first_run_keeps_the_state_private(tmp_path):
+    """`atelier images list` before `atelier run` makes the data dir and the store: the hub's
+    private state, 0700 and 0600, as `atelier run` would have made them."""
+    state = tmp_path / "state"
+    atelier = [os.path.join(os.path.dirname(sys.executable), "atelier")]
+    subprocess.run([*atelier, "images", "--data-dir", str(state), "list"], check=True)
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert {f.stat().st_mode & 0o777 for f in state.iterdir()} == {0o600}
