@@ -191,9 +191,11 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.account = await self._prepare_account()
             owner = self.account if self.isolate_users else None
             size_gb = self.core_limits.ephemeral_storage_gb
-            await asyncio.to_thread(self.instance_home.reset, size_gb, owner)
+            with self._host_filesystem("home"):
+                await asyncio.to_thread(self.instance_home.reset, size_gb, owner)
             self._report(55, "Attaching the work volume")
-            self._attach_volume()
+            with self._host_filesystem("work volume"):
+                self._attach_volume()
             self._create_cgroups(plan, held)
 
             self._report(70, f"Starting JupyterLab on {plan.image.name}")
@@ -255,18 +257,31 @@ class LocalInstanceSpawner(LocalProcessSpawner):
     def volume(self) -> LocalVolume:
         return LocalVolume(Path(self.shared_dir), self.user_account, self.name)
 
+    @contextlib.contextmanager
+    def _host_filesystem(self, what: str):
+        """A home or volume that cannot be had: the user reads why in one line; a host
+        tool's output (host paths) is for the operator's log only."""
+        try:
+            yield
+        except VolumeUnavailable as error:
+            raise SpawnException(str(error), reason="volume", status_code=400) from None
+        except (OSError, RuntimeError) as error:
+            self.log.error("%s: preparing the %s failed: %s", self._log_name, what, error)
+            message = (
+                f"the instance's {what} could not be prepared on this machine; "
+                "ask the hub's operator (its log says why)"
+            )
+            raise SpawnException(message, reason="host", status_code=503) from None
+
     def _attach_volume(self) -> None:
         """Make the work volume while it is only reserved, then attach it (work/ links to
         it). A volume made before is never made again: lost, attaching it is refused."""
-        try:
-            if self.volume_to_make is not None:
-                self.volume.create(self.volume_to_make)
-                self.store.volume_made(self.user.name, self.name)
-                self.volume_to_make = None
-                self._audit_volume("createVolume")
-            self.volume.attach(self.account if self.isolate_users else None)
-        except VolumeUnavailable as error:
-            raise SpawnException(str(error), reason="volume", status_code=400) from None
+        if self.volume_to_make is not None:
+            self.volume.create(self.volume_to_make)
+            self.store.volume_made(self.user.name, self.name)
+            self.volume_to_make = None
+            self._audit_volume("createVolume")
+        self.volume.attach(self.account if self.isolate_users else None)
 
     def _release_reservation(self) -> None:
         """A start that failed before making the volume it reserved gives the quota back."""
@@ -370,7 +385,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         self.held_devices = []
         groups = cgroups.Hierarchy.detect().groups(self.cgroup_name)
         await asyncio.to_thread(cgroups.remove, groups)
-        self.volume.detach()
+        await asyncio.to_thread(self.volume.detach)  # kills what still uses it: not on the loop
         await asyncio.to_thread(self.instance_home.release)
 
     # hub restarts ---------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import logging
 import os
 import pwd
 import shutil
+import signal
+import time
 from pathlib import Path
 
 from atelier.spawner.accounts import instance_home, mount_point, run, volumes_dir
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class VolumeUnavailable(RuntimeError):
     """The volume cannot be attached now; the message says why and what to do."""
+
+
+class FilesystemInUse(VolumeUnavailable):
+    """A filesystem's loop device outlived its unmount (it is mounted elsewhere still)."""
 
 
 class VolumeMissing(VolumeUnavailable):
@@ -181,14 +187,62 @@ def loop_devices(image: Path) -> list[str]:
 
 
 def unmount(mount: Path, image: Path) -> None:
-    """Unmount a root-owned mount point and free the image's loop devices."""
+    """Unmount a root-owned mount point and free the image's loop devices. The processes
+    still using the filesystem are killed first: the owner's own (all of a user's instances
+    run as one account), reaching into an instance that is stopping; left alive they would
+    keep its loop device, and its file's disk, past every quota."""
     if os.path.ismount(mount):
+        kill_users(os.stat(mount).st_dev)
         try:
             run(UMOUNT, str(mount))
-        except RuntimeError:  # still busy: detach now, free when the last user lets go
+        except RuntimeError:  # entered again meanwhile: detach now, free when they let go
             run(UMOUNT, "--lazy", str(mount))
     for device in loop_devices(image):
-        run(LOSETUP, "-d", device)  # released at once, or when the lazy unmount ends
+        run(LOSETUP, "-d", device)  # released at once, or when its last mount ends
+
+
+def kill_users(device: int, patience_s: float = 5.0) -> None:
+    """SIGKILL every process whose cwd, root, open files or mapped files lie on the
+    filesystem `device`, until none is left (or `patience_s` is over). Each process is held
+    by a pidfd while it is judged, so a pid reused meanwhile is never signalled."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                process = os.pidfd_open(int(entry.name))
+            except ProcessLookupError:
+                continue
+            try:
+                if uses_filesystem(entry.path, device):
+                    signal.pidfd_send_signal(process, signal.SIGKILL)
+                    found = True
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(process)
+        if not found:
+            return
+        time.sleep(0.05)
+
+
+def uses_filesystem(proc: str, device: int) -> bool:
+    """Whether the process at `proc` (/proc/<pid>) has anything on the filesystem `device`."""
+    try:
+        links = ["cwd", "root", *(f"fd/{fd}" for fd in os.listdir(f"{proc}/fd"))]
+        for link in links:
+            try:
+                if os.stat(f"{proc}/{link}").st_dev == device:
+                    return True
+            except (FileNotFoundError, PermissionError):  # closed meanwhile; not ours to see
+                continue
+        mapped = f"{os.major(device):02x}:{os.minor(device):02x}"
+        with open(f"{proc}/maps") as maps:
+            return any(line.split()[3] == mapped for line in maps)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):  # exited; not ours to see
+        return False
 
 
 def link_work(home: Path, volume_root: Path) -> None:

@@ -113,3 +113,63 @@ def test_outside_work_is_bounded_apart_from_work(envs_dir):
         assert (home / "big").stat().st_size == 500 * 1024**2
     finally:
         hub.stop()
+
+
+def loop_devices_over(backing_file: Path) -> list[str]:
+    """Loop devices over this file, also over earlier files of that name since unlinked."""
+    listing = subprocess.run(["/usr/sbin/losetup", "-a"], capture_output=True, text=True)
+    return [line for line in listing.stdout.splitlines() if f"({backing_file}" in line]
+
+
+def test_a_home_held_from_the_users_other_instance_leaks_nothing_across_restarts(hub):
+    """All of a user's instances run as one account, so another of them may sit in this
+    instance's home; stopping this one ends that process instead of leaving the home's
+    loop device and file (disk outside every quota) behind at every stop/start."""
+    token = hub.add_user("hana")
+    assert hub.atelier("POST", "/instances", token, json={"name": "a", **OPTIONS}).ok
+    wait_running(hub, token, "/instances/hana/a")
+    account, home = hub.account("hana"), hub.home("hana", "a")
+    setpriv = ["/usr/bin/setpriv", f"--reuid={account}", f"--regid={account}", "--init-groups"]
+    holders = []
+    try:
+        for _ in range(3):  # the other instance sits in each new home in turn
+            holder = subprocess.Popen([*setpriv, "sh", "-c", f"cd {home} && exec sleep 300"])
+            holders.append(holder)
+            cwd = f"/proc/{holder.pid}/cwd"
+            hub.wait_for(lambda c=cwd: os.readlink(c) == str(home), what="the other instance in it")
+            stopped = hub.atelier("POST", "/instances/hana/a/stop", token).json()
+            assert stopped["status"] == "stopped"
+            assert holder.wait(timeout=10) == -9  # ended with the home it held
+            assert loop_devices_over(home_file(hub, "hana", "a")) == []
+            assert hub.atelier("POST", "/instances/hana/a/start", token).ok
+            wait_running(hub, token, "/instances/hana/a")
+        hub.atelier("POST", "/instances/hana/a/stop", token)
+        assert loop_devices_over(home_file(hub, "hana", "a")) == []  # none "(deleted)"
+        assert not home_file(hub, "hana", "a").exists()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_volume_the_host_cannot_mount_fails_the_start_in_one_line_without_host_paths(hub):
+    """A damaged volume file: the user reads one line saying to ask the operator; the
+    mount's own output (host paths, loop devices) goes to the hub's log only."""
+    token = hub.add_user("odile")
+    assert hub.atelier("POST", "/instances", token, json={"name": "o", **OPTIONS}).ok
+    wait_running(hub, token, "/instances/odile/o")
+    assert hub.atelier("POST", "/instances/odile/o/stop", token).json()["status"] == "stopped"
+    volume = hub.shared_dir / "volumes" / hub.account("odile") / "o.xfs"
+    with open(volume, "r+b") as damaged:
+        damaged.write(bytes(64 * 1024))  # no superblock left
+
+    started = hub.atelier("POST", "/instances/odile/o/start", token)
+    assert started.status_code in (502, 503), started.text
+    shown = hub.atelier("GET", "/instances/odile/o", token).json()
+    expected = "could not be prepared on this machine; ask the hub's operator"
+    for message in (started.json()["error"]["message"], shown["reason"]):
+        assert "work volume" in message and expected in message
+        assert str(hub.shared_dir) not in message and "/dev/loop" not in message
+        assert "\n" not in message
+    assert shown["status"] == "failed"
+    assert loop_devices_over(volume) == [] and not os.path.ismount(hub.home("odile", "o"))
