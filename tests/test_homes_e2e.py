@@ -173,3 +173,29 @@ def test_a_volume_the_host_cannot_mount_fails_the_start_in_one_line_without_host
         assert "\n" not in message
     assert shown["status"] == "failed"
     assert loop_devices_over(volume) == [] and not os.path.ismount(hub.home("odile", "o"))
+
+
+def test_a_work_volume_held_from_the_users_other_instance_does_not_block_the_next_start(hub):
+    """The same for work/: a process of the user's other instance left in it is ended at
+    the stop, and the volume mounts again at the next start, its files there."""
+    token = hub.add_user("wim")
+    assert hub.atelier("POST", "/instances", token, json={"name": "w", **OPTIONS}).ok
+    wait_running(hub, token, "/instances/wim/w")
+    account, work = hub.account("wim"), hub.home("wim", "w") / "work"
+    assert as_account(account, f"echo kept > {work}/kept.txt").returncode == 0
+    setpriv = ["/usr/bin/setpriv", f"--reuid={account}", f"--regid={account}", "--init-groups"]
+    holder = subprocess.Popen([*setpriv, "sh", "-c", f"cd {work} && exec sleep 300"])
+    try:
+        cwd = f"/proc/{holder.pid}/cwd"
+        hub.wait_for(lambda: os.readlink(cwd) == str(work.resolve()), what="the holder in work/")
+        assert hub.atelier("POST", "/instances/wim/w/stop", token).json()["status"] == "stopped"
+        assert holder.wait(timeout=10) == -9
+        volume = hub.shared_dir / "volumes" / account / "w.xfs"
+        assert loop_devices_over(volume) == []
+        started = hub.atelier("POST", "/instances/wim/w/start", token)
+        assert started.ok, started.text
+        wait_running(hub, token, "/instances/wim/w")
+        assert (work / "kept.txt").read_text() == "kept\n"
+    finally:
+        holder.kill()
+        holder.wait()
