@@ -18,7 +18,7 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
 from traitlets import Bool, Dict, List, Unicode, default
 
-from atelier.spawner import accounts, cgroups, checks, core, sshendpoint
+from atelier.spawner import accounts, cgroups, checks, core, seccomp, sshendpoint
 from atelier.spawner.devices import (
     Allocator,
     Device,
@@ -351,10 +351,12 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         setuid = set_user_setuid(self.account, chdir=False) if self.isolate_users else None
         procs = [g / "cgroup.procs" for g in cgroups.Hierarchy.detect().groups(self.cgroup_name)]
         home = str(self.home)
+        confine = seccomp.loader(platform.machine())
 
         def preexec():
             for group_procs in procs:  # in every controller's group before dropping root
                 group_procs.write_text(str(os.getpid()))
+            confine()  # no namespaces for it and its children; as root: no no_new_privs
             if setuid is not None:
                 setuid()
             os.umask(0o022)  # the hub's own umask (077) is for its private state
