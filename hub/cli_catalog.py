@@ -34,9 +34,12 @@ def open_store(args) -> Store:
     from atelier.hub.context import store_url
 
     settings = settings_for(args)
-    os.umask(0o077)  # the store is the hub's private state, as `atelier run` keeps it
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    store = Store(store_url(settings))
+    previous = os.umask(0o077)  # the store is the hub's private state, as `atelier run` keeps it
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = Store(store_url(settings))
+    finally:
+        os.umask(previous)
     store.seed(*settings.initial_catalog())
     return store
 

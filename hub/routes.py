@@ -122,6 +122,12 @@ class InstanceBase(BaseHandler):
             await asyncio.sleep(0.5)
         return instance
 
+    async def removed(self, caller: Caller, owner: str, name: str) -> None:
+        """Wait until a deleted instance is gone: the hub answers 202 while it is still stopping
+        a running one, and removes it after (bounded by the hub's stop timeout)."""
+        while name in await self.owned_servers(caller, owner):
+            await asyncio.sleep(0.5)
+
     async def hub_call(self, caller: Caller, method: str, owner: str, name: str, body=None):
         path = f"/users/{quote(owner)}/servers/{quote(name)}"
         code, data = await self.hub.request(method, path, caller, body)
@@ -221,6 +227,7 @@ class InstanceHandler(InstanceBase):
             )
         body = {"remove": True, "confirm": DELETE_VOLUME}
         await self.hub_call(caller, "DELETE", owner, name, body)
+        await self.removed(caller, owner, name)
         self.set_status(204)
         self.finish()
 

@@ -356,6 +356,8 @@ def test_an_interrupted_build_leaves_no_environment(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as in a terminal: a suite started in the background (`make test &`) ignores SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in build.stdout:
         if "installing packages" in line:

@@ -221,8 +221,9 @@ def test_renaming_a_user_is_refused_and_leaves_nothing_to_the_old_name(hub):
     assert hub.atelier("GET", "/keypairs", token).json()["keypairs"] == [keypair]
 
     # deleting the user deletes their instances' volumes: audited as the admin's request
-    define = {"user_options": {"image": BASE, "spec": "cpu.2u4g"}}
-    assert hub.api("PUT", "/users/bert/servers/b1", token, json=define).status_code == 201
+    start = {"image": BASE, "spec": "cpu.2u4g"}  # started: an instance that never ran has no volume
+    assert hub.api("POST", "/users/bert/servers/b1", token, json=start).status_code in (201, 202)
+    hub.wait_for(lambda: hub.servers("bert")["b1"]["ready"], what="b1 running")
     assert hub.api("DELETE", "/users/bert").status_code == 204
     [deleted] = events(hub, "deleteVolume", "bert/b1")
     assert (deleted["actor"], deleted["source_ip"]) == ("admin", "127.0.0.1")
