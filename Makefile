@@ -10,7 +10,7 @@ run: install
 	$(BIN)/atelier run
 
 test: install lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=15
 
 test-fast: install
 	$(BIN)/pytest -ra -m "not e2e"

@@ -28,7 +28,10 @@ print("unshare", os.strerror(ctypes.get_errno()) if libc.unshare(0x10000000) els
 """
 
 ORDINARY_WORK = """
-import multiprocessing, subprocess, sys, threading, torch
+import multiprocessing, subprocess, sys, threading, warnings
+with warnings.catch_warnings():  # torch without numpy warns "Failed to initialize NumPy"
+    warnings.simplefilter("error")
+    import torch, numpy, pandas, matplotlib, sklearn, tqdm  # what the PyTorch image ships
 pip = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True)
 print("pip", pip.returncode)
 results = []
@@ -38,6 +41,7 @@ print("threads", sorted(results))
 with multiprocessing.Pool(2) as pool:
     print("pool", pool.map(abs, [-1, -2]))
 print("torch", int(torch.ones(64, 64).matmul(torch.ones(64, 64)).sum()))
+print("numpy", torch.ones(2).numpy().sum(), pandas.Series([1, 2]).sum())
 """
 
 
@@ -49,7 +53,13 @@ def test_an_instance_cannot_make_namespaces_and_ordinary_work_still_runs(hub):
     assert refused[0] == "1 unshare: unshare failed: Operation not permitted"
     assert refused[1:] == ["clone Operation not permitted", "unshare Operation not permitted"]
     ordinary = run_in(hub, "nina", "t", token, ORDINARY_WORK).splitlines()
-    assert ordinary == ["pip 0", "threads [0, 1, 2, 3]", "pool [1, 2]", "torch 262144"]
+    assert ordinary == [
+        "pip 0",
+        "threads [0, 1, 2, 3]",
+        "pool [1, 2]",
+        "torch 262144",
+        "numpy 2.0 3",
+    ]
 
 
 PIN_THE_HOSTS_MOUNTS = """
