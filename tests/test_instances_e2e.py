@@ -403,6 +403,8 @@ def test_the_readme_delete_examples_delete_and_a_missing_confirmation_says_how(h
     assert refused.json()["message"].endswith(
         'send {"remove": true, "confirm": "delete-volume"} to go ahead'
     )
+    # the service sees a change made through the hub's API within about a second
+    hub.wait_for(lambda: hub.atelier("GET", "/instances/alice/exp-1", token).ok, 10, "exp-1")
     refused = hub.atelier("DELETE", "/instances/alice/exp-1", token).json()["error"]
     assert refused["message"].endswith("add ?confirm=delete-volume to go ahead")
     assert "exp-1" in hub.servers("alice")
