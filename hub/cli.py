@@ -69,18 +69,6 @@ def cmd_token(args) -> None:
 
 
 # instances and audit, through the Atelier API (the SDK) ---------------------------------------
-# reason: why a failed instance failed
-INSTANCE_COLUMNS = (
-    "owner",
-    "name",
-    "status",
-    "image",
-    "spec",
-    "volume_gb",
-    "tags",
-    "created",
-    "reason",
-)
 
 
 def local_api_url(settings: Settings) -> str:

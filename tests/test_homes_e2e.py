@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 from conftest import BASE, WORK, Hub
+from test_layout_e2e import as_account
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="homes are filesystems of their own as root"),
 ]
 OPTIONS = {"image": BASE, "spec": "cpu.2u4g", "volume_gb": 1}
-
-
-def as_account(account: str, script: str) -> subprocess.CompletedProcess:
-    """Run a shell script in the instance's shoes: its own system account, its HOME."""
-    return subprocess.run(
-        ["/usr/sbin/runuser", "-u", account, "--", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-    )
 
 
 def home_file(hub, user: str, instance: str):
