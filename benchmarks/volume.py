@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from atelier.spawner.volumes import LocalVolume
+from atelier.spawner.local.volumes import LocalVolume
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "volume.json"

@@ -48,8 +48,7 @@ class AtelierHub(JupyterHub):
         self.handlers[:0] = self.add_url_prefix(self.hub_prefix, HANDLERS)
 
     def init_tornado_settings(self):
-        """Share one Context (store, devices) with handlers and pages; the spawners reach the
-        same store and allocator through `shared_store` / `shared_allocator`."""
+        """Share one Context (store, backend, devices) with handlers, pages and spawners."""
         self.atelier = Context.from_settings(settings_from_environment())
         self.atelier.store.seed(*self.atelier.settings.initial_catalog())
         self.tornado_settings["atelier"] = self.atelier

@@ -8,9 +8,11 @@ import os
 import pwd
 from pathlib import Path
 
+from atelier.hub.context import Context, store_url
 from atelier.hub.settings import PROJECT_ROOT, Settings, load_settings
 from atelier.hub.store import CatalogError, Store
 from atelier.spawner import core
+from atelier.spawner.backend import Backend, load_backend
 
 
 class UsageError(Exception):
@@ -31,8 +33,6 @@ def settings_for(args) -> Settings:
 
 
 def open_store(args) -> Store:
-    from atelier.hub.context import store_url
-
     settings = settings_for(args)
     previous = os.umask(0o077)  # the store is the hub's private state, as `atelier run` keeps it
     try:
@@ -64,46 +64,40 @@ def one_line(error: Exception) -> str:
 
 
 # building local environments ------------------------------------------------------------------
-def require_definition(name: str) -> None:
-    """An image without a folder under images/ can never be built, so never offered."""
-    from atelier.spawner.envs import has_definition, requirements_file
-
+def require_definition(backend: Backend, name: str) -> None:
+    """An image without a definition (a folder under images/) can never be built, so never
+    offered."""
     try:
         core.validate_image_name(name)  # a name, never a path
     except core.OptionsError as error:
         raise CatalogError("name", error.message) from None
-    if not has_definition(name):
+    if not backend.has_definition(name):
         raise CatalogError(
-            "name",
-            f"image {name} has no definition: create {requirements_file(name)} "
-            "(and a Dockerfile beside it) first",
+            "name", f"image {name} has no definition: {backend.definition_hint(name)}"
         )
 
 
 def buildable_images(settings: Settings) -> list[str]:
-    """Catalog images with a local definition that this machine can run, built or not."""
-    from atelier.hub.context import Context
-    from atelier.spawner.envs import has_definition
-
+    """Catalog images with a definition that this machine can run, built or not."""
     context = Context.from_settings(settings)
     context.store.seed(*settings.initial_catalog())
-    return [i.name for i in context.catalog().runnable_images() if has_definition(i.name)]
+    runnable = context.catalog().runnable_images()
+    return [i.name for i in runnable if context.backend.has_definition(i.name)]
 
 
 def build_images(settings: Settings, names: list[str]) -> None:
-    """Build image environments one after another, printing which (i/n) and each step;
-    every definition is checked before any work."""
-    from atelier.spawner.envs import build_env
-
+    """Build images one after another, printing which (i/n) and each step; every definition
+    is checked before any work."""
+    backend = load_backend(settings, None)
     for name in names:
-        require_definition(name)
+        require_definition(backend, name)
 
     def progress(prefix: str):
         return lambda step: print(f"{prefix}: {step}", flush=True)
 
     for number, name in enumerate(names, 1):
         try:
-            build_env(settings.resolved_envs_dir, name, progress(f"[{number}/{len(names)}] {name}"))
+            backend.build_image(name, progress(f"[{number}/{len(names)}] {name}"))
         except RuntimeError as error:
             raise UsageError(f"{name}: build failed, nothing kept: {one_line(error)}") from None
 
@@ -176,7 +170,7 @@ def cmd_images(args) -> None:
     elif args.action == "add":
 
         def add() -> core.Image:
-            require_definition(name)
+            require_definition(load_backend(settings_for(args), store), name)
             return store.add_image(core.Image(name, **image_changes(args)))
 
         image = audited(store, "createImage", "image", name, add)

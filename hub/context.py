@@ -1,18 +1,17 @@
-"""What the hub's handlers and pages share with the spawners: settings, store, devices."""
+"""What the hub's handlers and pages share with the spawners: settings, store, backend and
+devices (the spawners reach it through the hub's tornado settings)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
 from atelier.spawner import core
+from atelier.spawner.backend import Backend, Capabilities, load_backend
 from atelier.spawner.checks import visible_catalog
-from atelier.spawner.devices import Allocator, Device, detect_devices
-from atelier.spawner.local import local_catalog, shared_allocator, shared_store
-from atelier.spawner.volumes import LocalVolume, VolumeUnavailable
+from atelier.spawner.devices import Allocator
 
 log = logging.getLogger(__name__)
 
@@ -21,34 +20,37 @@ log = logging.getLogger(__name__)
 class Context:
     settings: Settings
     store: Store
-    allocator: Allocator
-    isolated: bool
+    backend: Backend
+    allocator: Allocator  # the process's single view of held devices
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
-        return cls(
-            settings,
-            shared_store(store_url(settings)),
-            shared_allocator(tuple(inventory(settings))),
-            os.geteuid() == 0,
-        )
+        store = Store(store_url(settings))
+        backend = load_backend(settings, store)
+        return cls(settings, store, backend, Allocator(backend.inventory()))
 
     @property
     def limits(self) -> core.Limits:
         return self.settings.limits.to_limits()
 
-    def catalog(self) -> core.Catalog:
-        return local_catalog(self.store, self.allocator, self.settings.resolved_envs_dir)
+    def capabilities(self) -> Capabilities:
+        return self.backend.capabilities(self.allocator.inventory)
 
-    def volume(self, owner: str, name: str) -> LocalVolume:
-        """An instance's work volume on this machine, under its owner's account."""
-        account = self.store.claim_account(owner)
-        return LocalVolume(self.settings.resolved_shared_dir, account, name)
+    @property
+    def isolated(self) -> bool:
+        return self.capabilities().users_isolated
+
+    def catalog(self) -> core.Catalog:
+        return self.backend.catalog(self.allocator.inventory)
+
+    def catalog_for(self, user) -> core.Catalog:
+        """What a hub user may choose from (see `visible_catalog`)."""
+        return visible_catalog(self.catalog(), user)
 
     def expand_volume(self, owner: str, name: str, add_gb, actor: str, source_ip: str) -> int:
         """Grow an instance's volume by `add_gb` (online if it runs); audited either way.
         The quota check and the new size are one transaction: the hub's spawners reserve
-        volumes in the same store at the same time."""
+        volumes in the same store at the same time. Blocking: callers run it off the loop."""
         event = {
             "actor": actor,
             "source_ip": source_ip,
@@ -57,13 +59,10 @@ class Context:
             "resource": f"{owner}/{name}",
             "owner": owner,
         }
-        volume = self.volume(owner, name)
 
         def grow(size_gb: int) -> None:
             try:
-                volume.expand(size_gb)
-            except VolumeUnavailable as error:  # lost
-                raise core.OptionsError("add_gb", str(error)) from None
+                self.backend.expand_volume(owner, name, size_gb)
             except (OSError, RuntimeError) as error:  # a host tool or the disk failed
                 log.error("expanding %s/%s failed: %s", owner, name, error)
                 raise core.OptionsError(
@@ -79,18 +78,8 @@ class Context:
         self.store.record(**event, result="success", reason=f"{current} -> {size} GB")
         return size
 
-    def catalog_for(self, user) -> core.Catalog:
-        """What a hub user may choose from (see `visible_catalog`)."""
-        return visible_catalog(self.catalog(), user)
-
 
 def store_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     return f"sqlite:///{settings.data_dir.absolute() / 'atelier.sqlite'}"
-
-
-def inventory(settings: Settings) -> list[Device]:
-    if settings.devices is None:
-        return detect_devices()
-    return [device.to_device() for device in settings.devices]

@@ -18,7 +18,7 @@ from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from atelier.hub.pages import create_form, options_from_form
-from atelier.spawner import accounts, checks, core
+from atelier.spawner import checks, core
 from atelier.spawner.devices import DevicesUnavailable
 
 
@@ -236,8 +236,13 @@ class VolumeExpandAPIHandler(InstanceChecks, APIHandler):
         body = json_object(self)
         actor, source_ip = self.actor()
         try:
-            size = self.context.expand_volume(
-                user.name, server_name, body.get("add_gb"), actor, source_ip
+            size = await asyncio.to_thread(
+                self.context.expand_volume,
+                user.name,
+                server_name,
+                body.get("add_gb"),
+                actor,
+                source_ip,
             )
         except core.OptionsError as error:
             raise web.HTTPError(400, str(error)) from None
@@ -364,13 +369,9 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
             if any(spawner.active for spawner in user.spawners.values()):
                 raise web.HTTPError(400, f"{user_name}'s instances are still stopping; retry")
         await super().delete(user_name)
-        context = self.settings["atelier"]
-        account = context.store.forget_user(user_name)
-        # an account claimed (by a key pair, say) but never made has nothing running
-        if account is not None and context.isolated and accounts.system_account_exists(account):
-            await asyncio.to_thread(accounts.kill_processes, account)
+        account = self.context.store.forget_user(user_name)
         if account is not None:
-            accounts.remove_account_dirs(context.settings.resolved_shared_dir, account)
+            await asyncio.to_thread(self.context.backend.forget_user, user_name, account)
 
 
 ATELIER_SERVICE = "atelier"

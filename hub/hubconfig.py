@@ -9,12 +9,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from atelier.hub.auth import audit_oauth_login, audited
-from atelier.hub.context import inventory, store_url
-from atelier.hub.keypairs import deployment_keys
-from atelier.hub.pages import TEMPLATES
+from atelier.hub.pages import TEMPLATES, render_options_form
 from atelier.hub.service import ACCESS_SCOPE, API_PREFIX, SCOPES, SERVICE, USER_SCOPES
 from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
-from atelier.spawner.accounts import prepare_shared_dir
+from atelier.spawner.backend import Backend, load_backend
 
 PROXY = "configurable-http-proxy"
 
@@ -41,15 +39,15 @@ def proxy_command() -> str:
     return found
 
 
-def prepare_data_dir(settings: Settings) -> Path:
+def prepare_data_dir(settings: Settings, backend: Backend | None = None) -> Path:
     """The hub's private state (0700, and whatever the hub writes from now on is private:
-    umask 077), beside the shared dir that instance accounts reach (the same dir when the
-    hub is not root: then instances run as the hub's account)."""
+    umask 077), and what the backend needs beside it (the local backend: the shared dir
+    that instance accounts reach)."""
     os.umask(0o077)
     try:
-        prepare_shared_dir(settings.resolved_shared_dir)
-    except PermissionError as error:
-        raise ConfigError(f"shared_dir: {error}") from None
+        (backend or load_backend(settings, None)).prepare()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     data_dir = settings.data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
@@ -58,7 +56,8 @@ def prepare_data_dir(settings: Settings) -> Path:
 
 def configure(c, settings: Settings | None = None) -> None:
     settings = settings or settings_from_environment()
-    data_dir = prepare_data_dir(settings)
+    backend = load_backend(settings, None)
+    data_dir = prepare_data_dir(settings, backend)
 
     c.JupyterHub.ip = settings.ip
     c.JupyterHub.port = settings.port
@@ -79,16 +78,8 @@ def configure(c, settings: Settings | None = None) -> None:
 
     configure_sign_in(c, settings)
 
-    c.JupyterHub.spawner_class = "atelier-local"
-    c.LocalInstanceSpawner.data_dir = str(data_dir)
-    c.LocalInstanceSpawner.shared_dir = str(settings.resolved_shared_dir)
-    c.LocalInstanceSpawner.envs_dir = str(settings.resolved_envs_dir)
-    c.LocalInstanceSpawner.store_url = store_url(settings)
-    c.LocalInstanceSpawner.limits = settings.limits.model_dump()
-    c.LocalInstanceSpawner.devices = [d.to_json() for d in inventory(settings)]
-    if settings.ssh.enabled:
-        _, client_key = deployment_keys(data_dir)
-        c.LocalInstanceSpawner.ssh_gateway_key = client_key.with_suffix(".pub").read_text()
+    backend.configure_hub(c, data_dir)
+    c.Spawner.options_form = render_options_form
     c.Spawner.default_url = "/lab"
     interval = str(settings.culling.activity_interval_seconds)
     service_url = f"http://127.0.0.1:{settings.service_port}"

@@ -5,6 +5,11 @@ Pure apart from asyncssh's parsing and key generation; the store keeps public ke
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +80,25 @@ def deployment_keys(data_dir: Path) -> tuple[Path, Path]:
             path.write_bytes(key.export_private_key())
             key.write_public_key(path.with_suffix(".pub"))
     return paths
+
+
+KEY_FILE = "endpoint_credentials.key"  # beside the gateway's deployment keys
+
+
+def credentials_key(key_dir: Path) -> bytes:
+    """The deployment's key for endpoint credentials: made once (atomically, as the hub and
+    the gateway may both ask first), then kept, readable by root alone."""
+    path = Path(key_dir) / KEY_FILE
+    if not path.exists():
+        draft = path.with_name(f".{KEY_FILE}.{secrets.token_hex(8)}")
+        draft.touch(mode=0o600)
+        draft.write_bytes(secrets.token_bytes(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
+    return path.read_bytes()
+
+
+def credential(key: bytes, owner: str, instance: str) -> str:
+    """What proves a connection is meant for this one instance (NUL never occurs in names)."""
+    return hmac.new(key, f"{owner}\0{instance}".encode(), hashlib.sha256).hexdigest()

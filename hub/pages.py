@@ -10,9 +10,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from atelier.spawner import cgroups, core
-from atelier.spawner.checks import visible_catalog
-from atelier.spawner.volumes import LocalVolume
+from atelier.spawner import core
 
 TEMPLATES = Path(__file__).parent / "templates"
 _jinja = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
@@ -80,8 +78,7 @@ def form_context(catalog: core.Catalog, limits: core.Limits) -> dict:
 
 def render_options_form(spawner) -> str:
     """JupyterHub's `options_form` for the spawn page of an instance (/hub/spawn/<user>/<name>)."""
-    catalog = visible_catalog(spawner.catalog(), spawner.user)
-    return options_form(catalog, spawner.core_limits, spawner.user_options)
+    return create_form(spawner.context, spawner.user, spawner.user_options)
 
 
 def create_form(context, user, chosen: dict | None = None) -> str:
@@ -146,7 +143,7 @@ def instance_rows(user, images: dict[str, core.Image], context):
                 notice=image_notice(images, options.get("image")),
                 reason=failure if status == "failed" else None,
                 volume_gb=store.volume_size(user.name, spawner.name),
-                volume_used_bytes=context.volume(user.name, spawner.name).used_bytes(),
+                volume_used_bytes=context.backend.volume_used_bytes(user.name, spawner.name),
             )
         )
     return sorted(rows, key=lambda row: row.name)
@@ -157,12 +154,13 @@ def home_view(context, user) -> dict:
     if user is None:
         return {}
     catalog = context.catalog_for(user)
+    can = context.capabilities()
     return {
         "instances": instance_rows(user, catalog.images, context),
         "form": options_form(catalog, context.limits, None),
-        "isolated": context.isolated,
-        "volumes_enforced": LocalVolume.enforced(),
-        "limits_unenforced": cgroups.Hierarchy.detect().unenforced(),
+        "isolated": can.users_isolated,
+        "volumes_enforced": can.volumes_enforced,
+        "limits_unenforced": list(can.limits_unenforced),
         "idle_minutes": context.settings.culling.idle_minutes,
         "now": datetime.now(UTC),
         "limit": context.settings.limits.instances_per_user,

@@ -106,11 +106,10 @@ class InstanceBase(BaseHandler):
         size = self.context.store.volume_size(owner, name)
         if size is None:
             return None  # created when the instance first starts
-        volume = self.context.volume(owner, name)
         return {
             "size_gb": size,
-            "used_bytes": volume.used_bytes(),
-            "enforced": volume.enforced(),
+            "used_bytes": self.context.backend.volume_used_bytes(owner, name),
+            "enforced": self.context.capabilities().volumes_enforced,
             "path": "work/",
         }
 
@@ -247,7 +246,9 @@ class VolumeExpandHandler(InstanceBase):
         add_gb = self.body(("add_gb",), required=("add_gb",))["add_gb"]
         await self.instance(caller, owner, name)
         try:
-            self.context.expand_volume(owner, name, add_gb, caller.name, caller.source_ip)
+            await asyncio.to_thread(
+                self.context.expand_volume, owner, name, add_gb, caller.name, caller.source_ip
+            )
         except core.OptionsError as error:
             raise APIError(400, "invalid", error.message, error.field) from None
         self.reply(await self.instance(caller, owner, name))

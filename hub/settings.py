@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from atelier.spawner import core
+from atelier.spawner.backend import backend_class, installed_backends
 from atelier.spawner.devices import Device
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +175,12 @@ class SSHConfig(Strict):
 
 
 class Settings(Strict):
-    backend: Literal["local"] = "local"
+    backend: str = Field(
+        "local", description="how instances run: a registered backend (atelier.backends)"
+    )
+    backend_options: dict = Field(
+        default_factory=dict, description="the chosen backend's own settings (its Options)"
+    )
     data_dir: Path = Field(Path(".atelier"), description="the hub's private state (0700)")
     shared_dir: Path | None = Field(
         None,
@@ -216,6 +222,25 @@ class Settings(Strict):
         min_length=1,
         description="the specs seeded at first start; default: the shipped file's",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _installed(cls, name: str) -> str:
+        installed = sorted(installed_backends())
+        if name not in installed:
+            raise ValueError(f"no backend named {name!r}; installed: {', '.join(installed)}")
+        return name
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> Settings:
+        """The chosen backend's options, checked by its own model (the bad key named)."""
+        try:
+            backend_class(self.backend).Options.model_validate(self.backend_options)
+        except ValidationError as error:
+            item = error.errors()[0]
+            key = ".".join(["backend_options", *map(str, item["loc"])])
+            raise ValueError(f"{key}: {item['msg']}") from None
+        return self
 
     @field_validator("images", "specs")
     @classmethod

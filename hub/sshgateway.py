@@ -6,8 +6,9 @@ then relays each channel (shell, exec, SFTP/scp, -L/-D forwarding) to the instan
 endpoint: an OpenSSH `sshd -i` that the instance runs behind a Unix socket
 (atelier.extensions.ssh), so the user lands in the instance's environment, as its account.
 SFTP sessions (and so scp) go to the instance's sftp-server over that socket directly.
-The gateway connects only to the socket root made for that instance, answered by the account
-root gave it, and presents that instance's credential (atelier.spawner.sshendpoint).
+The backend finds the instance's own endpoint and verifies it (`Backend.connect_ssh`: on the
+local backend, the socket root made for it, answered by the account root gave it); the
+gateway then presents that instance's credential, which no other endpoint takes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pwd
 import signal
 import socket
 import time
@@ -26,11 +26,10 @@ from atelier.extensions.ssh import ASK_SFTP, ASK_SSHD, READY, request
 from atelier.hub import ssh
 from atelier.hub.context import store_url
 from atelier.hub.hubconfig import settings_from_environment
-from atelier.hub.keypairs import deployment_keys
+from atelier.hub.keypairs import credential, credentials_key, deployment_keys
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
-from atelier.spawner import sshendpoint
-from atelier.spawner.accounts import ssh_socket
+from atelier.spawner.backend import Backend, EndpointRefused, EndpointUnavailable, load_backend
 
 log = logging.getLogger("atelier.sshgateway")
 # AES-GCM only: one hardware-accelerated OpenSSL call per packet. OpenSSH clients prefer
@@ -39,23 +38,16 @@ CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 TOO_MANY = "too many failed logins from this address; try again later"
 
 
-class InstanceUnavailable(Exception):
-    """The instance is not running: nothing listens on its endpoint."""
-
-
-class EndpointRefused(InstanceUnavailable):
-    """The instance's endpoint is not its own: never connected to, and audited."""
-
-
 class Gateway:
     """What every connection shares: settings, store, keys and the failed-login limit."""
 
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, settings: Settings, store: Store, backend: Backend):
         self.settings = settings
         self.store = store
+        self.backend = backend
         self.data_dir = settings.data_dir.absolute()
         self.host_key, self.client_key = deployment_keys(self.data_dir)
-        self.credentials_key = sshendpoint.credentials_key(self.host_key.parent)
+        self.credentials_key = credentials_key(self.host_key.parent)
         self.failures = ssh.FailureLimit(
             settings.ssh.max_failed_logins, settings.ssh.failed_login_window_seconds
         )
@@ -162,7 +154,7 @@ class Connection(asyncssh.SSHServer):
     async def _forward(self, host: str, port: int):
         try:
             upstream = await self.upstream()
-        except InstanceUnavailable as error:
+        except EndpointUnavailable as error:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(error)) from None
         return await self.conn.forward_tunneled_connection(upstream, host, port)
 
@@ -172,36 +164,38 @@ class Connection(asyncssh.SSHServer):
             self._upstream = asyncio.ensure_future(self._connect())
         return self._upstream
 
-    async def endpoint(self, ask: bytes) -> tuple[socket.socket, int]:
-        """A connection to the instance's own endpoint that has taken the instance's credential
-        and a request for `sshd` or `sftp`; and the uid that serves it."""
+    async def endpoint(self, ask: bytes) -> tuple[socket.socket, str]:
+        """A connection to the instance's own endpoint (the backend finds and verifies it)
+        that has taken the instance's credential and a request for `sshd` or `sftp`; and
+        the account that serves it."""
         owner, instance = self.login
-        path = ssh_socket(self.gateway.settings.resolved_shared_dir, owner, instance)
-        sock = socket.socket(socket.AF_UNIX)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
         try:
-            owner_uid = sshendpoint.owner_of(path)
-            await loop.sock_connect(sock, str(path))
-            uid = sshendpoint.check_peer(sock, path, owner_uid)
-            credential = sshendpoint.credential(self.gateway.credentials_key, owner, instance)
-            await loop.sock_sendall(sock, request(ask, credential))
-            if await asyncio.wait_for(self._answer(sock), 10) != READY:
-                raise sshendpoint.NotTheInstancesOwn(f"endpoint {path} refused the credential")
-        except (sshendpoint.NotTheInstancesOwn, TimeoutError) as error:
-            sock.close()
-            reason = f"{error or f'endpoint {path} did not answer'}; not the instance's own"
-            log.warning("refused: %s", reason)
-            self.gateway.audit(self.username, self.address, owner, "failure", reason)
-            raise EndpointRefused(
-                f"instance {instance}'s SSH endpoint is not its own; refused"
-            ) from None
-        except OSError:
-            sock.close()
-            raise InstanceUnavailable(
+            sock, account = await self.gateway.backend.connect_ssh(owner, instance)
+        except EndpointRefused as error:
+            raise self.refused_endpoint(owner, instance, str(error)) from None
+        except (EndpointUnavailable, OSError):
+            raise EndpointUnavailable(
                 f"instance {instance} is stopped; start it from the hub"
             ) from None
-        return sock, uid
+        loop = asyncio.get_running_loop()
+        proof = credential(self.gateway.credentials_key, owner, instance)
+        try:
+            await loop.sock_sendall(sock, request(ask, proof))
+            answer = await asyncio.wait_for(self._answer(sock), 10)
+        except (OSError, TimeoutError):
+            answer = b""
+        if answer != READY:
+            sock.close()
+            why = "refused the credential" if answer else "did not answer"
+            raise self.refused_endpoint(owner, instance, f"its endpoint {why}")
+        return sock, account
+
+    def refused_endpoint(self, owner: str, instance: str, why: str) -> EndpointRefused:
+        """An endpoint that is not the instance's own: never used, and audited."""
+        reason = f"{why}; not the instance's own"
+        log.warning("refused: %s", reason)
+        self.gateway.audit(self.username, self.address, owner, "failure", reason)
+        return EndpointRefused(f"instance {instance}'s SSH endpoint is not its own; refused")
 
     @staticmethod
     async def _answer(sock: socket.socket) -> bytes:
@@ -215,10 +209,10 @@ class Connection(asyncssh.SSHServer):
         return answer
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        sock, uid = await self.endpoint(ASK_SSHD)
+        sock, account = await self.endpoint(ASK_SSHD)
         return await asyncssh.connect(
             sock=sock,
-            username=pwd.getpwuid(uid).pw_name,  # the endpoint's sshd can log in no other
+            username=account,  # the endpoint's sshd can log in no other
             client_keys=[str(self.gateway.client_key)],
             known_hosts=None,  # the endpoint is the instance's own: checked above
             encryption_algs=CIPHERS,
@@ -274,10 +268,10 @@ class Downstream(asyncssh.SSHServerSession):
                     encoding=None,
                     **self.request,
                 )
-        except (InstanceUnavailable, asyncssh.Error, OSError) as error:
+        except (EndpointUnavailable, asyncssh.Error, OSError) as error:
             with contextlib.suppress(BrokenPipeError):
                 self.chan.write_stderr(f"{error}\r\n".encode())
-                self.chan.exit(1 if isinstance(error, InstanceUnavailable) else 255)
+                self.chan.exit(1 if isinstance(error, EndpointUnavailable) else 255)
             return
         for data in self.early:
             self.up.write_eof() if data is None else self.up.write(data)
@@ -377,7 +371,8 @@ class SFTPServer(asyncio.Protocol):
 
 
 async def serve(settings: Settings) -> None:
-    gateway = Gateway(settings, Store(store_url(settings)))
+    store = Store(store_url(settings))
+    gateway = Gateway(settings, store, load_backend(settings, store))
     server = await gateway.listen()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.close)  # hub stops
     log.info("SSH gateway listening on %s:%s", settings.ssh.ip, settings.ssh.port)

@@ -35,7 +35,8 @@ from atelier.hub.records import (
     migrate,
     utcnow,
 )
-from atelier.spawner import accounts, core
+from atelier.spawner import core
+from atelier.spawner.local import accounts
 
 AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")
 

@@ -1,7 +1,7 @@
 """Pure builders that turn a volume plan into what the Docker and Kubernetes backends send.
 
 No I/O: values in, plain dicts out (as kubespawner's `objects.py`). The local backend's
-realisation is `atelier.spawner.volumes`; these give Docker a named volume and Kubernetes a
+realisation is `atelier.spawner.local.volumes`; these give Docker a named volume and Kubernetes a
 PersistentVolumeClaim on an expandable StorageClass, grown by patching its request.
 """
 

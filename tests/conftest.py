@@ -20,7 +20,7 @@ from sqlalchemy import select
 from atelier.hub.records import AccountRecord
 from atelier.hub.settings import DEFAULT_CONFIG
 from atelier.hub.store import Store
-from atelier.spawner.envs import build_env
+from atelier.spawner.local.envs import build_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # Instances run as per-user accounts: their files must live where those accounts can reach.
@@ -55,6 +55,7 @@ class Hub:
     0700 directory (as a clone in root's home) and its own shared dir."""
 
     run_options: tuple[str, ...] = ()  # more options of `atelier run`
+    environment: dict[str, str] = {}  # more environment for the hub and the CLI (PYTHONPATH)
 
     def __init__(self, envs: Path, **overrides):
         self.dir = WORK / f"hub-{secrets.token_hex(4)}"
@@ -108,7 +109,7 @@ class Hub:
             cwd=self.dir,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "ATELIER_CONFIG": str(self.config)},
+            env={**os.environ, **self.environment, "ATELIER_CONFIG": str(self.config)},
             preexec_fn=preexec_fn,
         )
 
@@ -133,6 +134,7 @@ class Hub:
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, **self.environment},
         )
         return result.stdout
 

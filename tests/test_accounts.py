@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from atelier.hub.store import Store
-from atelier.spawner import accounts, core
+from atelier.spawner import core
+from atelier.spawner.local import accounts
 
 
 @pytest.fixture

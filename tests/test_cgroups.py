@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from atelier.spawner.cgroups import (
+from atelier.spawner.devices import Device
+from atelier.spawner.local.cgroups import (
     PTY_RULE,
     Hierarchy,
     Limits,
@@ -15,7 +16,6 @@ from atelier.spawner.cgroups import (
     v1_writes,
     v2_writes,
 )
-from atelier.spawner.devices import Device
 
 BASIC = {
     "null": ("c", 1, 3),

@@ -15,7 +15,7 @@ from conftest import free_port
 from atelier.hub.cli import buildable_images, main
 from atelier.hub.settings import DEFAULT_CONFIG, PROJECT_ROOT, load_settings
 from atelier.hub.store import Store
-from atelier.spawner.envs import STAMP, built_envs
+from atelier.spawner.local.envs import STAMP, built_envs
 
 BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
 TORCH = "pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64"

@@ -15,7 +15,7 @@ import requests
 from conftest import BASE, sign_in, sign_up, xsrf
 
 from atelier.sdk import Client
-from atelier.spawner.envs import STAMP
+from atelier.spawner.local.envs import STAMP
 
 pytestmark = pytest.mark.e2e
 

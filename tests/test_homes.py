@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from atelier.spawner.accounts import prepare_shared_dir
-from atelier.spawner.homes import InstanceHome
+from atelier.spawner.local.accounts import prepare_shared_dir
+from atelier.spawner.local.homes import InstanceHome
 
 needs_root = pytest.mark.skipif(not InstanceHome.enforced(), reason="loop mounts need root")
 

@@ -10,7 +10,7 @@ import yaml
 from atelier.hub import hubconfig
 from atelier.hub.hubconfig import prepare_data_dir
 from atelier.hub.settings import DEFAULT_CONFIG, ConfigError, load_settings
-from atelier.spawner import accounts
+from atelier.spawner.local import accounts
 
 
 def mode(path) -> int:

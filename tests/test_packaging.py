@@ -47,7 +47,8 @@ def test_built_wheel_installs_and_imports(tmp_path):
     # the wheel's own code, with this environment's dependencies
     deps = sysconfig.get_paths()["purelib"]
     check = (
-        "import atelier.spawner.core as c, atelier.hub.settings as s, atelier.spawner.envs as e;"
+        "import atelier.spawner.core as c, atelier.hub.settings as s;"
+        "import atelier.spawner.local.envs as e;"
         "print(c.__file__); print(s.load_settings().port); print(e.IMAGES_DIR.is_dir())"
     )
     result = subprocess.run(

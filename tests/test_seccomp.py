@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from atelier.spawner import seccomp
-from atelier.spawner.seccomp import ABIS, ALLOW, ERRNO
+from atelier.spawner.local import seccomp
+from atelier.spawner.local.seccomp import ABIS, ALLOW, ERRNO
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWTIME = 0x20000, 0x10000000, 0x40000000, 0x80
 SIGCHLD, CLONE_VM, CLONE_THREAD = 17, 0x100, 0x10000

@@ -73,7 +73,10 @@ def test_atelier_config_environment_variable_picks_the_file(tmp_path, monkeypatc
             lambda d: d.update(port=70000),
             "port: Input should be less than or equal to 65535 (got 70000)",
         ),
-        (lambda d: d.update(backend="nomad"), "backend: Input should be 'local' (got 'nomad')"),
+        (
+            lambda d: d.update(backend="nomad"),
+            "backend: Value error, no backend named 'nomad'; installed: local (got 'nomad')",
+        ),
         (
             lambda d: d["limits"].update(instances_per_user=0),
             "limits.instances_per_user: Input should be greater than or equal to 1",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from atelier.hub import ssh
+from atelier.hub import keypairs, ssh
 from atelier.hub.keypairs import deployment_keys
-from atelier.spawner import accounts, sshendpoint
 from atelier.spawner.core import OptionsError
+from atelier.spawner.local import accounts, sshendpoint
 
 README = Path(__file__).parents[1] / "README.md"
 KEYS = {"k1", "k2"}
@@ -154,15 +154,15 @@ def test_accounts_join_tty_only_where_sshd_needs_it(options, needed):
 
 
 def test_endpoint_credentials_are_per_instance(tmp_path):
-    key = sshendpoint.credentials_key(tmp_path)
-    assert sshendpoint.credentials_key(tmp_path) == key  # kept
-    assert oct((tmp_path / sshendpoint.KEY_FILE).stat().st_mode & 0o777) == "0o600"
+    key = keypairs.credentials_key(tmp_path)
+    assert keypairs.credentials_key(tmp_path) == key  # kept
+    assert oct((tmp_path / keypairs.KEY_FILE).stat().st_mode & 0o777) == "0o600"
     credentials = {
-        sshendpoint.credential(key, owner, instance)
+        keypairs.credential(key, owner, instance)
         for owner, instance in (("alice", "lab"), ("alice", "lab2"), ("bob", "lab"), ("ali", "ce"))
     }
     assert len(credentials) == 4
-    assert sshendpoint.credential(os.urandom(32), "alice", "lab") not in credentials
+    assert keypairs.credential(os.urandom(32), "alice", "lab") not in credentials
 
 
 def test_root_binds_the_endpoint_in_its_own_directory(tmp_path):

@@ -13,9 +13,17 @@ from atelier.hub import records
 from atelier.hub.context import Context
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
-from atelier.spawner import volumes
 from atelier.spawner.core import Limits, OptionsError, check_expand, check_volume_size
-from atelier.spawner.volumes import GB, LocalVolume, VolumeMissing, VolumeUnavailable, link_work
+from atelier.spawner.devices import Allocator
+from atelier.spawner.local import volumes
+from atelier.spawner.local.backend import LocalBackend
+from atelier.spawner.local.volumes import (
+    GB,
+    LocalVolume,
+    VolumeMissing,
+    VolumeUnavailable,
+    link_work,
+)
 
 LIMITS = Limits()
 BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
@@ -215,9 +223,9 @@ def test_a_failed_expansion_keeps_the_size_data_and_record_and_is_audited(tmp_pa
     store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
     catalog = {"images": [{"name": BASE}], "specs": [{"name": "cpu.2u8g"}]}
     settings = Settings(data_dir=tmp_path, shared_dir=tmp_path, **catalog)
-    context = Context(settings, store, None, False)
+    context = Context(settings, store, LocalBackend(settings, store), Allocator([]))
     store.reserve_volume("ann", "lab", 1, LIMITS)
-    volume = context.volume("ann", "lab")
+    volume = context.backend.volume("ann", "lab")
     volume.home.mkdir(parents=True)
     volume.create(1)
     store.volume_made("ann", "lab")

@@ -20,8 +20,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from atelier.spawner.accounts import instance_home, prepare_private_dir, volumes_dir
-from atelier.spawner.volumes import (
+from atelier.spawner.local.accounts import instance_home, prepare_private_dir, volumes_dir
+from atelier.spawner.local.volumes import (
     FilesystemInUse,
     LocalVolume,
     give_root,

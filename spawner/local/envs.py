@@ -21,7 +21,7 @@ from pathlib import Path
 import atelier.extensions
 import atelier.images
 import atelier.sdk
-from atelier.spawner.accounts import run
+from atelier.spawner.local.accounts import run
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
 EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))

@@ -53,7 +53,7 @@ def prepare_shared_dir(shared_dir: Path) -> None:
 
 def instance_home(shared_dir: Path, account: str, instance: str) -> Path:
     """An instance's directory: its HOME and JupyterLab root, with work/ linking to its volume
-    (atelier.spawner.homes makes it afresh at every start)."""
+    (atelier.spawner.local.homes makes it afresh at every start)."""
     return Path(shared_dir) / "homes" / account / instance
 
 

@@ -20,7 +20,7 @@ import signal
 import time
 from pathlib import Path
 
-from atelier.spawner.accounts import instance_home, mount_point, run, volumes_dir
+from atelier.spawner.local.accounts import instance_home, mount_point, run, volumes_dir
 
 GB = 1024**3
 LOSETUP, MKFS_XFS, XFS_GROWFS = "/usr/sbin/losetup", "/usr/sbin/mkfs.xfs", "/usr/sbin/xfs_growfs"

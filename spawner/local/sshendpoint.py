@@ -12,42 +12,19 @@ no other endpoint takes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import os
 import pwd
-import secrets
 import shutil
 import socket
 import stat
 import struct
 from pathlib import Path
 
-KEY_FILE = "endpoint_credentials.key"  # beside the gateway's deployment keys
 PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 
 class NotTheInstancesOwn(Exception):
     """The endpoint's socket, or whoever answers it, is not what root made for the instance."""
-
-
-def credentials_key(key_dir: Path) -> bytes:
-    """The deployment's key for endpoint credentials: made once (atomically, as the hub and
-    the gateway may both ask first), then kept, readable by root alone."""
-    path = Path(key_dir) / KEY_FILE
-    if not path.exists():
-        draft = path.with_name(f".{KEY_FILE}.{secrets.token_hex(8)}")
-        draft.touch(mode=0o600)
-        draft.write_bytes(secrets.token_bytes(32))
-        with contextlib.suppress(FileExistsError):
-            os.link(draft, path)
-        draft.unlink()
-    return path.read_bytes()
-
-
-def credential(key: bytes, owner: str, instance: str) -> str:
-    """What proves a connection is meant for this one instance (NUL never occurs in names)."""
-    return hmac.new(key, f"{owner}\0{instance}".encode(), hashlib.sha256).hexdigest()
 
 
 def _trusted_directories(directory: Path) -> None:

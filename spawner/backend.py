@@ -1,0 +1,161 @@
+"""The seam between Atelier's backend-neutral core and the machines that run instances.
+
+The core decides *what* runs (`atelier.spawner.core`: catalog, options, the instance plan);
+a backend decides *how*: which spawner the hub uses, what the machine can run, where volumes,
+SSH endpoints and image realisations live. The hub, the Atelier service, the SSH gateway, the
+CLI and the pages ask the configured `Backend` and never name one backend's classes, as
+JupyterHub asks `self.spawner`. Each process makes its own (`load_backend`).
+
+A backend is registered the way JupyterHub registers spawners, as an entry point in the
+`atelier.backends` group (`local = "atelier.spawner.local:LocalBackend"`), and chosen with
+`backend:` in atelier.yaml; its options come from the `backend_options:` block, validated by
+its `Options` model. Its spawner subclasses `InstanceSpawnerMixin` (atelier.spawner.base),
+which holds what every backend's spawner shares.
+
+Planned seats (next issues), each an addition to this class: `save_image(plan)` for
+snapshots, `run_job(plan)` for training jobs, `run_model_server(plan)` for deployments;
+`Capabilities` says which a backend has.
+"""
+
+from __future__ import annotations
+
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from atelier.spawner import core
+from atelier.spawner.devices import Device, detect_devices
+
+if TYPE_CHECKING:
+    from atelier.hub.settings import Settings
+    from atelier.hub.store import Store
+
+GROUP = "atelier.backends"
+
+
+class EndpointUnavailable(Exception):
+    """Nothing answers at the instance's SSH endpoint: it is not running."""
+
+
+class EndpointRefused(EndpointUnavailable):
+    """What answers is not the instance's own endpoint: never used, and audited."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run on this machine, as the catalog, the form and the pages need it."""
+
+    accelerators: dict[str, int]  # accelerator type -> how many the machine has
+    arch: str | None  # the one architecture it runs; None: any
+    realised: frozenset[str] | None  # images ready to start; None: every catalog image
+    users_isolated: bool  # each user's instances run apart from other users' (own account)
+    volumes_enforced: bool  # a volume's size is a hard limit (ENOSPC), not only measured
+    limits_unenforced: tuple[str, ...] = ()  # spec limits this machine cannot enforce
+
+
+class NoOptions(BaseModel):
+    """A backend without options of its own refuses any in `backend_options`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backend(ABC):
+    """How instances run on one kind of machine. Methods that block (host tools, engine
+    calls) are plain functions: callers on an event loop run them with `asyncio.to_thread`."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, settings: Settings, store: Store | None):
+        """`store` is None in a backend made only to configure the hub."""
+        self.settings = settings
+        self.store = store
+        self.options = self.Options.model_validate(settings.backend_options)
+
+    # the hub ----------------------------------------------------------------------------
+    @abstractmethod
+    def configure_hub(self, c, data_dir: Path) -> None:
+        """Set JupyterHub's spawner class and that spawner's traits on config `c`."""
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Make what the backend needs before the hub starts (directories, engine checks);
+        raises ValueError naming the setting that is wrong."""
+
+    # what it can run ----------------------------------------------------------------------
+    def inventory(self) -> list[Device]:
+        """The accelerators instances may be given: atelier.yaml's `devices`, else found."""
+        if self.settings.devices is None:
+            return detect_devices()
+        return [device.to_device() for device in self.settings.devices]
+
+    @abstractmethod
+    def capabilities(self, inventory: list[Device]) -> Capabilities:
+        """What this machine runs now (built images can appear at any time)."""
+
+    def catalog(self, inventory: list[Device]) -> core.Catalog:
+        """The store's catalog as this backend can run it."""
+        can = self.capabilities(inventory)
+        return self.store.catalog(can.accelerators, can.arch, can.realised)
+
+    # images -----------------------------------------------------------------------------
+    @abstractmethod
+    def has_definition(self, image: str) -> bool:
+        """Whether the image can be realised here at all (a folder under images/, say)."""
+
+    @abstractmethod
+    def definition_hint(self, image: str) -> str:
+        """What to create so that `image` has a definition (for the error that says so)."""
+
+    @abstractmethod
+    def build_image(self, image: str, log: Callable[[str], None]) -> None:
+        """Realise `image` (an environment, an OCI image), reporting each step to `log`;
+        raises RuntimeError and keeps nothing when it fails. Blocking."""
+
+    # volumes ----------------------------------------------------------------------------
+    @abstractmethod
+    def volume_used_bytes(self, owner: str, instance: str) -> int | None:
+        """Bytes in use on the instance's work volume, or None when it cannot be read now."""
+
+    @abstractmethod
+    def expand_volume(self, owner: str, instance: str, size_gb: int) -> None:
+        """Grow the volume to `size_gb` (online if attached). Raises `core.OptionsError`
+        for what the user can act on, OSError/RuntimeError when the machine failed. Blocking."""
+
+    # SSH --------------------------------------------------------------------------------
+    @abstractmethod
+    async def connect_ssh(self, owner: str, instance: str) -> tuple[socket.socket, str]:
+        """A connected socket to the instance's own SSH endpoint (verified to be that
+        instance's, never a path or address another user can influence) and the account
+        its sshd logs in. Raises `EndpointUnavailable` or `EndpointRefused`."""
+
+    # users --------------------------------------------------------------------------------
+    @abstractmethod
+    def forget_user(self, owner: str, account: str) -> None:
+        """A deleted user's last traces on this machine (processes, directories), after the
+        store forgot them, so a user re-created with the name inherits nothing. Blocking."""
+
+
+def installed_backends() -> dict[str, object]:
+    """Registered backends by name (their entry points, not loaded)."""
+    return {point.name: point for point in entry_points(group=GROUP)}
+
+
+@cache
+def backend_class(name: str) -> type[Backend]:
+    points = installed_backends()
+    if name not in points:
+        raise ValueError(f"no backend named {name!r}; installed: {', '.join(sorted(points))}")
+    return points[name].load()
+
+
+def load_backend(settings: Settings, store: Store | None) -> Backend:
+    """This process's backend for `settings` (atelier.yaml's `backend`)."""
+    return backend_class(settings.backend)(settings, store)

@@ -1,0 +1,194 @@
+"""What every backend's spawner shares: the plan, progress, records, devices and audit.
+
+`InstanceSpawnerMixin` goes first in a backend's spawner class, before the JupyterHub spawner
+it realises plans with (`LocalProcessSpawner`, `DockerSpawner`, `KubeSpawner`):
+
+    class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner): ...
+
+It runs the one check (the last line, whichever door was used), reserves the volume and the
+devices, records a failed start so the instance shows as failed (also after a hub restart),
+and gives everything back when a start fails or the instance stops. A backend writes
+`start_plan(plan)` (realise the plan, return what JupyterHub's `start` returns),
+`release_plan()` (undo what `start_plan` made on the machine) and `delete_instance()`.
+The hub's Context (store, backend, allocator) reaches the spawner through the hub's tornado
+settings, as every JupyterHub handler reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from jupyterhub.spawner import SpawnException
+
+from atelier.spawner import checks, core
+from atelier.spawner.devices import Device, DevicesUnavailable
+
+
+class InstanceSpawnerMixin:
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._events: list[dict] = []
+        self.held_devices: list[Device] = []
+        self.volume_to_make: int | None = None  # GB this start holds for a volume not yet made
+
+    # the hub's shared pieces ----------------------------------------------------------------
+    @property
+    def context(self):
+        return self.user.settings["atelier"]
+
+    @property
+    def store(self):
+        return self.context.store
+
+    @property
+    def backend(self):
+        return self.context.backend
+
+    @property
+    def allocator(self):
+        return self.context.allocator
+
+    @property
+    def holder(self) -> str:
+        return f"{self.user.name}:{self.name}"
+
+    def check(self) -> core.InstancePlan:
+        """The check every door runs, once more here. An instance that has started before
+        (it has a volume) keeps its image."""
+        started_before = self.store.volume_size(self.user.name, self.name) is not None
+        return checks.check_instance(
+            self.user,
+            self.name,
+            self.user_options,
+            current_image=self.user_options.get("image") if started_before else None,
+            catalog=self.context.catalog(),
+            store=self.store,
+            allocator=self.allocator,
+            limits=self.context.limits,
+        )
+
+    # progress -------------------------------------------------------------------------------
+    def _report(self, progress: int, message: str) -> None:
+        self.log.info("%s: %s", self._log_name, message)
+        self._events.append({"progress": progress, "message": message})
+
+    async def progress(self):
+        sent = 0
+        while True:
+            for event in self._events[sent:]:
+                yield event
+                sent += 1
+            await asyncio.sleep(0.2)
+
+    # the lifecycle --------------------------------------------------------------------------
+    async def start(self):
+        """Start the instance; why it failed, if it does, is kept in the store until a start
+        succeeds or it is stopped."""
+        self.store.set_failure(self.user.name, self.name, None)
+        try:
+            return await self._start()
+        except Exception as error:
+            self.record_failure(getattr(error, "log_message", None) or str(error))
+            raise
+
+    def record_failure(self, reason: str) -> None:
+        self.log.warning("%s failed: %s", self._log_name, reason)
+        self.store.set_failure(self.user.name, self.name, reason)
+
+    async def _start(self):
+        self._events = []
+        self._report(10, "Planning the instance")
+        try:
+            plan = self.check()
+            self.volume_to_make = self.store.reserve_volume(
+                self.user.name, self.name, plan.volume_gb, self.context.limits
+            )
+        except (core.OptionsError, DevicesUnavailable) as error:
+            raise SpawnException(str(error), reason="options", status_code=400) from None
+
+        try:  # from here on, any failure gives back what this start holds
+            self.store.instance_created(self.user.name, self.name)
+            self._report(25, f"Allocating devices for {plan.spec.name}")
+            try:
+                self.held_devices = self.allocator.acquire(
+                    self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
+                )
+            except DevicesUnavailable as error:
+                raise SpawnException(str(error), reason="devices", status_code=400) from None
+            return await self.start_plan(plan)
+        except BaseException:
+            await self.release()
+            raise
+
+    async def start_plan(self, plan: core.InstancePlan):
+        """Realise `plan` on the machine (devices are held); return what `start` returns."""
+        raise NotImplementedError
+
+    async def release_plan(self) -> None:
+        """Undo on the machine what `start_plan` made (the volume stays)."""
+        raise NotImplementedError
+
+    async def delete_instance(self) -> bool:
+        """Delete the instance's volume and files on the machine; True when it had a volume."""
+        raise NotImplementedError
+
+    async def make_volume(self, create: Callable[[int], None]) -> None:
+        """Make the work volume while it is only reserved (`create(size_gb)`, blocking), once:
+        a volume made before is never made again."""
+        if self.volume_to_make is None:
+            return
+        await asyncio.to_thread(create, self.volume_to_make)
+        self.store.volume_made(self.user.name, self.name)
+        self.volume_to_make = None
+        self.audit_volume("createVolume")
+
+    def audit_volume(self, action: str) -> None:
+        """Recorded as caused by the request that started or deleted the instance."""
+        actor, source_ip = checks.requester.get() or (self.user.name, "")
+        self.store.record(
+            actor=actor,
+            source_ip=source_ip,
+            action=action,
+            resource_type="volume",
+            resource=f"{self.user.name}/{self.name}",
+            owner=self.user.name,
+            result="success",
+        )
+
+    async def release(self) -> None:
+        """Give back what a start holds: the quota of a volume never made, the devices,
+        and what the backend made for it."""
+        if self.volume_to_make is not None:
+            self.store.release_volume(self.user.name, self.name)
+            self.volume_to_make = None
+        self.allocator.release(self.holder)
+        self.held_devices = []
+        await self.release_plan()
+
+    async def delete_forever(self):
+        """The instance is deleted: so is its work volume. (The default server, which
+        JupyterHub deletes with its user, is never an instance.)"""
+        if not self.name:
+            return
+        had_volume = await self.delete_instance()
+        self.store.forget_volume(self.user.name, self.name)
+        if had_volume:  # an instance that never started had no volume to delete
+            self.audit_volume("deleteVolume")
+
+    # hub restarts ---------------------------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self.held_devices:
+            state["devices"] = [d.to_json() for d in self.held_devices]
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.held_devices = [Device(**d) for d in state.get("devices", [])]
+        if self.held_devices:
+            self.allocator.restore(self.holder, self.held_devices)
+
+    def clear_state(self):
+        super().clear_state()
+        self.held_devices = []

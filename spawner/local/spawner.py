@@ -1,0 +1,243 @@
+"""The local backend's spawner: each instance is a JupyterLab process from its image's
+environment.
+
+It realises an `InstancePlan` (the shared part is `InstanceSpawnerMixin`): prepares a fresh
+home and attaches the work volume, limits memory, CPU time, processes and device access with
+cgroups where the kernel allows it, and (when the hub runs as root) runs the server as the hub
+user's own system account under a seccomp filter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
+from traitlets import Bool, Unicode, default
+
+from atelier.hub.keypairs import credential, credentials_key, deployment_keys
+from atelier.spawner import core
+from atelier.spawner.base import InstanceSpawnerMixin
+from atelier.spawner.devices import Device, visible_devices_environment
+from atelier.spawner.local import accounts, cgroups, seccomp, sshendpoint
+from atelier.spawner.local.envs import env_python_bin
+from atelier.spawner.local.homes import InstanceHome
+from atelier.spawner.local.volumes import LocalVolume, VolumeUnavailable
+
+
+class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
+    """Run Atelier instances as local JupyterLab processes."""
+
+    data_dir = Unicode(help="The hub's private data dir (the SSH endpoints' credential key)").tag(
+        config=True
+    )
+    shared_dir = Unicode(
+        help="What instance accounts reach: homes, volumes, SSH sockets (accounts.py's layout)"
+    ).tag(config=True)
+    envs_dir = Unicode(help="Where the local image environments are built").tag(config=True)
+    ssh_gateway_key = Unicode(
+        help="The SSH gateway's public key, which instance SSH endpoints accept; empty: no SSH"
+    ).tag(config=True)
+    isolate_users = Bool(
+        help="Run each hub user's instances as their own system account (needs root)"
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.account = ""
+
+    @default("isolate_users")
+    def _isolate_default(self):
+        return os.geteuid() == 0
+
+    @default("env_keep")
+    def _env_keep_default(self):
+        return ["LANG", "LC_ALL"]
+
+    @property
+    def user_account(self) -> str:
+        """The hub user's own account name (claimed on first use): the key of their
+        directories, and who their instances run as where users are isolated."""
+        return self.store.claim_account(self.user.name)
+
+    @property
+    def home(self) -> Path:
+        return accounts.instance_home(Path(self.shared_dir), self.user_account, self.name)
+
+    @property
+    def instance_home(self) -> InstanceHome:
+        return InstanceHome(Path(self.shared_dir), self.user_account, self.name)
+
+    @property
+    def volume(self) -> LocalVolume:
+        return LocalVolume(Path(self.shared_dir), self.user_account, self.name)
+
+    @property
+    def ssh_socket(self) -> Path:
+        return accounts.ssh_socket(Path(self.shared_dir), self.user.name, self.name)
+
+    # the lifecycle ------------------------------------------------------------------------------
+    async def start_plan(self, plan: core.InstancePlan):
+        self._report(45, "Preparing a fresh home")
+        self.account = await self._prepare_account()
+        owner = self.account if self.isolate_users else None
+        size_gb = self.context.limits.ephemeral_storage_gb
+        with self._host_filesystem("home"):
+            await asyncio.to_thread(self.instance_home.reset, size_gb, owner)
+        self._report(55, "Attaching the work volume")
+        with self._host_filesystem("work volume"):
+            await self.make_volume(self.volume.create)
+            await asyncio.to_thread(self.volume.attach, owner)
+        await asyncio.to_thread(self._create_cgroups, plan, self.held_devices)
+
+        self._report(70, f"Starting JupyterLab on {plan.image.name}")
+        bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
+        self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
+        self.notebook_dir = str(self.home)
+        with self._ssh_endpoint() as ssh_environment:
+            self._plan_environment = {
+                **plan.environment,
+                **visible_devices_environment(self.held_devices),
+                "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                "VIRTUAL_ENV": str(bin_dir.parent),
+                "SHELL": "/bin/bash",
+                **ssh_environment,
+            }
+            return await LocalProcessSpawner.start(self)
+
+    @contextlib.contextmanager
+    def _ssh_endpoint(self):
+        """The SSH endpoint's socket, bound by root (sshendpoint.py) and passed to JupyterLab,
+        which listens on it (atelier.extensions.ssh); yields the settings the endpoint needs
+        from the environment. The hub's copy of the socket closes after."""
+        if not self.ssh_gateway_key:
+            yield {}
+            return
+        account = self.account if self.isolate_users else None
+        try:
+            listener = sshendpoint.bind(self.ssh_socket, account)
+        except sshendpoint.NotTheInstancesOwn as error:
+            raise SpawnException(f"SSH endpoint: {error}", reason="ssh") from None
+        key = credentials_key(deployment_keys(Path(self.data_dir))[0].parent)
+        proof = credential(key, self.user.name, self.name)
+        popen_kwargs = self.popen_kwargs
+        with listener:
+            self.popen_kwargs = {**popen_kwargs, "pass_fds": (listener.fileno(),)}
+            try:
+                yield {
+                    "ATELIER_SSH_FD": str(listener.fileno()),
+                    "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
+                    "ATELIER_SSH_CREDENTIAL": proof,
+                }
+            finally:
+                self.popen_kwargs = popen_kwargs
+
+    @contextlib.contextmanager
+    def _host_filesystem(self, what: str):
+        """A home or volume that cannot be had: the user reads why in one line; a host
+        tool's output (host paths) is for the operator's log only."""
+        try:
+            yield
+        except VolumeUnavailable as error:
+            raise SpawnException(str(error), reason="volume", status_code=400) from None
+        except (OSError, RuntimeError) as error:
+            self.log.error("%s: preparing the %s failed: %s", self._log_name, what, error)
+            message = (
+                f"the instance's {what} could not be prepared on this machine; "
+                "ask the hub's operator (its log says why)"
+            )
+            raise SpawnException(message, reason="host", status_code=503) from None
+
+    async def delete_instance(self) -> bool:
+        made = self.volume.exists()
+        await asyncio.to_thread(self._delete_files)
+        return made
+
+    def _delete_files(self) -> None:
+        self.volume.delete()
+        self.instance_home.release()
+        shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.ssh_socket.parent, ignore_errors=True)
+
+    async def _prepare_account(self) -> str:
+        if not self.isolate_users:
+            return accounts.hub_account()
+        name = self.user_account
+        await asyncio.to_thread(accounts.ensure_account, name)
+        return name
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(getattr(self, "_plan_environment", {}))
+        return env
+
+    def user_env(self, env):
+        env["USER"] = self.account
+        env["HOME"] = str(self.home)
+        return env
+
+    @property
+    def cgroup_name(self) -> str:
+        """The instance's own cgroup: from the hub user's account (one per user, even when
+        instances run as the hub's account) and the instance name, so never shared."""
+        return cgroups.group_name(self.user_account, self.name)
+
+    def _create_cgroups(self, plan: core.InstancePlan, held: list[Device]) -> None:
+        limits = cgroups.Limits(memory_bytes=plan.spec.memory_gb * 1024**3, cpu=plan.spec.cpu)
+        rules = cgroups.device_rules(held, cgroups.read_device_nodes())
+        cgroups.Hierarchy.detect().create(self.cgroup_name, limits, rules)
+
+    def make_preexec_fn(self, name):
+        setuid = set_user_setuid(self.account, chdir=False) if self.isolate_users else None
+        procs = [g / "cgroup.procs" for g in cgroups.Hierarchy.detect().groups(self.cgroup_name)]
+        home = str(self.home)
+        confine = seccomp.loader(platform.machine())
+
+        def preexec():
+            for group_procs in procs:  # in every controller's group before dropping root
+                group_procs.write_text(str(os.getpid()))
+            confine()  # no namespaces for it and its children; as root: no no_new_privs
+            if setuid is not None:
+                setuid()
+            os.umask(0o022)  # the hub's own umask (077) is for its private state
+            os.chdir(home)
+
+        return preexec
+
+    async def poll(self):
+        had_process = bool(self.pid)
+        status = await super().poll()
+        if status is not None:
+            # dead while starting, or while running without anyone stopping it
+            if had_process and (self._waiting_for_response or not self._stop_pending):
+                when = "during start-up" if self._waiting_for_response else "unexpectedly"
+                self.record_failure(f"JupyterLab exited {when} (exit status {status})")
+            await self.release()
+        return status
+
+    async def stop(self, now=False):
+        if self._waiting_for_response:  # the hub gave up waiting for it to answer
+            self.record_failure(f"JupyterLab did not answer within {self.http_timeout} seconds")
+        await super().stop(now=now)
+        await self.release()
+
+    async def release_plan(self) -> None:
+        groups = cgroups.Hierarchy.detect().groups(self.cgroup_name)
+        await asyncio.to_thread(cgroups.remove, groups)
+        await asyncio.to_thread(self.volume.detach)  # kills what still uses it: not on the loop
+        await asyncio.to_thread(self.instance_home.release)
+
+    # hub restarts ---------------------------------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            state["account"] = self.account
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.account = state.get("account", "")
