@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -16,8 +15,6 @@ from atelier.spawner import core
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 TRANSIENT = ("creating", "stopping")  # what a start or stop passes through
-
-FIELD_PREFIX = re.compile(r"^([a-z_][\w.]*): ")
 
 
 def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> dict:
@@ -54,14 +51,15 @@ def visible_images(images: list[core.Image], caller: Caller, workspaces) -> list
 
 
 def hub_error(code: int, data) -> APIError:
-    """The hub's refusal, with the field its message names."""
-    message = (data or {}).get("message", "refused by the hub")
-    match = FIELD_PREFIX.match(message)
+    """The hub's refusal: an Atelier check's code and field as the hub's handlers answer
+    them; JupyterHub's own refusals name no field."""
+    data = data or {}
+    if code < 500 and data.get("field"):
+        return APIError(code, data["code"], data["detail"], data["field"])
     return APIError(
         code if code < 500 else 502,
         "invalid" if code == 400 else "hub_error",
-        message[match.end() :] if match else message,
-        match.group(1) if match else None,
+        data.get("message", "refused by the hub"),
     )
 
 
@@ -212,7 +210,7 @@ class InstanceHandler(InstanceBase):
         try:
             return ssh.parse_access(value, current, key_ids)
         except core.OptionsError as error:
-            raise APIError(400, "invalid", error.message, error.field) from None
+            raise APIError.refusal(error) from None
 
     async def delete(self, owner, name):
         caller = self.require("custom:atelier:instances:delete")
@@ -249,7 +247,7 @@ class VolumeExpandHandler(InstanceBase):
         try:
             self.context.expand_volume(owner, name, add_gb, caller.name, caller.source_ip)
         except core.OptionsError as error:
-            raise APIError(400, "invalid", error.message, error.field) from None
+            raise APIError.refusal(error) from None
         self.reply(await self.instance(caller, owner, name))
 
 
@@ -277,13 +275,7 @@ class CatalogBase(BaseHandler):
                 name=name,
             )
         except CatalogError as error:
-            status = 404 if str(error).startswith("name: no ") else 400
-            raise APIError(
-                status,
-                "not_found" if status == 404 else "invalid",
-                str(error).split(": ", 1)[1],
-                error.field,
-            ) from None
+            raise APIError.refusal(error, 404 if error.code == "not_found" else 400) from None
         except (TypeError, ValueError) as error:
             raise APIError(400, "invalid", str(error)) from None
 

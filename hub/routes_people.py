@@ -85,7 +85,7 @@ class WorkspaceHandler(WorkspaceBase):
             self.context.store.delete_workspace(name)
         except CatalogError as error:
             self.audit(caller, "deleteWorkspace", self.noun, name, "failure", str(error))
-            raise APIError(409, "conflict", str(error).split(": ", 1)[1], "name") from None
+            raise APIError.refusal(error, 409) from None
         await self.hub.delete_group(name, caller)
         self.audit(caller, "deleteWorkspace", self.noun, name)
         self.set_status(204)
@@ -124,7 +124,7 @@ class KeyPairsHandler(BaseHandler):
             key = inspect_public_key(public_line)
         except core.OptionsError as error:
             self.audit(caller, "createKeyPair", "keypair", name, "failure", str(error), caller.name)
-            raise APIError(400, "invalid", error.message, error.field) from None
+            raise APIError.refusal(error) from None
         record = self.stored(
             caller,
             "createKeyPair",
@@ -140,7 +140,7 @@ class KeyPairsHandler(BaseHandler):
             result = change()
         except CatalogError as error:
             self.audit(caller, action, "keypair", name, "failure", str(error), caller.name)
-            raise APIError(409, "exists", str(error).split(": ", 1)[1], error.field) from None
+            raise APIError.refusal(error, 409) from None
         self.audit(caller, action, "keypair", name, "success", result["fingerprint"], caller.name)
         return result
 

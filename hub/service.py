@@ -30,6 +30,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from atelier.hub.context import Context
+from atelier.spawner import core
 
 SERVICE = "atelier"
 API_PREFIX = f"/services/{SERVICE}/api/v1"
@@ -76,6 +77,11 @@ class APIError(web.HTTPError):
     def __init__(self, status: int, code: str, message: str, field: str | None = None):
         super().__init__(status, message.replace("%", "%%"))
         self.code, self.message, self.field = code, message, field
+
+    @classmethod
+    def refusal(cls, error: core.OptionsError, status: int = 400) -> APIError:
+        """A core refusal answered with its own code, message and field."""
+        return cls(status, **error.to_json())
 
 
 def not_found(what: str) -> APIError:

@@ -174,8 +174,8 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.volume_to_make = self.store.reserve_volume(
                 self.user.name, self.name, plan.volume_gb, self.core_limits
             )
-        except (core.OptionsError, DevicesUnavailable) as error:
-            raise SpawnException(str(error), reason="options", status_code=400) from None
+        except core.OptionsError as error:  # DevicesUnavailable too
+            raise checks.Refused(error) from None
 
         try:  # from here on, any failure gives back what this start holds
             self.store.instance_created(self.user.name, self.name)
@@ -185,7 +185,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
                     self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
                 )
             except DevicesUnavailable as error:
-                raise SpawnException(str(error), reason="devices", status_code=400) from None
+                raise checks.Refused(error, reason="devices") from None
             self.held_devices = held
             self._report(45, "Preparing a fresh home")
             self.account = await self._prepare_account()
