@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
 
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
-from atelier.spawner import core
+from atelier.spawner import audit, core
 from atelier.spawner.checks import visible_catalog
 from atelier.spawner.devices import Allocator, Device, detect_devices
 from atelier.spawner.local import local_catalog, shared_allocator, shared_store
@@ -49,14 +50,14 @@ class Context:
         """Grow an instance's volume by `add_gb` (online if it runs); audited either way.
         The quota check and the new size are one transaction: the hub's spawners reserve
         volumes in the same store at the same time."""
-        event = {
-            "actor": actor,
-            "source_ip": source_ip,
-            "action": "expandVolume",
-            "resource_type": "volume",
-            "resource": f"{owner}/{name}",
-            "owner": owner,
-        }
+        event = functools.partial(
+            audit.event,
+            audit.Action.EXPAND_VOLUME,
+            actor=actor,
+            source_ip=source_ip,
+            resource=f"{owner}/{name}",
+            owner=owner,
+        )
         volume = self.volume(owner, name)
 
         def grow(size_gb: int) -> None:
@@ -74,9 +75,9 @@ class Context:
         try:
             current, size = self.store.expand_volume(owner, name, add_gb, self.limits, grow)
         except core.OptionsError as error:
-            self.store.record(**event, result="failure", reason=str(error))
+            self.store.record(**event(result="failure", reason=str(error)))
             raise
-        self.store.record(**event, result="success", reason=f"{current} -> {size} GB")
+        self.store.record(**event(result="success", reason=f"{current} -> {size} GB"))
         return size
 
     def catalog_for(self, user) -> core.Catalog:

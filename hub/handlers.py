@@ -18,7 +18,7 @@ from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from atelier.hub.pages import create_form, options_from_form
-from atelier.spawner import accounts, checks, core
+from atelier.spawner import accounts, audit, checks, core
 from atelier.spawner.checks import Refused
 
 
@@ -53,18 +53,9 @@ class InstanceChecks:
         if not (isinstance(self, APIHandler) and isinstance(refused, Refused)):
             return super().write_error(status_code, **kwargs)
         error = refused.error
+        body = {"status": status_code, "message": str(error), "code": error.code}
         self.set_header("Content-Type", "application/json")
-        self.write(
-            json.dumps(
-                {
-                    "status": status_code,
-                    "message": str(error),
-                    "code": error.code,
-                    "field": error.field,
-                    "detail": error.message,
-                }
-            )
-        )
+        self.write(json.dumps({**body, "field": error.field, "detail": error.message}))
 
     def actor(self) -> tuple[str, str]:
         """Who is asking and from where; the Atelier service speaks for the user it serves."""
@@ -78,20 +69,22 @@ class InstanceChecks:
             return f"service:{user.name}", self.request.remote_ip
         return (user.name if user else ""), self.request.remote_ip
 
-    def audit(self, action: str, owner: str, name: str, result: str, reason: str = "") -> None:
+    def audit(
+        self, action: audit.Action, owner: str, name: str, result: str, reason: str = ""
+    ) -> None:
         actor, source_ip = self.actor()
-        self.context.store.record(
+        event = audit.event(
+            action,
             actor=actor,
             source_ip=source_ip,
-            action=action,
-            resource_type="instance",
             resource=f"{owner}/{name}",
             owner=owner,
             result=result,
             reason=reason,
         )
+        self.context.store.record(**event)
 
-    async def audited(self, action: str, owner: str, name: str, work) -> None:
+    async def audited(self, action: audit.Action, owner: str, name: str, work) -> None:
         """Run `work` and record one audit event with its result; what the spawner does
         meanwhile (its volume events) is recorded as this request's too."""
         checks.requester.set(self.actor())
@@ -103,10 +96,10 @@ class InstanceChecks:
             raise
         self.audit(action, owner, name, "success")
 
-    def lifecycle_action(self, user_name: str, name: str) -> str:
+    def lifecycle_action(self, user_name: str, name: str) -> audit.Action:
         user = self.find_user(user_name)
         known = user is not None and name in user.orm_spawners
-        return "startNotebook" if known else "createNotebook"
+        return audit.Action.START_NOTEBOOK if known else audit.Action.CREATE_NOTEBOOK
 
     def check_name(self, name: str) -> None:
         try:
@@ -161,7 +154,7 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
     @needs_scope("start:servers")
     async def put(self, user_name, server_name=""):
         await self.audited(
-            "createNotebook", user_name, server_name, self._put(user_name, server_name)
+            audit.Action.CREATE_NOTEBOOK, user_name, server_name, self._put(user_name, server_name)
         )
 
     async def _put(self, user_name, server_name):
@@ -172,7 +165,10 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
     @needs_scope("start:servers")
     async def patch(self, user_name, server_name=""):
         await self.audited(
-            "updateNotebook", user_name, server_name, self._patch(user_name, server_name)
+            audit.Action.UPDATE_NOTEBOOK,
+            user_name,
+            server_name,
+            self._patch(user_name, server_name),
         )
 
     async def _patch(self, user_name, server_name):
@@ -236,7 +232,7 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
                 f'send {{"remove": true, "confirm": "{DELETE_VOLUME}"}} to go ahead'
             )
             raise Refused(core.OptionsError("confirm", message, "confirmation_required"))
-        action = "deleteNotebook" if remove else "stopNotebook"
+        action = audit.Action.DELETE_NOTEBOOK if remove else audit.Action.STOP_NOTEBOOK
         await self.audited(action, user_name, server_name, super().delete(user_name, server_name))
         if remove:
             self.context.store.forget_instance(user_name, server_name)
@@ -350,7 +346,7 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
         client = self.oauth_provider.fetch_by_client_id(self.get_argument("client_id", ""))
         spawner = client.spawner if client is not None else None
         if spawner is not None:
-            self.audit("openNotebook", spawner.user.name, spawner.name, result, reason)
+            self.audit(audit.Action.OPEN_NOTEBOOK, spawner.user.name, spawner.name, result, reason)
 
 
 class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):

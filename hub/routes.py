@@ -12,6 +12,7 @@ from atelier.hub.handlers import DELETE_VOLUME
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
+from atelier.spawner.audit import Action
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 TRANSIENT = ("creating", "stopping")  # what a start or stop passes through
@@ -197,7 +198,7 @@ class InstanceHandler(InstanceBase):
             self.context.store.set_ssh_access(owner, name, access)
             summary = json.dumps({"ssh": access.to_json()})
             self.audit(
-                caller, "updateNotebook", "instance", f"{owner}/{name}", reason=summary, owner=owner
+                caller, Action.UPDATE_NOTEBOOK, f"{owner}/{name}", reason=summary, owner=owner
             )
         self.reply(await self.instance(caller, owner, name))
 
@@ -252,8 +253,6 @@ class VolumeExpandHandler(InstanceBase):
 
 
 class CatalogBase(BaseHandler):
-    noun = ""
-
     def catalog_images(self) -> list[core.Image]:
         return self.recent.get("images", self.context.store.images)
 
@@ -263,7 +262,7 @@ class CatalogBase(BaseHandler):
         if owner is not None and await self.hub.user(owner) is None:
             raise APIError(400, "invalid", f"no hub user named {owner!r}", "owner")
 
-    def catalog_change(self, caller: Caller, action: str, name: str, change):
+    def catalog_change(self, caller: Caller, action: Action, name: str, change):
         """Apply a catalog change, audit it, and map refusals to 400/404."""
         try:
             return self.context.store.audited_catalog_change(
@@ -271,7 +270,6 @@ class CatalogBase(BaseHandler):
                 actor=caller.name,
                 source_ip=caller.source_ip,
                 action=action,
-                kind=self.noun,
                 name=name,
             )
         except CatalogError as error:
@@ -281,8 +279,6 @@ class CatalogBase(BaseHandler):
 
 
 class ImagesHandler(CatalogBase):
-    noun = "image"
-
     async def get(self):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
@@ -296,7 +292,7 @@ class ImagesHandler(CatalogBase):
         await self.check_owner(body)
         image = self.catalog_change(
             caller,
-            "createImage",
+            Action.CREATE_IMAGE,
             body["name"],
             lambda: self.context.store.add_image(core.Image(**body)),
         )
@@ -304,8 +300,6 @@ class ImagesHandler(CatalogBase):
 
 
 class ImageHandler(CatalogBase):
-    noun = "image"
-
     async def get(self, name):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
@@ -322,22 +316,20 @@ class ImageHandler(CatalogBase):
             body["accelerator_types"] = tuple(body["accelerator_types"] or ())
         await self.check_owner(body)
         image = self.catalog_change(
-            caller, "updateImage", name, lambda: self.context.store.update_image(name, **body)
+            caller, Action.UPDATE_IMAGE, name, lambda: self.context.store.update_image(name, **body)
         )
         self.reply(core.image_json(image))
 
     def delete(self, name):
         caller = self.require("custom:atelier:images:admin")
         self.catalog_change(
-            caller, "deleteImage", name, lambda: self.context.store.delete_image(name)
+            caller, Action.DELETE_IMAGE, name, lambda: self.context.store.delete_image(name)
         )
         self.set_status(204)
         self.finish()
 
 
 class SpecsHandler(CatalogBase):
-    noun = "spec"
-
     def get(self):
         self.require("custom:atelier:images:read")
         self.reply({"specs": [core.spec_json(s) for s in self.context.store.specs()]})
@@ -347,7 +339,7 @@ class SpecsHandler(CatalogBase):
         body = self.body(("name", *SPEC_FIELDS), required=("name",))
         spec = self.catalog_change(
             caller,
-            "createSpec",
+            Action.CREATE_SPEC,
             body["name"],
             lambda: self.context.store.add_spec(core.Spec(**body)),
         )
@@ -355,8 +347,6 @@ class SpecsHandler(CatalogBase):
 
 
 class SpecHandler(CatalogBase):
-    noun = "spec"
-
     def get(self, name):
         self.require("custom:atelier:images:read")
         spec = {s.name: s for s in self.context.store.specs()}.get(name)
@@ -368,14 +358,14 @@ class SpecHandler(CatalogBase):
         caller = self.require("custom:atelier:images:admin")
         body = self.body(SPEC_FIELDS)
         spec = self.catalog_change(
-            caller, "updateSpec", name, lambda: self.context.store.update_spec(name, **body)
+            caller, Action.UPDATE_SPEC, name, lambda: self.context.store.update_spec(name, **body)
         )
         self.reply(core.spec_json(spec))
 
     def delete(self, name):
         caller = self.require("custom:atelier:images:admin")
         self.catalog_change(
-            caller, "deleteSpec", name, lambda: self.context.store.delete_spec(name)
+            caller, Action.DELETE_SPEC, name, lambda: self.context.store.delete_spec(name)
         )
         self.set_status(204)
         self.finish()

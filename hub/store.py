@@ -7,6 +7,7 @@ reader sees changes at once because each read is a fresh query.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 from datetime import datetime
 
@@ -35,7 +36,7 @@ from atelier.hub.records import (
     migrate,
     utcnow,
 )
-from atelier.spawner import accounts, core
+from atelier.spawner import accounts, audit, core
 
 AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")
 
@@ -439,24 +440,19 @@ class Store:
             db.add(AuditEvent(**event))
 
     def audited_catalog_change(
-        self, change, *, actor: str, source_ip: str, action: str, kind: str, name: str
+        self, change, *, actor: str, source_ip: str, action: audit.Action, name: str
     ):
         """Apply a catalog change and audit it, refused or done: the API and the CLI both
         change the catalog through here, so neither door goes unaudited."""
-        event = dict(
-            actor=actor,
-            source_ip=source_ip,
-            action=action,
-            resource_type=kind,
-            resource=name,
-            owner="",
+        event = functools.partial(
+            audit.event, action, actor=actor, source_ip=source_ip, resource=name
         )
         try:
             result = change()
         except CatalogError as error:
-            self.record(**event, result="failure", reason=str(error))
+            self.record(**event(result="failure", reason=str(error)))
             raise
-        self.record(**event, result="success", reason="")
+        self.record(**event(result="success"))
         return result
 
     def audit(

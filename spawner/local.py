@@ -18,7 +18,7 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
 from traitlets import Bool, Dict, List, Unicode, default
 
-from atelier.spawner import accounts, cgroups, checks, core, seccomp, sshendpoint
+from atelier.spawner import accounts, audit, cgroups, checks, core, seccomp, sshendpoint
 from atelier.spawner.devices import (
     Allocator,
     Device,
@@ -280,7 +280,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.volume.create(self.volume_to_make)
             self.store.volume_made(self.user.name, self.name)
             self.volume_to_make = None
-            self._audit_volume("createVolume")
+            self._audit_volume(audit.Action.CREATE_VOLUME)
         self.volume.attach(self.account if self.isolate_users else None)
 
     def _release_reservation(self) -> None:
@@ -289,18 +289,17 @@ class LocalInstanceSpawner(LocalProcessSpawner):
             self.store.release_volume(self.user.name, self.name)
             self.volume_to_make = None
 
-    def _audit_volume(self, action: str) -> None:
+    def _audit_volume(self, action: audit.Action) -> None:
         """Recorded as caused by the request that started or deleted the instance."""
         actor, source_ip = checks.requester.get() or (self.user.name, "")
-        self.store.record(
+        event = audit.event(
+            action,
             actor=actor,
             source_ip=source_ip,
-            action=action,
-            resource_type="volume",
             resource=f"{self.user.name}/{self.name}",
             owner=self.user.name,
-            result="success",
         )
+        self.store.record(**event)
 
     async def delete_forever(self):
         """The instance is deleted: so is its work volume, and its directory. (The default
@@ -311,7 +310,7 @@ class LocalInstanceSpawner(LocalProcessSpawner):
         await asyncio.to_thread(self._delete_files)
         self.store.forget_volume(self.user.name, self.name)
         if made:  # an instance that never started had no volume to delete
-            self._audit_volume("deleteVolume")
+            self._audit_volume(audit.Action.DELETE_VOLUME)
 
     def _delete_files(self) -> None:
         self.volume.delete()
