@@ -10,6 +10,8 @@ from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import LoginHandler
 from tornado import web
 
+from atelier.spawner import audit
+
 
 class _NullTimer:
     def start(self):
@@ -50,16 +52,16 @@ def record_login(
     success: bool,
     reason: str = "wrong password, unknown user or not yet approved",
 ) -> None:
-    authenticator.parent.atelier.store.record(
+    event = audit.event(
+        audit.Action.LOGIN,
         actor=username,
         source_ip=handler.request.remote_ip,
-        action="login",
-        resource_type="user",
         resource=username,
         owner=username,
         result="success" if success else "failure",
         reason="" if success else reason,
     )
+    authenticator.parent.atelier.store.record(**event)
 
 
 def audit_oauth_login(authenticator, handler, authentication: dict) -> dict:

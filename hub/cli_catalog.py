@@ -12,6 +12,7 @@ from atelier.hub.context import Context, store_url
 from atelier.hub.settings import PROJECT_ROOT, Settings, load_settings
 from atelier.hub.store import CatalogError, Store
 from atelier.spawner import core
+from atelier.spawner.audit import Action
 from atelier.spawner.backend import Backend, load_backend
 
 
@@ -147,14 +148,13 @@ def image_changes(args) -> dict:
     return changes
 
 
-def audited(store: Store, action: str, kind: str, name: str, change):
+def audited(store: Store, action: Action, name: str, change):
     """A catalog change audited as the API audits it, by the account running the CLI."""
     return store.audited_catalog_change(
         change,
         actor=f"cli:{pwd.getpwuid(os.geteuid()).pw_name}",
         source_ip="127.0.0.1",
         action=action,
-        kind=kind,
         name=name,
     )
 
@@ -173,21 +173,21 @@ def cmd_images(args) -> None:
             require_definition(load_backend(settings_for(args), store), name)
             return store.add_image(core.Image(name, **image_changes(args)))
 
-        image = audited(store, "createImage", "image", name, add)
+        image = audited(store, Action.CREATE_IMAGE, name, add)
         print(f"added image {image.name} ({image.flavor}); build it with `atelier images build`")
     elif args.action == "update":
         changes = image_changes(args)
         image = audited(
-            store, "updateImage", "image", name, lambda: store.update_image(name, **changes)
+            store, Action.UPDATE_IMAGE, name, lambda: store.update_image(name, **changes)
         )
         print(f"updated image {image.name}: status {image.status}")
     elif args.action == "disable":
         audited(
-            store, "updateImage", "image", name, lambda: store.update_image(name, status="disabled")
+            store, Action.UPDATE_IMAGE, name, lambda: store.update_image(name, status="disabled")
         )
         print(f"disabled image {name}: it can no longer start instances")
     elif args.action == "delete":
-        audited(store, "deleteImage", "image", name, lambda: store.delete_image(name))
+        audited(store, Action.DELETE_IMAGE, name, lambda: store.delete_image(name))
         print(f"deleted image {name}")
 
 
@@ -198,18 +198,16 @@ def cmd_specs(args) -> None:
         print_rows([spec_row(s) for s in store.specs()], args.json)
     elif args.action == "add":
         spec = core.Spec(name, args.display_name or "")
-        audited(store, "createSpec", "spec", name, lambda: store.add_spec(spec))
+        audited(store, Action.CREATE_SPEC, name, lambda: store.add_spec(spec))
         print(f"added spec {name}")
     elif args.action == "update":
         changes = {"display_name": args.display_name} if args.display_name else {}
-        audited(store, "updateSpec", "spec", name, lambda: store.update_spec(name, **changes))
+        audited(store, Action.UPDATE_SPEC, name, lambda: store.update_spec(name, **changes))
         print(f"updated spec {name}")
     elif args.action in ("disable", "enable"):
         disabled = args.action == "disable"
-        audited(
-            store, "updateSpec", "spec", name, lambda: store.update_spec(name, disabled=disabled)
-        )
+        audited(store, Action.UPDATE_SPEC, name, lambda: store.update_spec(name, disabled=disabled))
         print(f"{args.action}d spec {name}")
     elif args.action == "delete":
-        audited(store, "deleteSpec", "spec", name, lambda: store.delete_spec(name))
+        audited(store, Action.DELETE_SPEC, name, lambda: store.delete_spec(name))
         print(f"deleted spec {name}")

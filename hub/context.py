@@ -3,12 +3,13 @@ devices (the spawners reach it through the hub's tornado settings)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
-from atelier.spawner import core
+from atelier.spawner import audit, core
 from atelier.spawner.backend import Backend, Capabilities, load_backend
 from atelier.spawner.checks import visible_catalog
 from atelier.spawner.devices import Allocator
@@ -51,14 +52,14 @@ class Context:
         """Grow an instance's volume by `add_gb` (online if it runs); audited either way.
         The quota check and the new size are one transaction: the hub's spawners reserve
         volumes in the same store at the same time. Blocking: callers run it off the loop."""
-        event = {
-            "actor": actor,
-            "source_ip": source_ip,
-            "action": "expandVolume",
-            "resource_type": "volume",
-            "resource": f"{owner}/{name}",
-            "owner": owner,
-        }
+        event = functools.partial(
+            audit.event,
+            audit.Action.EXPAND_VOLUME,
+            actor=actor,
+            source_ip=source_ip,
+            resource=f"{owner}/{name}",
+            owner=owner,
+        )
 
         def grow(size_gb: int) -> None:
             try:
@@ -73,9 +74,9 @@ class Context:
         try:
             current, size = self.store.expand_volume(owner, name, add_gb, self.limits, grow)
         except core.OptionsError as error:
-            self.store.record(**event, result="failure", reason=str(error))
+            self.store.record(**event(result="failure", reason=str(error)))
             raise
-        self.store.record(**event, result="success", reason=f"{current} -> {size} GB")
+        self.store.record(**event(result="success", reason=f"{current} -> {size} GB"))
         return size
 
 

@@ -18,8 +18,8 @@ from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from atelier.hub.pages import create_form, options_from_form
-from atelier.spawner import checks, core
-from atelier.spawner.devices import DevicesUnavailable
+from atelier.spawner import audit, checks, core
+from atelier.spawner.checks import Refused
 
 
 def json_object(handler) -> dict:
@@ -46,6 +46,17 @@ class InstanceChecks:
     def context(self):
         return self.settings["atelier"]
 
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """JupyterHub's JSON error with a refusal's code and field beside its text, so that
+        clients (the Atelier service first) read the field rather than parse the message."""
+        refused = kwargs.get("exc_info", (None, None))[1]
+        if not (isinstance(self, APIHandler) and isinstance(refused, Refused)):
+            return super().write_error(status_code, **kwargs)
+        error = refused.error
+        body = {"status": status_code, "message": str(error), "code": error.code}
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps({**body, "field": error.field, "detail": error.message}))
+
     def actor(self) -> tuple[str, str]:
         """Who is asking and from where; the Atelier service speaks for the user it serves."""
         user = self.current_user
@@ -58,20 +69,22 @@ class InstanceChecks:
             return f"service:{user.name}", self.request.remote_ip
         return (user.name if user else ""), self.request.remote_ip
 
-    def audit(self, action: str, owner: str, name: str, result: str, reason: str = "") -> None:
+    def audit(
+        self, action: audit.Action, owner: str, name: str, result: str, reason: str = ""
+    ) -> None:
         actor, source_ip = self.actor()
-        self.context.store.record(
+        event = audit.event(
+            action,
             actor=actor,
             source_ip=source_ip,
-            action=action,
-            resource_type="instance",
             resource=f"{owner}/{name}",
             owner=owner,
             result=result,
             reason=reason,
         )
+        self.context.store.record(**event)
 
-    async def audited(self, action: str, owner: str, name: str, work) -> None:
+    async def audited(self, action: audit.Action, owner: str, name: str, work) -> None:
         """Run `work` and record one audit event with its result; what the spawner does
         meanwhile (its volume events) is recorded as this request's too."""
         checks.requester.set(self.actor())
@@ -83,16 +96,16 @@ class InstanceChecks:
             raise
         self.audit(action, owner, name, "success")
 
-    def lifecycle_action(self, user_name: str, name: str) -> str:
+    def lifecycle_action(self, user_name: str, name: str) -> audit.Action:
         user = self.find_user(user_name)
         known = user is not None and name in user.orm_spawners
-        return "startNotebook" if known else "createNotebook"
+        return audit.Action.START_NOTEBOOK if known else audit.Action.CREATE_NOTEBOOK
 
     def check_name(self, name: str) -> None:
         try:
             core.validate_instance_name(name, self.context.limits)
         except core.OptionsError as error:
-            raise web.HTTPError(400, str(error)) from None
+            raise Refused(error) from None
 
     def status(self, user, name: str) -> str:
         spawner = user.get_spawner(name)
@@ -123,8 +136,8 @@ class InstanceChecks:
             if stored and raw is not None:
                 old = core.InstanceOptions(**{k: stored.get(k) for k in core.OPTION_FIELDS})
                 return core.check_change(old, plan.options, self.status(user, name))
-        except (core.OptionsError, DevicesUnavailable) as error:
-            raise web.HTTPError(400, str(error)) from None
+        except core.OptionsError as error:  # DevicesUnavailable too
+            raise Refused(error) from None
         return False
 
 
@@ -141,7 +154,7 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
     @needs_scope("start:servers")
     async def put(self, user_name, server_name=""):
         await self.audited(
-            "createNotebook", user_name, server_name, self._put(user_name, server_name)
+            audit.Action.CREATE_NOTEBOOK, user_name, server_name, self._put(user_name, server_name)
         )
 
     async def _put(self, user_name, server_name):
@@ -152,7 +165,10 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
     @needs_scope("start:servers")
     async def patch(self, user_name, server_name=""):
         await self.audited(
-            "updateNotebook", user_name, server_name, self._patch(user_name, server_name)
+            audit.Action.UPDATE_NOTEBOOK,
+            user_name,
+            server_name,
+            self._patch(user_name, server_name),
         )
 
     async def _patch(self, user_name, server_name):
@@ -160,20 +176,20 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         if "name" in body:
             # JupyterHub would move only its own record: the volume, SSH settings and
             # workspace would stay behind under the old name
-            raise web.HTTPError(
-                400,
-                "name: renaming instances is not supported; create a new instance and copy "
-                "what you need from this one's work volume",
+            message = (
+                "renaming instances is not supported; create a new instance and copy what you "
+                "need from this one's work volume"
             )
+            raise Refused(core.OptionsError("name", message))
         unknown = sorted(set(body) - set(PATCH_FIELDS))
         if unknown:
             raise web.HTTPError(
                 400, f"{unknown[0]!r}: unknown field; allowed: {', '.join(PATCH_FIELDS)}"
             )
         if "display_name" in body and not isinstance(body["display_name"], str):
-            raise web.HTTPError(400, "display_name: must be a string")
+            raise Refused(core.OptionsError("display_name", "must be a string"))
         if "user_options" in body and not isinstance(body["user_options"], dict):
-            raise web.HTTPError(400, "user_options: must be an object")
+            raise Refused(core.OptionsError("user_options", "must be an object"))
         user = self.find_user(user_name)
         orm_spawner = user.orm_spawners.get(server_name) if user else None
         if "user_options" in body and orm_spawner is not None:
@@ -211,12 +227,12 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         body = json_object(self)
         remove = bool(body.get("remove"))
         if remove and body.get("confirm") != DELETE_VOLUME:
-            raise web.HTTPError(
-                400,
-                f"confirm: deleting {server_name} deletes its work volume and every file on it; "
-                f'send {{"remove": true, "confirm": "{DELETE_VOLUME}"}} to go ahead',
+            message = (
+                f"deleting {server_name} deletes its work volume and every file on it; "
+                f'send {{"remove": true, "confirm": "{DELETE_VOLUME}"}} to go ahead'
             )
-        action = "deleteNotebook" if remove else "stopNotebook"
+            raise Refused(core.OptionsError("confirm", message, "confirmation_required"))
+        action = audit.Action.DELETE_NOTEBOOK if remove else audit.Action.STOP_NOTEBOOK
         await self.audited(action, user_name, server_name, super().delete(user_name, server_name))
         if remove:
             self.context.store.forget_instance(user_name, server_name)
@@ -245,7 +261,7 @@ class VolumeExpandAPIHandler(InstanceChecks, APIHandler):
                 source_ip,
             )
         except core.OptionsError as error:
-            raise web.HTTPError(400, str(error)) from None
+            raise Refused(error) from None
         self.write({"size_gb": size})
 
 
@@ -262,13 +278,15 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
         self.check_name(server_name)
         asked = sorted(set(self.request.query_arguments) - {"next", "display_name", "_xsrf"})
         if asked:
-            message = (
-                f"{asked[0].removeprefix('opt-')}: a GET never creates or starts an instance; "
-                "submit the form or call the API"
+            refused = Refused(
+                core.OptionsError(
+                    asked[0].removeprefix("opt-"),
+                    "a GET never creates or starts an instance; submit the form or call the API",
+                )
             )
             action = self.lifecycle_action(user.name, server_name)
-            self.audit(action, user.name, server_name, "failure", message)
-            return await self.show_form(user, server_name, message, 400)
+            self.audit(action, user.name, server_name, "failure", refused.message)
+            return await self.show_form(user, server_name, refused)
         if server_name not in user.orm_spawners:
             return await self.show_form(user, server_name)
         return await super()._get(user_name, server_name, display_name)
@@ -284,14 +302,14 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
         try:
             await self.audited(action, user.name, server_name, work)
         except web.HTTPError as error:
-            await self.show_form(user, server_name, error.log_message, error.status_code)
+            await self.show_form(user, server_name, error)
 
     async def spawn_from_form(self, user, name: str, display_name: str, form: dict) -> None:
         self.check_name(name)
         try:
             options = options_from_form(form_text(form), self.context.limits)
         except core.OptionsError as error:
-            raise web.HTTPError(400, str(error)) from None
+            raise Refused(error) from None
         self.check_options(user.name, name, options)
         await self._check_named_server_request(user, name, display_name)
         spawner = user.get_or_create_spawner(name, display_name, replace_failed=True)
@@ -300,12 +318,15 @@ class InstanceSpawnHandler(InstanceChecks, SpawnHandler):
         pending_url = self._get_pending_url(user, name)
         await self._wrap_spawn_single_user(user, name, display_name, spawner, pending_url, options)
 
-    async def show_form(self, user, name: str, message: str = "", status: int = 200) -> None:
-        """The form for instance `name`, with only the images `user` may see."""
+    async def show_form(self, user, name: str, refused: web.HTTPError | None = None) -> None:
+        """The form for instance `name`, with only the images `user` may see, showing why
+        it was refused and marking the field at fault."""
         orm_spawner = user.orm_spawners.get(name)
         chosen = orm_spawner.user_options if orm_spawner is not None else None
-        self.set_status(status)
-        form = create_form(self.context, user, chosen)
+        error = getattr(refused, "error", None)
+        self.set_status(refused.status_code if refused else 200)
+        form = create_form(self.context, user, chosen, error.field if error else None)
+        message = refused.log_message if refused else ""
         self.finish(await self._render_form(user, form, message=message))
 
 
@@ -330,7 +351,7 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
         client = self.oauth_provider.fetch_by_client_id(self.get_argument("client_id", ""))
         spawner = client.spawner if client is not None else None
         if spawner is not None:
-            self.audit("openNotebook", spawner.user.name, spawner.name, result, reason)
+            self.audit(audit.Action.OPEN_NOTEBOOK, spawner.user.name, spawner.name, result, reason)
 
 
 class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
@@ -348,11 +369,11 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
         user = self.find_user(user_name)
         body = json_object(self)
         if user is not None and body.pop("name", user.name) != user.name:
-            raise web.HTTPError(
-                400,
-                "name: renaming users is not supported; their account, key pairs and volumes "
-                "would pass to whoever takes the old name next",
+            message = (
+                "renaming users is not supported; their account, key pairs and volumes would "
+                "pass to whoever takes the old name next"
             )
+            raise Refused(core.OptionsError("name", message))
         # JupyterHub 6.1.1 sets the name to null when a PATCH repeats it, as the admin
         # page's edit box always does: pass on the rest only
         self.request.body = json.dumps(body).encode()

@@ -81,14 +81,19 @@ def render_options_form(spawner) -> str:
     return create_form(spawner.context, spawner.user, spawner.user_options)
 
 
-def create_form(context, user, chosen: dict | None = None) -> str:
-    """The create form as `user` may fill it in: only the images they may see."""
-    return options_form(context.catalog_for(user), context.limits, chosen)
+def create_form(context, user, chosen: dict | None = None, invalid: str | None = None) -> str:
+    """The create form as `user` may fill it in: only the images they may see; `invalid`
+    is the field of a refusal (`tags.team` marks the tags box)."""
+    return options_form(context.catalog_for(user), context.limits, chosen, invalid)
 
 
-def options_form(catalog: core.Catalog, limits: core.Limits, chosen: dict | None) -> str:
+def options_form(
+    catalog: core.Catalog, limits: core.Limits, chosen: dict | None, invalid: str | None = None
+) -> str:
     return _jinja.get_template("options_form.html").render(
-        **form_context(catalog, limits), chosen=chosen or {}
+        **form_context(catalog, limits),
+        chosen=chosen or {},
+        invalid=(invalid or "").partition(".")[0],
     )
 
 

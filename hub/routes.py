@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -13,11 +12,10 @@ from atelier.hub.handlers import DELETE_VOLUME
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
+from atelier.spawner.audit import Action
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 TRANSIENT = ("creating", "stopping")  # what a start or stop passes through
-
-FIELD_PREFIX = re.compile(r"^([a-z_][\w.]*): ")
 
 
 def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> dict:
@@ -54,14 +52,15 @@ def visible_images(images: list[core.Image], caller: Caller, workspaces) -> list
 
 
 def hub_error(code: int, data) -> APIError:
-    """The hub's refusal, with the field its message names."""
-    message = (data or {}).get("message", "refused by the hub")
-    match = FIELD_PREFIX.match(message)
+    """The hub's refusal: an Atelier check's code and field as the hub's handlers answer
+    them; JupyterHub's own refusals name no field."""
+    data = data or {}
+    if code < 500 and data.get("field"):
+        return APIError(code, data["code"], data["detail"], data["field"])
     return APIError(
         code if code < 500 else 502,
         "invalid" if code == 400 else "hub_error",
-        message[match.end() :] if match else message,
-        match.group(1) if match else None,
+        data.get("message", "refused by the hub"),
     )
 
 
@@ -198,7 +197,7 @@ class InstanceHandler(InstanceBase):
             self.context.store.set_ssh_access(owner, name, access)
             summary = json.dumps({"ssh": access.to_json()})
             self.audit(
-                caller, "updateNotebook", "instance", f"{owner}/{name}", reason=summary, owner=owner
+                caller, Action.UPDATE_NOTEBOOK, f"{owner}/{name}", reason=summary, owner=owner
             )
         self.reply(await self.instance(caller, owner, name))
 
@@ -211,7 +210,7 @@ class InstanceHandler(InstanceBase):
         try:
             return ssh.parse_access(value, current, key_ids)
         except core.OptionsError as error:
-            raise APIError(400, "invalid", error.message, error.field) from None
+            raise APIError.refusal(error) from None
 
     async def delete(self, owner, name):
         caller = self.require("custom:atelier:instances:delete")
@@ -250,13 +249,11 @@ class VolumeExpandHandler(InstanceBase):
                 self.context.expand_volume, owner, name, add_gb, caller.name, caller.source_ip
             )
         except core.OptionsError as error:
-            raise APIError(400, "invalid", error.message, error.field) from None
+            raise APIError.refusal(error) from None
         self.reply(await self.instance(caller, owner, name))
 
 
 class CatalogBase(BaseHandler):
-    noun = ""
-
     def catalog_images(self) -> list[core.Image]:
         return self.recent.get("images", self.context.store.images)
 
@@ -266,7 +263,7 @@ class CatalogBase(BaseHandler):
         if owner is not None and await self.hub.user(owner) is None:
             raise APIError(400, "invalid", f"no hub user named {owner!r}", "owner")
 
-    def catalog_change(self, caller: Caller, action: str, name: str, change):
+    def catalog_change(self, caller: Caller, action: Action, name: str, change):
         """Apply a catalog change, audit it, and map refusals to 400/404."""
         try:
             return self.context.store.audited_catalog_change(
@@ -274,24 +271,15 @@ class CatalogBase(BaseHandler):
                 actor=caller.name,
                 source_ip=caller.source_ip,
                 action=action,
-                kind=self.noun,
                 name=name,
             )
         except CatalogError as error:
-            status = 404 if str(error).startswith("name: no ") else 400
-            raise APIError(
-                status,
-                "not_found" if status == 404 else "invalid",
-                str(error).split(": ", 1)[1],
-                error.field,
-            ) from None
+            raise APIError.refusal(error, 404 if error.code == "not_found" else 400) from None
         except (TypeError, ValueError) as error:
             raise APIError(400, "invalid", str(error)) from None
 
 
 class ImagesHandler(CatalogBase):
-    noun = "image"
-
     async def get(self):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
@@ -305,7 +293,7 @@ class ImagesHandler(CatalogBase):
         await self.check_owner(body)
         image = self.catalog_change(
             caller,
-            "createImage",
+            Action.CREATE_IMAGE,
             body["name"],
             lambda: self.context.store.add_image(core.Image(**body)),
         )
@@ -313,8 +301,6 @@ class ImagesHandler(CatalogBase):
 
 
 class ImageHandler(CatalogBase):
-    noun = "image"
-
     async def get(self, name):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
@@ -331,22 +317,20 @@ class ImageHandler(CatalogBase):
             body["accelerator_types"] = tuple(body["accelerator_types"] or ())
         await self.check_owner(body)
         image = self.catalog_change(
-            caller, "updateImage", name, lambda: self.context.store.update_image(name, **body)
+            caller, Action.UPDATE_IMAGE, name, lambda: self.context.store.update_image(name, **body)
         )
         self.reply(core.image_json(image))
 
     def delete(self, name):
         caller = self.require("custom:atelier:images:admin")
         self.catalog_change(
-            caller, "deleteImage", name, lambda: self.context.store.delete_image(name)
+            caller, Action.DELETE_IMAGE, name, lambda: self.context.store.delete_image(name)
         )
         self.set_status(204)
         self.finish()
 
 
 class SpecsHandler(CatalogBase):
-    noun = "spec"
-
     def get(self):
         self.require("custom:atelier:images:read")
         self.reply({"specs": [core.spec_json(s) for s in self.context.store.specs()]})
@@ -356,7 +340,7 @@ class SpecsHandler(CatalogBase):
         body = self.body(("name", *SPEC_FIELDS), required=("name",))
         spec = self.catalog_change(
             caller,
-            "createSpec",
+            Action.CREATE_SPEC,
             body["name"],
             lambda: self.context.store.add_spec(core.Spec(**body)),
         )
@@ -364,8 +348,6 @@ class SpecsHandler(CatalogBase):
 
 
 class SpecHandler(CatalogBase):
-    noun = "spec"
-
     def get(self, name):
         self.require("custom:atelier:images:read")
         spec = {s.name: s for s in self.context.store.specs()}.get(name)
@@ -377,14 +359,14 @@ class SpecHandler(CatalogBase):
         caller = self.require("custom:atelier:images:admin")
         body = self.body(SPEC_FIELDS)
         spec = self.catalog_change(
-            caller, "updateSpec", name, lambda: self.context.store.update_spec(name, **body)
+            caller, Action.UPDATE_SPEC, name, lambda: self.context.store.update_spec(name, **body)
         )
         self.reply(core.spec_json(spec))
 
     def delete(self, name):
         caller = self.require("custom:atelier:images:admin")
         self.catalog_change(
-            caller, "deleteSpec", name, lambda: self.context.store.delete_spec(name)
+            caller, Action.DELETE_SPEC, name, lambda: self.context.store.delete_spec(name)
         )
         self.set_status(204)
         self.finish()

@@ -13,11 +13,10 @@ from atelier.hub.routes import CatalogBase
 from atelier.hub.service import APIError, BaseHandler, not_found
 from atelier.hub.store import CatalogError
 from atelier.spawner import core
+from atelier.spawner.audit import Action
 
 
 class WorkspaceBase(CatalogBase):
-    noun = "workspace"
-
     async def workspace_json(self, workspace: dict) -> dict:
         members = await self.hub.group_members(workspace["name"]) or []
         usage = self.context.store.workspace_usage(workspace["name"])
@@ -42,7 +41,7 @@ class WorkspacesHandler(WorkspaceBase):
         self.check_quota(body)
         workspace = self.catalog_change(
             caller,
-            "createWorkspace",
+            Action.CREATE_WORKSPACE,
             body["name"],
             lambda: self.context.store.add_workspace(body["name"], body.get("max_instances", 10)),
         )
@@ -69,13 +68,13 @@ class WorkspaceHandler(WorkspaceBase):
         if "max_instances" in body:
             workspace = self.catalog_change(
                 caller,
-                "updateWorkspace",
+                Action.UPDATE_WORKSPACE,
                 name,
                 lambda: self.context.store.update_workspace(name, body["max_instances"]),
             )
         if "members" in body:
             await self.hub.set_group(name, body["members"], caller)
-            self.audit(caller, "updateWorkspace", self.noun, name)
+            self.audit(caller, Action.UPDATE_WORKSPACE, name)
         self.reply(await self.workspace_json(workspace))
 
     async def delete(self, name):
@@ -84,10 +83,10 @@ class WorkspaceHandler(WorkspaceBase):
         try:
             self.context.store.delete_workspace(name)
         except CatalogError as error:
-            self.audit(caller, "deleteWorkspace", self.noun, name, "failure", str(error))
-            raise APIError(409, "conflict", str(error).split(": ", 1)[1], "name") from None
+            self.audit(caller, Action.DELETE_WORKSPACE, name, "failure", str(error))
+            raise APIError.refusal(error, 409) from None
         await self.hub.delete_group(name, caller)
-        self.audit(caller, "deleteWorkspace", self.noun, name)
+        self.audit(caller, Action.DELETE_WORKSPACE, name)
         self.set_status(204)
         self.finish()
 
@@ -112,7 +111,7 @@ class KeyPairsHandler(BaseHandler):
         allowed = self.context.limits.keypairs_per_user
         if len(self.context.store.keypairs(caller.name)) >= allowed:
             message = f"each user may have at most {allowed} key pairs"
-            self.audit(caller, "createKeyPair", "keypair", name, "failure", message, caller.name)
+            self.audit(caller, Action.CREATE_KEY_PAIR, name, "failure", message, caller.name)
             raise APIError(400, "quota_exceeded", message, "name")
         if body.get("generate") is True and "public_key" not in body:
             private_key, public_line = generate_key_pair(f"{caller.name}@atelier {name}")
@@ -123,11 +122,11 @@ class KeyPairsHandler(BaseHandler):
         try:
             key = inspect_public_key(public_line)
         except core.OptionsError as error:
-            self.audit(caller, "createKeyPair", "keypair", name, "failure", str(error), caller.name)
-            raise APIError(400, "invalid", error.message, error.field) from None
+            self.audit(caller, Action.CREATE_KEY_PAIR, name, "failure", str(error), caller.name)
+            raise APIError.refusal(error) from None
         record = self.stored(
             caller,
-            "createKeyPair",
+            Action.CREATE_KEY_PAIR,
             name,
             lambda: self.context.store.add_keypair(
                 caller.name, name, key.openssh, key.fingerprint, key.algorithm
@@ -139,9 +138,9 @@ class KeyPairsHandler(BaseHandler):
         try:
             result = change()
         except CatalogError as error:
-            self.audit(caller, action, "keypair", name, "failure", str(error), caller.name)
-            raise APIError(409, "exists", str(error).split(": ", 1)[1], error.field) from None
-        self.audit(caller, action, "keypair", name, "success", result["fingerprint"], caller.name)
+            self.audit(caller, action, name, "failure", str(error), caller.name)
+            raise APIError.refusal(error, 409) from None
+        self.audit(caller, action, name, "success", result["fingerprint"], caller.name)
         return result
 
 
@@ -157,7 +156,7 @@ class KeyPairHandler(BaseHandler):
         caller = self.require("custom:atelier:keypairs:manage")
         if not self.context.store.delete_keypair(caller.name, key_id):
             raise not_found(f"key pair {key_id!r}")
-        self.audit(caller, "deleteKeyPair", "keypair", key_id, "success", "", caller.name)
+        self.audit(caller, Action.DELETE_KEY_PAIR, key_id, "success", "", caller.name)
         self.set_status(204)
         self.finish()
 

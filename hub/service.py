@@ -30,6 +30,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from atelier.hub.context import Context
+from atelier.spawner import audit, core
 
 SERVICE = "atelier"
 API_PREFIX = f"/services/{SERVICE}/api/v1"
@@ -76,6 +77,11 @@ class APIError(web.HTTPError):
     def __init__(self, status: int, code: str, message: str, field: str | None = None):
         super().__init__(status, message.replace("%", "%%"))
         self.code, self.message, self.field = code, message, field
+
+    @classmethod
+    def refusal(cls, error: core.OptionsError, status: int = 400) -> APIError:
+        """A core refusal answered with its own code, message and field."""
+        return cls(status, **error.to_json())
 
 
 def not_found(what: str) -> APIError:
@@ -337,7 +343,14 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         if not caller.may(scope):
             if self.request.method != "GET":  # a refused change is audited too
                 noun = scope.split(":")[2]
-                self.audit(caller, "accessDenied", noun, self.request.path, "failure", scope)
+                self.audit(
+                    caller,
+                    audit.Action.ACCESS_DENIED,
+                    self.request.path,
+                    "failure",
+                    scope,
+                    resource_type=noun,
+                )
             raise APIError(403, "forbidden", f"this needs the scope {scope}")
         return caller
 
@@ -395,23 +408,24 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def audit(
         self,
         caller: Caller,
-        action: str,
-        kind: str,
+        action: audit.Action,
         resource: str,
         result: str = "success",
         reason: str = "",
         owner: str = "",
-    ):
-        self.context.store.record(
+        resource_type: str | None = None,
+    ) -> None:
+        event = audit.event(
+            action,
             actor=caller.name,
             source_ip=caller.source_ip,
-            action=action,
-            resource_type=kind,
             resource=resource,
             owner=owner,
             result=result,
             reason=reason,
+            resource_type=resource_type,
         )
+        self.context.store.record(**event)
 
 
 class NotFoundHandler(BaseHandler):

@@ -29,6 +29,7 @@ from atelier.hub.hubconfig import settings_from_environment
 from atelier.hub.keypairs import credential, credentials_key, deployment_keys
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
+from atelier.spawner import audit
 from atelier.spawner.backend import Backend, EndpointRefused, EndpointUnavailable, load_backend
 
 log = logging.getLogger("atelier.sshgateway")
@@ -55,16 +56,16 @@ class Gateway:
     def audit(self, username: str, address: str, actor: str, result: str, reason: str):
         """One sshLogin event per connection: its success, or its last refusal."""
         owner, instance = ssh.parse_login(username) or ("", username)
-        self.store.record(
+        event = audit.event(
+            audit.Action.SSH_LOGIN,
             actor=actor or "unknown",
             source_ip=address,
-            action="sshLogin",
-            resource_type="instance",
             resource=f"{owner}/{instance}" if owner else instance,
             owner=owner,
             result=result,
             reason=reason,
         )
+        self.store.record(**event)
 
     async def listen(self) -> asyncssh.SSHAcceptor:
         return await asyncssh.create_server(

@@ -7,6 +7,7 @@ reader sees changes at once because each read is a fresh query.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 from datetime import datetime
 
@@ -35,18 +36,14 @@ from atelier.hub.records import (
     migrate,
     utcnow,
 )
-from atelier.spawner import core
+from atelier.spawner import audit, core
 from atelier.spawner.local import accounts
 
 AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")
 
 
-class CatalogError(ValueError):
-    """A refused catalog change; `field` names the bad input."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+class CatalogError(core.OptionsError):
+    """A refused catalog, workspace or key pair change; `field` names the bad input."""
 
 
 IMAGE_FIELDS = (
@@ -103,7 +100,7 @@ class Store:
         _check_image(image, self.images(), self.workspace_names())
         with self.session() as db, db.begin():
             if db.get(ImageRecord, image.name) is not None:
-                raise CatalogError("name", f"image {image.name} already exists")
+                raise CatalogError("name", f"image {image.name} already exists", "exists")
             db.add(_image_record(image))
         return image
 
@@ -128,7 +125,7 @@ class Store:
             raise CatalogError("name", error.message) from None
         with self.session() as db, db.begin():
             if db.get(SpecRecord, spec.name) is not None:
-                raise CatalogError("name", f"spec {spec.name} already exists")
+                raise CatalogError("name", f"spec {spec.name} already exists", "exists")
             db.add(
                 SpecRecord(name=spec.name, display_name=spec.display_name, disabled=spec.disabled)
             )
@@ -344,7 +341,9 @@ class Store:
                 KeyPairRecord.owner == owner, KeyPairRecord.fingerprint == fingerprint
             )
             if db.scalars(duplicate).first() is not None:
-                raise CatalogError("public_key", f"you registered this key already ({fingerprint})")
+                raise CatalogError(
+                    "public_key", f"you registered this key already ({fingerprint})", "exists"
+                )
             record = KeyPairRecord(
                 id=secrets.token_hex(8),
                 owner=owner,
@@ -358,7 +357,9 @@ class Store:
             try:  # the unique constraint decides, so two requests at once cannot both win
                 db.flush()
             except IntegrityError:
-                raise CatalogError("name", f"a key pair named {name} already exists") from None
+                raise CatalogError(
+                    "name", f"a key pair named {name} already exists", "exists"
+                ) from None
             return record.to_json()
 
     def delete_keypair(self, owner: str, key_id: str) -> bool:
@@ -401,7 +402,7 @@ class Store:
             raise CatalogError("name", "must be 1 to 64 of a-z, 0-9 and '-', starting alphanumeric")
         with self.session() as db, db.begin():
             if db.get(WorkspaceRecord, name) is not None:
-                raise CatalogError("name", f"workspace {name} already exists")
+                raise CatalogError("name", f"workspace {name} already exists", "exists")
             record = WorkspaceRecord(name=name, max_instances=max_instances, created=utcnow())
             db.add(record)
             return record.to_json()
@@ -417,10 +418,10 @@ class Store:
             record = _get(db, WorkspaceRecord, name, "workspace")
             if self.workspace_usage(name):
                 raise CatalogError(
-                    "name", f"workspace {name} still has instances; delete them first"
+                    "name", f"workspace {name} still has instances; delete them first", "conflict"
                 )
             if any(image.workspace == name for image in self.images()):
-                raise CatalogError("name", f"workspace {name} still has shared images")
+                raise CatalogError("name", f"workspace {name} still has shared images", "conflict")
             db.delete(record)
 
     def forget_instance(self, owner: str, name: str) -> None:
@@ -440,24 +441,19 @@ class Store:
             db.add(AuditEvent(**event))
 
     def audited_catalog_change(
-        self, change, *, actor: str, source_ip: str, action: str, kind: str, name: str
+        self, change, *, actor: str, source_ip: str, action: audit.Action, name: str
     ):
         """Apply a catalog change and audit it, refused or done: the API and the CLI both
         change the catalog through here, so neither door goes unaudited."""
-        event = dict(
-            actor=actor,
-            source_ip=source_ip,
-            action=action,
-            resource_type=kind,
-            resource=name,
-            owner="",
+        event = functools.partial(
+            audit.event, action, actor=actor, source_ip=source_ip, resource=name
         )
         try:
             result = change()
         except CatalogError as error:
-            self.record(**event, result="failure", reason=str(error))
+            self.record(**event(result="failure", reason=str(error)))
             raise
-        self.record(**event, result="success", reason="")
+        self.record(**event(result="success"))
         return result
 
     def audit(
@@ -505,7 +501,7 @@ def _volume_total(db: Session, owner: str) -> int:
 def _get(db: Session, model: type, name: str, what: str):
     record = db.get(model, name)
     if record is None:
-        raise CatalogError("name", f"no {what} named {name!r}")
+        raise CatalogError("name", f"no {what} named {name!r}", "not_found")
     return record
 
 

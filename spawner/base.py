@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from jupyterhub.spawner import SpawnException
-
-from atelier.spawner import checks, core
+from atelier.spawner import audit, checks, core
 from atelier.spawner.devices import Device, DevicesUnavailable
 
 
@@ -104,8 +102,8 @@ class InstanceSpawnerMixin:
             self.volume_to_make = self.store.reserve_volume(
                 self.user.name, self.name, plan.volume_gb, self.context.limits
             )
-        except (core.OptionsError, DevicesUnavailable) as error:
-            raise SpawnException(str(error), reason="options", status_code=400) from None
+        except core.OptionsError as error:  # DevicesUnavailable too
+            raise checks.Refused(error) from None
 
         try:  # from here on, any failure gives back what this start holds
             self.store.instance_created(self.user.name, self.name)
@@ -115,7 +113,7 @@ class InstanceSpawnerMixin:
                     self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
                 )
             except DevicesUnavailable as error:
-                raise SpawnException(str(error), reason="devices", status_code=400) from None
+                raise checks.Refused(error, reason="devices") from None
             return await self.start_plan(plan)
         except BaseException:
             await self.release()
@@ -141,20 +139,19 @@ class InstanceSpawnerMixin:
         await asyncio.to_thread(create, self.volume_to_make)
         self.store.volume_made(self.user.name, self.name)
         self.volume_to_make = None
-        self.audit_volume("createVolume")
+        self.audit_volume(audit.Action.CREATE_VOLUME)
 
-    def audit_volume(self, action: str) -> None:
+    def audit_volume(self, action: audit.Action) -> None:
         """Recorded as caused by the request that started or deleted the instance."""
         actor, source_ip = checks.requester.get() or (self.user.name, "")
-        self.store.record(
+        event = audit.event(
+            action,
             actor=actor,
             source_ip=source_ip,
-            action=action,
-            resource_type="volume",
             resource=f"{self.user.name}/{self.name}",
             owner=self.user.name,
-            result="success",
         )
+        self.store.record(**event)
 
     async def release(self) -> None:
         """Give back what a start holds: the quota of a volume never made, the devices,
@@ -174,7 +171,7 @@ class InstanceSpawnerMixin:
         had_volume = await self.delete_instance()
         self.store.forget_volume(self.user.name, self.name)
         if had_volume:  # an instance that never started had no volume to delete
-            self.audit_volume("deleteVolume")
+            self.audit_volume(audit.Action.DELETE_VOLUME)
 
     # hub restarts ---------------------------------------------------------------------------
     def get_state(self):

@@ -8,11 +8,24 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
+from jupyterhub.spawner import SpawnException
+
 from atelier.spawner import core
 
 # who asked for what a spawner does now, and from where (actor, source address): each door
 # sets it for its request, and the tasks the request starts (a spawn, a delete) inherit it
 requester: ContextVar[tuple[str, str] | None] = ContextVar("requester", default=None)
+
+
+class Refused(SpawnException):
+    """A refusal as the hub answers it: 400 with JupyterHub's text ("field: message") for its
+    pages and clients, and the error itself, whose code and field the hub's API answers
+    beside it. JupyterHub's exception for refused options, so a refusal by the spawner
+    (its last check) reaches the hub's handlers in the same shape as theirs."""
+
+    def __init__(self, error: core.OptionsError, reason: str = "options"):
+        super().__init__(str(error), reason=reason, status_code=400)
+        self.error = error
 
 
 def visible_catalog(catalog: core.Catalog, user) -> core.Catalog:
@@ -34,7 +47,7 @@ def check_instance(
     limits: core.Limits,
 ) -> core.InstancePlan:
     """The plan for `user`'s instance `name` with options `raw` (an existing instance: on
-    `current_image`), or the first refusal (`core.OptionsError`, `DevicesUnavailable`):
+    `current_image`), or the first refusal (a `core.OptionsError`, `DevicesUnavailable` too):
     the number of instances, options and limits, the image's visibility and lifecycle, the
     flavor rules, the volume quota and free devices."""
     if name not in user.orm_spawners:

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from atelier.spawner.core import OptionsError
+
 VISIBLE_DEVICES_VARIABLE = {"gpu": "CUDA_VISIBLE_DEVICES", "ascend": "ASCEND_RT_VISIBLE_DEVICES"}
 KIND_WORDS = {"gpu": "GPU", "ascend": "NPU"}
 
@@ -25,15 +27,20 @@ class Device:
         return {"kind": self.kind, "type": self.type, "index": self.index}
 
 
-class DevicesUnavailable(RuntimeError):
-    """Not enough free devices of a type for a spec."""
+class DevicesUnavailable(OptionsError):
+    """Not enough free devices of a type for a spec: a refusal of the field `spec` that may
+    pass once another instance stops (code `unavailable`)."""
 
     def __init__(self, spec: str, kind: str, type_: str, needed: int, free: int):
         word = KIND_WORDS.get(kind, "device")
-        super().__init__(
+        message = (
             f"spec {spec} needs {needed} {type_.upper()} {word}s; {free} "
             f"{'is' if free == 1 else 'are'} free. Stop another instance or choose a smaller spec."
         )
+        super().__init__("spec", message, code="unavailable")
+
+    def __str__(self) -> str:
+        return self.message  # it names the spec already
 
 
 def device_type(product_name: str) -> str:

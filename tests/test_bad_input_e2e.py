@@ -3,6 +3,8 @@
 or control characters that PostgreSQL cannot store in the service's arguments and bodies.
 """
 
+import re
+
 import pytest
 from conftest import BASE, sign_in, xsrf
 
@@ -42,6 +44,31 @@ def test_a_bad_patch_is_refused_and_changes_nothing(hub, defined, server, body, 
     assert response.status_code == 400, response.text
     assert response.json()["message"] == (message or "display_name: must be a string")
     assert hub.servers("dana") == before
+
+
+def test_a_refusal_answers_its_code_and_field_beside_jupyterhubs_message(hub, defined):
+    response = hub.api("PATCH", "/users/dana/servers/lab", defined, json={"display_name": 5})
+    assert response.json() == {
+        "status": 400,
+        "message": "display_name: must be a string",
+        "code": "invalid",
+        "field": "display_name",
+        "detail": "must be a string",
+    }
+    unconfirmed = hub.api("DELETE", "/users/dana/servers/lab", defined, json={"remove": True})
+    assert (unconfirmed.json()["code"], unconfirmed.json()["field"]) == (
+        "confirmation_required",
+        "confirm",
+    )
+
+
+def test_the_form_marks_the_field_it_refuses(hub):
+    session = sign_in(hub, "admin", hub.admin_password)
+    fields = {"image": BASE, "spec": "cpu.2u4g", "volume_gb": "x", "_xsrf": xsrf(session)}
+    response = session.post(f"{hub.url}/hub/spawn/admin/marked", data=fields, timeout=60)
+    assert response.status_code == 400 and "volume_gb: must be a whole number" in response.text
+    marked = re.findall(r'name="(\w+)"[^>]*class="[^"]*is-invalid', response.text)
+    assert marked == ["volume_gb"]
 
 
 def test_the_form_refuses_bytes_that_are_not_utf8_naming_the_field(hub):
