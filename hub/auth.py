@@ -10,7 +10,7 @@ from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import LoginHandler
 from tornado import web
 
-from atelier.spawner import audit
+from atelier.spawner.core import audit
 
 
 class _NullTimer:

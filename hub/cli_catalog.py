@@ -12,8 +12,8 @@ from atelier.hub.context import Context, store_url
 from atelier.hub.settings import PROJECT_ROOT, Settings, load_settings
 from atelier.hub.store import CatalogError, Store
 from atelier.spawner import core
-from atelier.spawner.audit import Action
 from atelier.spawner.backend import Backend, load_backend
+from atelier.spawner.core.audit import Action
 
 
 class UsageError(Exception):

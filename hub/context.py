@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
-from atelier.spawner import audit, core
+from atelier.spawner import core
 from atelier.spawner.backend import Backend, Capabilities, load_backend
 from atelier.spawner.checks import visible_catalog
+from atelier.spawner.core import audit
 from atelier.spawner.devices import Allocator
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from atelier.hub.pages import create_form, options_from_form
-from atelier.spawner import audit, checks, core
+from atelier.spawner import checks, core
 from atelier.spawner.checks import Refused
+from atelier.spawner.core import audit
 
 
 def json_object(handler) -> dict:

@@ -12,10 +12,9 @@ from atelier.hub.handlers import DELETE_VOLUME
 from atelier.hub.service import APIError, BaseHandler, Caller, not_found
 from atelier.hub.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
-from atelier.spawner.audit import Action
+from atelier.spawner.core.audit import Action
 
 INSTANCE_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
-TRANSIENT = ("creating", "stopping")  # what a start or stop passes through
 
 
 def instance_json(owner: str, name: str, server: dict, record: tuple | None) -> dict:
@@ -116,7 +115,7 @@ class InstanceBase(BaseHandler):
         """The instance once the hub has finished starting or stopping it: the hub answers
         202 while a start is slow, and the answer should show how the start ended. The hub's
         start timeout bounds the wait (it then shows the instance failed)."""
-        while (instance := await self.instance(caller, owner, name))["status"] in TRANSIENT:
+        while (instance := await self.instance(caller, owner, name))["status"] in core.TRANSIENT:
             await asyncio.sleep(0.5)
         return instance
 

@@ -13,7 +13,7 @@ from atelier.hub.routes import CatalogBase
 from atelier.hub.service import APIError, BaseHandler, not_found
 from atelier.hub.store import CatalogError
 from atelier.spawner import core
-from atelier.spawner.audit import Action
+from atelier.spawner.core.audit import Action
 
 
 class WorkspaceBase(CatalogBase):

@@ -30,7 +30,8 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from atelier.hub.context import Context
-from atelier.spawner import audit, core
+from atelier.spawner import core
+from atelier.spawner.core import audit
 
 SERVICE = "atelier"
 API_PREFIX = f"/services/{SERVICE}/api/v1"

@@ -29,8 +29,8 @@ from atelier.hub.hubconfig import settings_from_environment
 from atelier.hub.keypairs import credential, credentials_key, deployment_keys
 from atelier.hub.settings import Settings
 from atelier.hub.store import Store
-from atelier.spawner import audit
 from atelier.spawner.backend import Backend, EndpointRefused, EndpointUnavailable, load_backend
+from atelier.spawner.core import audit
 
 log = logging.getLogger("atelier.sshgateway")
 # AES-GCM only: one hardware-accelerated OpenSSL call per packet. OpenSSH clients prefer

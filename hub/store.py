@@ -36,7 +36,8 @@ from atelier.hub.records import (
     migrate,
     utcnow,
 )
-from atelier.spawner import audit, core
+from atelier.spawner import core
+from atelier.spawner.core import audit
 from atelier.spawner.local import accounts
 
 AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from atelier.spawner import audit, checks, core
+from atelier.spawner import checks, core
+from atelier.spawner.core import audit
 from atelier.spawner.devices import Device, DevicesUnavailable
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_editable_install_maps_top_level_folders():
-    assert Path(atelier.spawner.core.__file__) == ROOT / "spawner" / "core.py"
+    assert Path(atelier.spawner.core.__file__) == ROOT / "spawner" / "core" / "__init__.py"
     command = Path(sys.executable).parent / "atelier"
     result = subprocess.run([command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "images" in result.stdout
@@ -29,7 +29,8 @@ def test_built_wheel_installs_and_imports(tmp_path):
     wheel = next(tmp_path.glob("atelier_hub-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
-        "atelier/spawner/core.py",
+        "atelier/spawner/core/__init__.py",
+        "atelier/spawner/local/backend.py",
         "atelier/hub/templates/home.html",
         "atelier/config/atelier.yaml",
         "atelier/config/jupyterhub_config.py",

@@ -1,0 +1,22 @@
+"""The limits every door enforces, in one place: atelier.yaml's `limits` block becomes
+`Limits`; the API document, the form and the checks read them from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    instances_per_user: int = 10
+    tags_per_instance: int = 20
+    tag_key_length: int = 36
+    tag_value_length: int = 43
+    instance_name_length: int = 64
+    volume_default_gb: int = 5
+    volume_min_gb: int = 1
+    volume_max_gb: int = 4096
+    volume_step_max_gb: int = 100
+    volume_quota_gb: int = 200  # all of one user's volumes together
+    ephemeral_storage_gb: int = 10  # each instance's disk outside work/, reset at every start
+    keypairs_per_user: int = 20
