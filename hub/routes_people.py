@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
-from atelier.hub.keypairs import generate_key_pair, inspect_public_key
+from atelier.hub.keypairs import KEY_NAME, generate_key_pair, inspect_public_key
 from atelier.hub.pages import render
 from atelier.hub.routes import CatalogBase
 from atelier.hub.service import APIError, BaseHandler, not_found
@@ -182,6 +180,3 @@ class SSHPage(BaseHandler):
         )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(page)
-
-
-KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
