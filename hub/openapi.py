@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from atelier.hub.openapi_schemas import ARGUMENT, SCHEMAS, ref
-from atelier.hub.service import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
+from dataclasses import asdict
 
+from atelier.hub.openapi_schemas import ARGUMENT, ref, schemas
+from atelier.hub.service import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
+from atelier.spawner import core
+
+DEFAULT_LIMITS = core.Limits()  # frozen: safe to share as a default
 OWNER = {"name": "owner", "in": "path", "required": True, "schema": ARGUMENT}
 NAME = {"name": "name", "in": "path", "required": True, "schema": ARGUMENT}
 KEY_PAIR_ID = {
@@ -37,7 +41,8 @@ AUDIT_QUERY = [
     query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "events to skip"),
 ]
 
-# (path, method): (summary, scope, parameters, request schema, status, response schema)
+# (path, method): (summary, scope, parameters, request schema, status, response schema);
+# a summary names a limit as {field} of core.Limits, filled in with the hub's own
 OPERATIONS = {
     ("/instances", "get"): (
         "List your instances (an admin's token with admin:users: everyone's, or ?owner=)",
@@ -101,7 +106,8 @@ OPERATIONS = {
         "Instance",
     ),
     ("/instances/{owner}/{name}/volume/expand", "post"): (
-        "Grow the work volume (1 to 100 GB a step, 4096 GB at most; online while running)",
+        "Grow the work volume (1 to {volume_step_max_gb} GB a step, {volume_max_gb} GB at most; "
+        "online while running)",
         "instances:update",
         [OWNER, NAME],
         "VolumeExpand",
@@ -190,7 +196,7 @@ OPERATIONS = {
     ("/keypairs", "post"): (
         "Register a public key (ed25519, ecdsa, RSA >= 3072), or generate one: the private key "
         "is in this answer only; a name once per user (409); at most `limits.keypairs_per_user` "
-        "(20) each",
+        "({keypairs_per_user}) each",
         "keypairs:manage",
         [],
         "KeyPairCreate",
@@ -262,10 +268,11 @@ def operation(summary, scope, parameters, request, status, response) -> dict:
     return op
 
 
-def document() -> dict:
+def document(limits: core.Limits = DEFAULT_LIMITS) -> dict:
+    """The document for a hub with these limits: its bounds are the ones the hub enforces."""
     paths: dict[str, dict] = {}
-    for (path, method), spec in OPERATIONS.items():
-        paths.setdefault(path, {})[method] = operation(*spec)
+    for (path, method), (summary, *spec) in OPERATIONS.items():
+        paths.setdefault(path, {})[method] = operation(summary.format_map(asdict(limits)), *spec)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -278,7 +285,7 @@ def document() -> dict:
         "servers": [{"url": API_PREFIX}],
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas(limits),
             "securitySchemes": {
                 "token": {
                     "type": "apiKey",
@@ -295,4 +302,4 @@ class OpenAPIHandler(BaseHandler):
     """The document is public: it describes the API, not anyone's data."""
 
     def get(self):
-        self.reply(document())
+        self.reply(document(self.context.limits))
