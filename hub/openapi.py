@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from atelier.hub.keypairs import MIN_RSA_BITS
 from atelier.hub.openapi_schemas import ARGUMENT, ref, schemas
 from atelier.hub.service import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
 from atelier.spawner import core
@@ -194,9 +195,9 @@ OPERATIONS = {
         "KeyPairList",
     ),
     ("/keypairs", "post"): (
-        "Register a public key (ed25519, ecdsa, RSA >= 3072), or generate one: the private key "
-        "is in this answer only; a name once per user (409); at most `limits.keypairs_per_user` "
-        "({keypairs_per_user}) each",
+        f"Register a public key (ed25519, ecdsa, RSA >= {MIN_RSA_BITS}), or generate one: the "
+        "private key is in this answer only; a name once per user (409); at most "
+        "`limits.keypairs_per_user` ({keypairs_per_user}) each",
         "keypairs:manage",
         [],
         "KeyPairCreate",
