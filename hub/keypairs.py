@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import asyncssh
 from atelier.spawner.core import OptionsError
 
 MIN_RSA_BITS = 3072
+KEY_NAME_LENGTH = 64
+KEY_NAME = re.compile(rf"^[A-Za-z0-9._-]{{1,{KEY_NAME_LENGTH}}}$")
 HOST_KEY = "host_ed25519_key"
 CLIENT_KEY = "gateway_ed25519_key"  # the SSH gateway's own key, which instance endpoints accept
 ACCEPTED = (

@@ -2,218 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+from atelier.hub.keypairs import MIN_RSA_BITS
+from atelier.hub.openapi_schemas import ARGUMENT, ref, schemas
 from atelier.hub.service import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
+from atelier.spawner import core
 
-STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
-NULLABLE_STRING = {"type": ["string", "null"]}
-# a name or filter in the path or the query: never a control character (hub/service.py)
-ARGUMENT = {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]*$"}
-TAGS = {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 20}
-
-
-def obj(properties: dict, required: tuple = (), open_: bool = False) -> dict:
-    schema = {"type": "object", "properties": properties, "additionalProperties": open_}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-def ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def listing(key: str, item: str) -> dict:
-    return obj({key: {"type": "array", "items": ref(item)}}, (key,))
-
-
-OPTIONS = {
-    "image": STRING,
-    "spec": STRING,
-    "tags": TAGS,
-    "autostop_hours": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 168},
-    "volume_gb": {"type": ["integer", "null"], "minimum": 1, "maximum": 4096},
-}
-SSH_ACCESS = {
-    "enabled": BOOLEAN,
-    "keypairs": {"type": "array", "items": STRING, "description": "ids of your key pairs"},
-    "allowed_cidrs": {
-        "type": "array",
-        "items": STRING,
-        "maxItems": 20,
-        "description": "client addresses allowed (IPv4/IPv6 CIDRs); empty: the admin's default",
-    },
-}
-IMAGE_CHANGE = {
-    "display_name": STRING,
-    "description": STRING,
-    "status": {"enum": ["active", "deprecated", "disabled"]},
-    "successor": NULLABLE_STRING,
-    "accelerator_types": {"type": "array", "items": STRING},
-    "visibility": {"enum": ["public", "shared", "private"]},
-    "workspace": NULLABLE_STRING,
-    "owner": NULLABLE_STRING,
-}
-SCHEMAS = {
-    "Error": obj(
-        {
-            "error": obj(
-                {"code": STRING, "message": STRING, "field": NULLABLE_STRING}, ("code", "message")
-            )
-        },
-        ("error",),
-    ),
-    "Instance": obj(
-        {
-            "owner": STRING,
-            "name": STRING,
-            "status": {"enum": ["creating", "running", "stopping", "stopped", "failed"]},
-            "reason": NULLABLE_STRING,
-            "image": NULLABLE_STRING,
-            "spec": NULLABLE_STRING,
-            "tags": TAGS,
-            "autostop_hours": {"type": ["number", "null"]},
-            "autostop_at": NULLABLE_STRING,
-            "created": NULLABLE_STRING,
-            "workspace": NULLABLE_STRING,
-            "volume_gb": {"type": ["integer", "null"]},
-            "volume": {"oneOf": [{"type": "null"}, ref("Volume")]},
-            "ssh": {"oneOf": [{"type": "null"}, ref("SSH")]},
-            "started": NULLABLE_STRING,
-            "last_activity": NULLABLE_STRING,
-            "url": NULLABLE_STRING,
-        }
-    ),
-    "InstanceCreate": obj(
-        {
-            "name": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"},
-            "owner": STRING,
-            "workspace": STRING,
-            **OPTIONS,
-        },
-        ("name", "image", "spec"),
-    ),
-    "InstanceChange": obj({**OPTIONS, "ssh": ref("SSHChange")}),
-    "SSHChange": obj(SSH_ACCESS),
-    "SSH": obj(
-        {
-            **SSH_ACCESS,
-            "command": {"type": "string", "description": "ssh command line through the gateway"},
-            "config": {"type": "string", "description": "a ~/.ssh/config block for IDEs"},
-        }
-    ),
-    "InstanceList": listing("instances", "Instance"),
-    "Image": obj(
-        {
-            "name": STRING,
-            "display_name": STRING,
-            "description": STRING,
-            "flavor": {"enum": ["cpu", "gpu", "ascend"]},
-            "engine": STRING,
-            "engine_version": STRING,
-            "accelerator_stack": STRING,
-            "python": STRING,
-            "os": STRING,
-            "arch": {"enum": ["x86_64", "aarch64"]},
-            "status": STRING,
-            "successor": NULLABLE_STRING,
-            "accelerator_types": {"type": "array", "items": STRING},
-            "visibility": {"enum": ["public", "shared", "private"]},
-            "workspace": NULLABLE_STRING,
-            "owner": NULLABLE_STRING,
-        }
-    ),
-    "ImageCreate": obj({"name": STRING, **IMAGE_CHANGE}, ("name",)),
-    "ImageChange": obj(IMAGE_CHANGE),
-    "ImageList": listing("images", "Image"),
-    "Spec": obj(
-        {
-            "name": STRING,
-            "display_name": STRING,
-            "flavor": {"enum": ["cpu", "gpu", "ascend"]},
-            "cpu": INTEGER,
-            "memory_gb": INTEGER,
-            "accelerator_type": NULLABLE_STRING,
-            "accelerator_count": INTEGER,
-            "disabled": BOOLEAN,
-        }
-    ),
-    "SpecCreate": obj({"name": STRING, "display_name": STRING, "disabled": BOOLEAN}, ("name",)),
-    "SpecChange": obj({"display_name": STRING, "disabled": BOOLEAN}),
-    "SpecList": listing("specs", "Spec"),
-    "Quotas": obj(
-        {
-            "user": STRING,
-            "instances": obj({"used": INTEGER, "allowed": INTEGER}),
-            "tags_per_instance": obj({"allowed": INTEGER}),
-            "volume_gb": ref("Usage"),
-            "workspaces": {"type": "object", "additionalProperties": ref("Usage")},
-        }
-    ),
-    "Usage": obj({"used": INTEGER, "allowed": INTEGER}),
-    "KeyPair": obj(
-        {
-            "id": STRING,
-            "owner": STRING,
-            "name": STRING,
-            "public_key": STRING,
-            "fingerprint": STRING,
-            "algorithm": STRING,
-            "created": STRING,
-            "private_key": STRING,
-        }
-    ),
-    "KeyPairCreate": obj(
-        {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-            "public_key": STRING,
-            "generate": BOOLEAN,
-        },
-        ("name",),
-    ),
-    "KeyPairList": listing("keypairs", "KeyPair"),
-    "Volume": obj(
-        {
-            "size_gb": INTEGER,
-            "used_bytes": {"type": ["integer", "null"]},
-            "enforced": BOOLEAN,
-            "path": STRING,
-        }
-    ),
-    "VolumeExpand": obj({"add_gb": {"type": "integer", "minimum": 1, "maximum": 100}}, ("add_gb",)),
-    "Workspace": obj(
-        {
-            "name": STRING,
-            "max_instances": INTEGER,
-            "created": STRING,
-            "members": {"type": "array", "items": STRING},
-            "instances": INTEGER,
-        }
-    ),
-    "WorkspaceCreate": obj(
-        {"name": STRING, "members": {"type": "array", "items": STRING}, "max_instances": INTEGER},
-        ("name",),
-    ),
-    "WorkspaceChange": obj(
-        {"members": {"type": "array", "items": STRING}, "max_instances": INTEGER}
-    ),
-    "WorkspaceList": listing("workspaces", "Workspace"),
-    "AuditEvent": obj(
-        {
-            "id": INTEGER,
-            "time": STRING,
-            "actor": STRING,
-            "source_ip": STRING,
-            "action": STRING,
-            "resource_type": STRING,
-            "resource": STRING,
-            "owner": STRING,
-            "result": {"enum": ["success", "failure"]},
-            "reason": STRING,
-        }
-    ),
-    "AuditPage": obj({"total": INTEGER, "events": {"type": "array", "items": ref("AuditEvent")}}),
-}
-
+DEFAULT_LIMITS = core.Limits()  # frozen: safe to share as a default
 OWNER = {"name": "owner", "in": "path", "required": True, "schema": ARGUMENT}
 NAME = {"name": "name", "in": "path", "required": True, "schema": ARGUMENT}
 KEY_PAIR_ID = {
@@ -246,7 +42,8 @@ AUDIT_QUERY = [
     query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "events to skip"),
 ]
 
-# (path, method): (summary, scope, parameters, request schema, status, response schema)
+# (path, method): (summary, scope, parameters, request schema, status, response schema);
+# a summary names a limit as {field} of core.Limits, filled in with the hub's own
 OPERATIONS = {
     ("/instances", "get"): (
         "List your instances (an admin's token with admin:users: everyone's, or ?owner=)",
@@ -310,7 +107,8 @@ OPERATIONS = {
         "Instance",
     ),
     ("/instances/{owner}/{name}/volume/expand", "post"): (
-        "Grow the work volume (1 to 100 GB a step, 4096 GB at most; online while running)",
+        "Grow the work volume (1 to {volume_step_max_gb} GB a step, {volume_max_gb} GB at most; "
+        "online while running)",
         "instances:update",
         [OWNER, NAME],
         "VolumeExpand",
@@ -397,9 +195,9 @@ OPERATIONS = {
         "KeyPairList",
     ),
     ("/keypairs", "post"): (
-        "Register a public key (ed25519, ecdsa, RSA >= 3072), or generate one: the private key "
-        "is in this answer only; a name once per user (409); at most `limits.keypairs_per_user` "
-        "(20) each",
+        f"Register a public key (ed25519, ecdsa, RSA >= {MIN_RSA_BITS}), or generate one: the "
+        "private key is in this answer only; a name once per user (409); at most "
+        "`limits.keypairs_per_user` ({keypairs_per_user}) each",
         "keypairs:manage",
         [],
         "KeyPairCreate",
@@ -471,10 +269,11 @@ def operation(summary, scope, parameters, request, status, response) -> dict:
     return op
 
 
-def document() -> dict:
+def document(limits: core.Limits = DEFAULT_LIMITS) -> dict:
+    """The document for a hub with these limits: its bounds are the ones the hub enforces."""
     paths: dict[str, dict] = {}
-    for (path, method), spec in OPERATIONS.items():
-        paths.setdefault(path, {})[method] = operation(*spec)
+    for (path, method), (summary, *spec) in OPERATIONS.items():
+        paths.setdefault(path, {})[method] = operation(summary.format_map(asdict(limits)), *spec)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -487,7 +286,7 @@ def document() -> dict:
         "servers": [{"url": API_PREFIX}],
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas(limits),
             "securitySchemes": {
                 "token": {
                     "type": "apiKey",
@@ -504,4 +303,4 @@ class OpenAPIHandler(BaseHandler):
     """The document is public: it describes the API, not anyone's data."""
 
     def get(self):
-        self.reply(document())
+        self.reply(document(self.context.limits))

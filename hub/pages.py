@@ -62,7 +62,8 @@ def options_from_form(formdata: dict[str, list[str]], limits: core.Limits) -> di
 
 
 def form_context(catalog: core.Catalog, limits: core.Limits) -> dict:
-    """Offered images grouped by flavor, each with the specs it may run on."""
+    """Offered images grouped by flavor, each with the specs it may run on, and the limits
+    the inputs' bounds come from (the hub's, so the browser refuses what the hub would)."""
     groups: dict[str, list[dict]] = {}
     for image in catalog.offered_images():
         groups.setdefault(image.flavor, []).append(
@@ -72,7 +73,8 @@ def form_context(catalog: core.Catalog, limits: core.Limits) -> dict:
     return {
         "groups": [(FLAVOR_TITLES[f], groups[f]) for f in core.FLAVORS if f in groups],
         "specs": specs,
-        "volume_default_gb": limits.volume_default_gb,
+        "limits": limits,
+        "max_autostop_hours": core.MAX_AUTOSTOP_HOURS,
     }
 
 
@@ -168,6 +170,6 @@ def home_view(context, user) -> dict:
         "limits_unenforced": list(can.limits_unenforced),
         "idle_minutes": context.settings.culling.idle_minutes,
         "now": datetime.now(UTC),
-        "limit": context.settings.limits.instances_per_user,
+        "limits": context.limits,
         "ssh_page": "/services/atelier/ssh" if context.settings.ssh.enabled else None,
     }

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import re
-
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
-from atelier.hub.keypairs import generate_key_pair, inspect_public_key
+from atelier.hub.keypairs import (
+    KEY_NAME,
+    KEY_NAME_LENGTH,
+    MIN_RSA_BITS,
+    generate_key_pair,
+    inspect_public_key,
+)
 from atelier.hub.pages import render
 from atelier.hub.routes import CatalogBase
 from atelier.hub.service import APIError, BaseHandler, not_found
+from atelier.hub.ssh import MAX_CIDRS
 from atelier.hub.store import CatalogError
 from atelier.spawner import core
 from atelier.spawner.core.audit import Action
@@ -178,9 +183,9 @@ class SSHPage(BaseHandler):
             xsrf=self.xsrf_token.decode(),
             host=gateway.host(self.context.settings.ip),
             port=gateway.port,
+            key_name_length=KEY_NAME_LENGTH,
+            min_rsa_bits=MIN_RSA_BITS,
+            max_cidrs=MAX_CIDRS,
         )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(page)
-
-
-KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
