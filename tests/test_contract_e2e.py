@@ -277,6 +277,22 @@ def test_a_stopped_instance_keeps_its_volume_files(hub, running):
     assert (marker.returncode, marker.stdout) == (0, "kept\n"), marker.stderr
 
 
+def test_deleting_the_instance_deletes_its_volume(hub, running):
+    token = running["token"]
+    deleted = hub.atelier("DELETE", f"/instances/{USER}/{INSTANCE}?confirm=delete-volume", token)
+    assert deleted.status_code == 204, deleted.text
+    assert hub.atelier("GET", "/quotas", token).json()["volume_gb"]["used"] == 0
+    body = {"name": INSTANCE, "image": BASE, "spec": "cpu.2u4g", "volume_gb": 1}
+    again = hub.atelier("POST", "/instances", token, json=body)
+    assert again.status_code == 201 and again.json()["volume"]["size_gb"] == 1, again.text
+    work = requests.get(
+        f"{hub.url}/user/{USER}/{INSTANCE}/api/contents/work",
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+    assert work.status_code == 200 and work.json()["content"] == [], work.text  # a new one
+
+
 # auto-stop ------------------------------------------------------------------------------------
 
 
