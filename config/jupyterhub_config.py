@@ -4,6 +4,6 @@
 override anything (for example another authenticator).
 """
 
-from atelier.hub.hubconfig import configure
+from atelier.hub.app.config import configure
 
 configure(c)  # noqa: F821 - `c` is provided by JupyterHub

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from atelier.hub.settings import Settings
-from atelier.hub.store import Store
+from atelier.hub.store.store import Store
 from atelier.spawner import core
 from atelier.spawner.backend import Backend, Capabilities, load_backend
 from atelier.spawner.checks import visible_catalog

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from atelier.hub.ssh import check_cidrs
 from atelier.spawner import core
 from atelier.spawner.backend import backend_class, installed_backends
 from atelier.spawner.devices import Device
@@ -161,8 +162,6 @@ class SSHConfig(Strict):
     @field_validator("default_allowed_cidrs")
     @classmethod
     def _networks(cls, cidrs: list[str]) -> list[str]:
-        from atelier.hub.ssh import check_cidrs
-
         try:
             return list(check_cidrs(cidrs, "default_allowed_cidrs"))
         except core.OptionsError as error:
@@ -303,3 +302,13 @@ def check_private(path: Path, settings: Settings) -> None:
             f"{path}: holds auth.client_secret but others may read it "
             f"(mode {mode & 0o777:o}); run `chmod 600 {path}`"
         )
+
+
+def settings_from_environment() -> Settings:
+    """atelier.yaml with the overrides `atelier run` passes through the environment."""
+    return load_settings(
+        data_dir=os.environ.get("ATELIER_DATA_DIR"),
+        port=os.environ.get("ATELIER_PORT"),
+        hub_port=os.environ.get("ATELIER_HUB_PORT"),
+        proxy_api_port=os.environ.get("ATELIER_PROXY_API_PORT"),
+    )

@@ -1,6 +1,6 @@
 """SSH access to instances, as pure rules: who may log in to which instance from where.
 
-The gateway (atelier.hub.sshgateway) does the I/O; everything it decides is decided here.
+The gateway (atelier.hub.gateway.server) does the I/O; everything it decides is decided here.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from atelier.spawner.devices import Device, detect_devices
 
 if TYPE_CHECKING:
     from atelier.hub.settings import Settings
-    from atelier.hub.store import Store
+    from atelier.hub.store.store import Store
 
 GROUP = "atelier.backends"
 

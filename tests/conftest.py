@@ -17,9 +17,9 @@ import requests
 import yaml
 from sqlalchemy import select
 
-from atelier.hub.records import AccountRecord
 from atelier.hub.settings import DEFAULT_CONFIG
-from atelier.hub.store import Store
+from atelier.hub.store.records import AccountRecord
+from atelier.hub.store.store import Store
 from atelier.spawner.local.envs import build_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ class Hub:
 
     def launch(self, preexec_fn=None) -> None:
         self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "atelier.hub.cli", "--config", str(self.config)]
+        command = [sys.executable, "-m", "atelier.hub.cli.main", "--config", str(self.config)]
         self.process = subprocess.Popen(
             [*command, "run", "--no-build", *self.run_options],
             cwd=self.dir,
@@ -130,7 +130,7 @@ class Hub:
 
     def cli(self, *argv: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "atelier.hub.cli", "--config", str(self.config), *argv],
+            [sys.executable, "-m", "atelier.hub.cli.main", "--config", str(self.config), *argv],
             capture_output=True,
             text=True,
             check=True,

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from atelier.hub.store import Store
+from atelier.hub.store.store import Store
 from atelier.spawner import core
 from atelier.spawner.local import accounts
 

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from atelier.hub.autostop import due_instances
+from atelier.hub.autostop.stopper import due_instances
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import free_port
 
-from atelier.hub.cli import buildable_images, main
+from atelier.hub.cli.main import buildable_images, main
 from atelier.hub.settings import DEFAULT_CONFIG, PROJECT_ROOT, load_settings
-from atelier.hub.store import Store
+from atelier.hub.store.store import Store
 from atelier.spawner.local.envs import STAMP, built_envs
 
 BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
@@ -222,7 +222,7 @@ def test_token_expiry_out_of_range_is_refused(atelier):
 def run_cli(*argv) -> tuple[int, str, str]:
     """The real `atelier` command, as a user runs it."""
     result = subprocess.run(
-        [sys.executable, "-m", "atelier.hub.cli", *argv], capture_output=True, text=True
+        [sys.executable, "-m", "atelier.hub.cli.main", *argv], capture_output=True, text=True
     )
     return result.returncode, result.stdout, result.stderr
 
@@ -282,7 +282,7 @@ def test_api_commands_fail_with_one_line_and_no_traceback(tmp_path, argv, env, m
         [
             sys.executable,
             "-m",
-            "atelier.hub.cli",
+            "atelier.hub.cli.main",
             "--config",
             path,
             *(a.format(port=port) for a in argv),
@@ -352,7 +352,7 @@ def test_an_interrupted_build_leaves_no_environment(tmp_path):
     envs = tmp_path / "envs"
     path = config_file(tmp_path, envs_dir=str(envs))
     build = subprocess.Popen(
-        [sys.executable, "-m", "atelier.hub.cli", "--config", path, "images", "build", BASE],
+        [sys.executable, "-m", "atelier.hub.cli.main", "--config", path, "images", "build", BASE],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

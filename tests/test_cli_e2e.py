@@ -26,7 +26,7 @@ def atelier(hub, *argv: str, token: str | None = None, **env: str) -> subprocess
     if token:
         environ["JUPYTERHUB_API_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "atelier.hub.cli", "--config", str(hub.config), *argv],
+        [sys.executable, "-m", "atelier.hub.cli.main", "--config", str(hub.config), *argv],
         capture_output=True,
         text=True,
         env={**environ, **env},
@@ -67,7 +67,7 @@ def test_token_finds_the_hub_state_from_anywhere(hub, tmp_path):
     path.write_text(yaml.safe_dump(config))
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
     minted = subprocess.run(
-        [sys.executable, "-m", "atelier.hub.cli", "token", "admin"],
+        [sys.executable, "-m", "atelier.hub.cli.main", "token", "admin"],
         capture_output=True,
         text=True,
         env={**environ, "ATELIER_CONFIG": str(path)},

@@ -298,7 +298,7 @@ def test_the_one_check_refuses_what_every_door_must_refuse(tmp_path):
     volume quota and free devices, with the store and the allocator the hub uses."""
     from types import SimpleNamespace
 
-    from atelier.hub.store import Store
+    from atelier.hub.store.store import Store
     from atelier.spawner import checks
     from atelier.spawner.devices import Allocator, Device, DevicesUnavailable
 

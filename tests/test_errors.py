@@ -2,9 +2,9 @@
 
 import pytest
 
-from atelier.hub.routes import hub_error
-from atelier.hub.service import APIError
-from atelier.hub.store import CatalogError
+from atelier.hub.service.base import APIError
+from atelier.hub.service.routes import hub_error
+from atelier.hub.store.store import CatalogError
 from atelier.spawner import checks, core
 from atelier.spawner.devices import Allocator, Device, DevicesUnavailable
 

@@ -8,9 +8,9 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from atelier.hub import records
 from atelier.hub.keypairs import generate_key_pair, inspect_public_key
-from atelier.hub.store import CatalogError, Store
+from atelier.hub.store import records
+from atelier.hub.store.store import CatalogError, Store
 from atelier.spawner.core import OptionsError
 
 

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import yaml
 
-from atelier.hub import hubconfig
-from atelier.hub.hubconfig import prepare_data_dir
+from atelier.hub.app import config as hubconfig
+from atelier.hub.app.config import prepare_data_dir
 from atelier.hub.settings import DEFAULT_CONFIG, ConfigError, load_settings
 from atelier.spawner.local import accounts
 

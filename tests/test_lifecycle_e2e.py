@@ -43,7 +43,7 @@ def services_of(hub: Hub) -> list[int]:
             command = (entry / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if parent == hub.process.pid and b"atelier.hub.managed" in command:
+        if parent == hub.process.pid and b"atelier.hub.app.managed" in command:
             services.append(int(entry.name))
     assert len(services) == 4, services
     return [*services, int((hub.dir / "data" / "proxy.pid").read_text())]

@@ -1,6 +1,6 @@
 """The OpenAPI document states the hub's configured limits, not the defaults (no hub needed)."""
 
-from atelier.hub.openapi import document
+from atelier.hub.service.openapi import document
 from atelier.spawner.core import Limits
 
 

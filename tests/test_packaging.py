@@ -31,13 +31,13 @@ def test_built_wheel_installs_and_imports(tmp_path):
     for expected in (
         "atelier/spawner/core/__init__.py",
         "atelier/spawner/local/backend.py",
-        "atelier/hub/templates/home.html",
+        "atelier/hub/web/templates/home.html",
         "atelier/config/atelier.yaml",
         "atelier/config/jupyterhub_config.py",
         "atelier/images/pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64/requirements.txt",
         "atelier/extensions/__init__.py",
         "atelier/sdk/__init__.py",
-        "atelier/hub/migrations/versions/0001_catalog_instances_and_audit_events.py",
+        "atelier/hub/store/migrations/versions/0001_catalog_instances_and_audit_events.py",
     ):
         assert expected in names, expected
     assert not any(name.startswith(("hub/", "spawner/", "tests/")) for name in names)

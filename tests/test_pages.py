@@ -2,7 +2,7 @@
 
 from html.parser import HTMLParser
 
-from atelier.hub.pages import options_form
+from atelier.hub.web.pages import options_form
 from atelier.spawner.core import MAX_AUTOSTOP_HOURS, Catalog, Image, Limits, Spec
 
 IMAGE = Image("python_3.11-cpu-py_3.11-debian_12-x86_64")

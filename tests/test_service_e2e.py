@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import BASE, TORCH, environ_of
 
-from atelier.hub.openapi import document
-from atelier.hub.routes import all_routes
+from atelier.hub.service.openapi import document
+from atelier.hub.service.server import all_routes
 
 pytestmark = pytest.mark.e2e
 CREATE = {"name": "api-1", "image": BASE, "spec": "cpu.2u4g", "tags": {"team": "nlp"}}
@@ -318,7 +318,7 @@ def test_sdk_and_cli(hub):
     inside = subprocess.run([python, "-c", INSIDE], env=environment, capture_output=True, text=True)
     assert inside.stdout.split() == ["['sdk-1']", "sam"], inside.stderr
 
-    cli = [sys.executable, "-m", "atelier.hub.cli"]
+    cli = [sys.executable, "-m", "atelier.hub.cli.main"]
     api = ["--url", client.url, "--token", token]
     listing = subprocess.run([*cli, "instances", "list", *api], capture_output=True, text=True)
     assert listing.stdout.split()[:2] == ["OWNER", "NAME"] and "sdk-1" in listing.stdout

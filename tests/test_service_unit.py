@@ -1,6 +1,6 @@
 """The Atelier service's memo of repeated reads, its permission check and number parsing."""
 
-from atelier.hub.service import Caller, Recent
+from atelier.hub.service.base import Caller, Recent
 from atelier.spawner.core import whole_number
 
 

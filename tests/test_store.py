@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from atelier.hub.records import Base
-from atelier.hub.store import CatalogError, Store
+from atelier.hub.store.records import Base
+from atelier.hub.store.store import CatalogError, Store
 from atelier.spawner.core import Image, Spec
 
 EVENT = {"source_ip": "10.0.0.1", "resource_type": "instance", "result": "success"}

@@ -9,10 +9,10 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from atelier.hub import records
 from atelier.hub.context import Context
 from atelier.hub.settings import Settings
-from atelier.hub.store import Store
+from atelier.hub.store import records
+from atelier.hub.store.store import Store
 from atelier.spawner.core import Limits, OptionsError, check_expand, check_volume_size
 from atelier.spawner.devices import Allocator
 from atelier.spawner.local import volumes

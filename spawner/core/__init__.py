@@ -29,6 +29,7 @@ from atelier.spawner.core.errors import (
     OptionsError,
 )
 from atelier.spawner.core.instances import (
+    DELETE_VOLUME,
     INSTANCE_NAME,
     MAX_AUTOSTOP_HOURS,
     OPTION_FIELDS,
@@ -82,6 +83,7 @@ __all__ = [
     "check_expand",
     "INSTANCE_NAME",
     "OPTION_FIELDS",
+    "DELETE_VOLUME",
     "MAX_AUTOSTOP_HOURS",
     "STATUSES",
     "TRANSIENT",

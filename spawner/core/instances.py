@@ -15,6 +15,7 @@ INSTANCE_NAME = re.compile(r"^[a-z0-9-]+$")
 OPTION_FIELDS = ("image", "spec", "tags", "autostop_hours", "volume_gb")
 MAX_AUTOSTOP_HOURS = 24 * 7
 STATUSES = ("creating", "running", "stopping", "stopped", "failed")  # see instance_status
+DELETE_VOLUME = "delete-volume"  # the confirmation a delete with its volume needs
 TRANSIENT = ("creating", "stopping")  # what a start or stop passes through
 
 

@@ -74,7 +74,3 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[autostop %(asctime)s] %(message)s")
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
         asyncio.run(run(args.every))
-
-
-if __name__ == "__main__":
-    main()

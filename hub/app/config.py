@@ -8,23 +8,13 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from atelier.hub.auth import audit_oauth_login, audited
-from atelier.hub.pages import TEMPLATES, render_options_form
-from atelier.hub.service import ACCESS_SCOPE, API_PREFIX, SCOPES, SERVICE, USER_SCOPES
-from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
+from atelier.hub.app.auth import audit_oauth_login, audited
+from atelier.hub.service.base import ACCESS_SCOPE, API_PREFIX, SCOPES, SERVICE, USER_SCOPES
+from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings, settings_from_environment
+from atelier.hub.web.pages import TEMPLATES, render_options_form
 from atelier.spawner.backend import Backend, load_backend
 
 PROXY = "configurable-http-proxy"
-
-
-def settings_from_environment() -> Settings:
-    """atelier.yaml with the overrides `atelier run` passes through the environment."""
-    return load_settings(
-        data_dir=os.environ.get("ATELIER_DATA_DIR"),
-        port=os.environ.get("ATELIER_PORT"),
-        hub_port=os.environ.get("ATELIER_HUB_PORT"),
-        proxy_api_port=os.environ.get("ATELIER_PROXY_API_PORT"),
-    )
 
 
 def proxy_command() -> str:
@@ -112,7 +102,7 @@ def configure_sign_in(c, settings: Settings) -> None:
     auth = settings.auth
     c.Authenticator.admin_users = {settings.admin_user}
     if auth.kind == "native":
-        c.JupyterHub.authenticator_class = "atelier.hub.auth.AtelierAuthenticator"
+        c.JupyterHub.authenticator_class = "atelier.hub.app.auth.AtelierAuthenticator"
         c.AtelierAuthenticator.open_signup = False  # sign-up waits for an admin's approval
         c.AtelierAuthenticator.minimum_password_length = 8
         c.Authenticator.allow_all = True  # NativeAuthenticator lets in only approved accounts
@@ -147,7 +137,7 @@ def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[d
     role that gives it exactly `scopes`."""
     role = {"name": f"{name}-service", "services": [name], "scopes": scopes}
     # -P: nothing is imported from the working directory, which users might write to
-    launcher = [sys.executable, "-P", "-m", "atelier.hub.managed", str(os.getpid())]
+    launcher = [sys.executable, "-P", "-m", "atelier.hub.app.managed", str(os.getpid())]
     return {"name": name, "command": [*launcher, *command], **more}, role
 
 
@@ -175,9 +165,7 @@ def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], 
         ),
     ]
     if settings.ssh.enabled:
-        pairs.append(
-            service("ssh-gateway", ["atelier.hub.sshgateway"], [], environment=environment)
-        )
+        pairs.append(service("ssh-gateway", ["atelier.hub.gateway"], [], environment=environment))
     if settings.culling.idle_minutes:
         pairs.append(
             service(

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from atelier.hub.cli_catalog import (
+from atelier.hub.cli.catalog import (
     UsageError,
     build_images,
     buildable_images,
@@ -18,7 +18,7 @@ from atelier.hub.cli_catalog import (
     settings_for,
 )
 from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings
-from atelier.hub.store import CatalogError
+from atelier.hub.store.store import CatalogError
 from atelier.spawner import core
 
 CONFIG_FILE = PROJECT_ROOT / "config" / "jupyterhub_config.py"
@@ -27,7 +27,7 @@ DAY = 86400
 
 # run ----------------------------------------------------------------------------------------
 def cmd_run(args) -> None:
-    from atelier.hub.hubconfig import prepare_data_dir
+    from atelier.hub.app.config import prepare_data_dir
 
     settings = settings_for(args)
     for key, value in (
@@ -41,7 +41,7 @@ def cmd_run(args) -> None:
     prepare_data_dir(settings)
     if not args.no_build:
         build_images(settings, buildable_images(settings))
-    from atelier.hub.app import AtelierHub
+    from atelier.hub.app.hub import AtelierHub
 
     AtelierHub.launch_instance(["-f", str(CONFIG_FILE)])
 

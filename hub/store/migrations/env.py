@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from atelier.hub.records import Base
+from atelier.hub.store.records import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

@@ -11,10 +11,10 @@ import bcrypt
 from jupyterhub.app import JupyterHub
 from nativeauthenticator.orm import UserInfo
 
+from atelier.hub.app.handlers import HANDLERS
 from atelier.hub.context import Context
-from atelier.hub.handlers import HANDLERS
-from atelier.hub.hubconfig import settings_from_environment
-from atelier.hub.pages import home_view
+from atelier.hub.settings import settings_from_environment
+from atelier.hub.web.pages import home_view
 
 PASSWORD_FILE = "admin-password"
 

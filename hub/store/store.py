@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from atelier.hub import ssh
-from atelier.hub.records import (
+from atelier.hub.store.records import (
     AccountRecord,
     AuditEvent,
     ImageRecord,

@@ -12,11 +12,11 @@ from atelier.hub.keypairs import (
     generate_key_pair,
     inspect_public_key,
 )
-from atelier.hub.pages import render
-from atelier.hub.routes import CatalogBase
-from atelier.hub.service import APIError, BaseHandler, not_found
+from atelier.hub.service.base import APIError, BaseHandler, not_found
+from atelier.hub.service.catalog import CatalogBase
 from atelier.hub.ssh import MAX_CIDRS
-from atelier.hub.store import CatalogError
+from atelier.hub.store.store import CatalogError
+from atelier.hub.web.pages import render
 from atelier.spawner import core
 from atelier.spawner.core.audit import Action
 

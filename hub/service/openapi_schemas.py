@@ -1,4 +1,4 @@
-"""The schemas of the OpenAPI document (hub/openapi.py): the bodies the Atelier API takes and
+"""The schemas of the OpenAPI document (openapi.py): the bodies the Atelier API takes and
 answers with, bounded by the hub's configured limits."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from atelier.spawner import core
 
 STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
 NULLABLE_STRING = {"type": ["string", "null"]}
-# a name or filter in the path or the query: never a control character (hub/service.py)
+# a name or filter in the path or the query: never a control character (base.py)
 ARGUMENT = {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]*$"}
 
 

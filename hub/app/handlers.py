@@ -17,7 +17,7 @@ from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from atelier.hub.pages import create_form, options_from_form
+from atelier.hub.web.pages import create_form, options_from_form
 from atelier.spawner import checks, core
 from atelier.spawner.checks import Refused
 from atelier.spawner.core import audit
@@ -227,10 +227,10 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
     async def delete(self, user_name, server_name=""):
         body = json_object(self)
         remove = bool(body.get("remove"))
-        if remove and body.get("confirm") != DELETE_VOLUME:
+        if remove and body.get("confirm") != core.DELETE_VOLUME:
             message = (
                 f"deleting {server_name} deletes its work volume and every file on it; "
-                f'send {{"remove": true, "confirm": "{DELETE_VOLUME}"}} to go ahead'
+                f'send {{"remove": true, "confirm": "{core.DELETE_VOLUME}"}} to go ahead'
             )
             raise Refused(core.OptionsError("confirm", message, "confirmation_required"))
         action = audit.Action.DELETE_NOTEBOOK if remove else audit.Action.STOP_NOTEBOOK
@@ -397,7 +397,6 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
 
 
 ATELIER_SERVICE = "atelier"
-DELETE_VOLUME = "delete-volume"
 PATCH_FIELDS = ("display_name", "user_options")  # "name" (a rename) is refused on its own
 HANDLERS = [
     (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),

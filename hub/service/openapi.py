@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from atelier.hub.keypairs import MIN_RSA_BITS
-from atelier.hub.openapi_schemas import ARGUMENT, ref, schemas
-from atelier.hub.service import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
+from atelier.hub.service.base import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
+from atelier.hub.service.openapi_schemas import ARGUMENT, ref, schemas
 from atelier.spawner import core
 
 DEFAULT_LIMITS = core.Limits()  # frozen: safe to share as a default

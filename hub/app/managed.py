@@ -1,6 +1,6 @@
 """Run a hub-managed service's module so that it ends with the hub.
 
-`python -m atelier.hub.managed HUB_PID MODULE ARGS...` runs MODULE as `python -m` would,
+`python -m atelier.hub.app.managed HUB_PID MODULE ARGS...` runs MODULE as `python -m` would,
 after two things JupyterHub cannot do for its services:
 - the kernel sends SIGTERM when the hub dies, even by `kill -9` (PR_SET_PDEATHSIG): JupyterHub
   starts services in their own session, and they would linger holding their ports;

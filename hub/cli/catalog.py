@@ -10,7 +10,7 @@ from pathlib import Path
 
 from atelier.hub.context import Context, store_url
 from atelier.hub.settings import PROJECT_ROOT, Settings, load_settings
-from atelier.hub.store import CatalogError, Store
+from atelier.hub.store.store import CatalogError, Store
 from atelier.spawner import core
 from atelier.spawner.backend import Backend, load_backend
 from atelier.spawner.core.audit import Action

@@ -1,4 +1,4 @@
-"""The store's tables (SQLAlchemy) and their migrations (Alembic, in hub/migrations)."""
+"""The store's tables (SQLAlchemy) and their migrations (Alembic, in migrations/ beside it)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,6 @@ def alembic_config(connection=None) -> AlembicConfig:
 
 
 def migrate(engine) -> None:
-    """Bring the database to the newest schema (Alembic migrations in hub/migrations)."""
+    """Bring the database to the newest schema (Alembic migrations beside it)."""
     with engine.begin() as connection:
         alembic_command.upgrade(alembic_config(connection), "head")

@@ -25,10 +25,9 @@ import asyncssh
 from atelier.extensions.ssh import ASK_SFTP, ASK_SSHD, READY, request
 from atelier.hub import ssh
 from atelier.hub.context import store_url
-from atelier.hub.hubconfig import settings_from_environment
 from atelier.hub.keypairs import credential, credentials_key, deployment_keys
-from atelier.hub.settings import Settings
-from atelier.hub.store import Store
+from atelier.hub.settings import Settings, settings_from_environment
+from atelier.hub.store.store import Store
 from atelier.spawner.backend import Backend, EndpointRefused, EndpointUnavailable, load_backend
 from atelier.spawner.core import audit
 
@@ -385,7 +384,3 @@ def main() -> None:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
         asyncio.run(serve(settings_from_environment()))
-
-
-if __name__ == "__main__":
-    main()

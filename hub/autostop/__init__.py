@@ -1,0 +1,1 @@
+"""The auto-stop process: stops instances whose auto-stop time has come."""

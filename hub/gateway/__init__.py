@@ -1,0 +1,1 @@
+"""The SSH gateway process: one port for every instance's SSH endpoint."""

@@ -1,0 +1,1 @@
+"""The Atelier service process: the REST API v1, its OpenAPI document and the SSH page."""

@@ -1,0 +1,1 @@
+"""Atelier's store: its tables, migrations and the queries every process shares."""
