@@ -132,6 +132,29 @@ class InstanceSpawnerMixin:
         """Delete the instance's volume and files on the machine; True when it had a volume."""
         raise NotImplementedError
 
+    def realised(self) -> bool:
+        """Whether what `start_plan` made (a process, a container) exists as far as the hub
+        knows, before a poll finds out whether it still runs."""
+        raise NotImplementedError
+
+    async def poll(self):
+        """None while the instance runs; once it has died, what it held is given back, and
+        a death nobody asked for (during start-up, or while running) is its failure."""
+        was_realised = self.realised()
+        status = await super().poll()
+        if status is not None:
+            if was_realised and (self._waiting_for_response or not self._stop_pending):
+                when = "during start-up" if self._waiting_for_response else "unexpectedly"
+                self.record_failure(f"JupyterLab exited {when} (exit status {status})")
+            await self.release()
+        return status
+
+    async def stop(self, now=False):
+        if self._waiting_for_response:  # the hub gave up waiting for it to answer
+            self.record_failure(f"JupyterLab did not answer within {self.http_timeout} seconds")
+        await super().stop(now=now)
+        await self.release()
+
     async def make_volume(self, create: Callable[[int], None]) -> None:
         """Make the work volume while it is only reserved (`create(size_gb)`, blocking), once:
         a volume made before is never made again."""

@@ -9,21 +9,14 @@ spawner.py's `LocalInstanceSpawner`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
-import pwd
 import socket
 from pathlib import Path
 
 from atelier.hub.keypairs import deployment_keys
 from atelier.spawner import core
-from atelier.spawner.backend import (
-    Backend,
-    Capabilities,
-    EndpointRefused,
-    EndpointUnavailable,
-)
+from atelier.spawner.backend import Backend, Capabilities
 from atelier.spawner.devices import Device, count_by_type
 from atelier.spawner.local import accounts, cgroups, envs, sshendpoint
 from atelier.spawner.local.volumes import LocalVolume, VolumeUnavailable
@@ -89,19 +82,7 @@ class LocalBackend(Backend):
     async def connect_ssh(self, owner: str, instance: str) -> tuple[socket.socket, str]:
         """The socket root bound for the instance, answered by the account root gave it."""
         path = accounts.ssh_socket(self.shared_dir, owner, instance)
-        sock = socket.socket(socket.AF_UNIX)
-        sock.setblocking(False)
-        try:
-            owner_uid = sshendpoint.owner_of(path)
-            await asyncio.get_running_loop().sock_connect(sock, str(path))
-            uid = sshendpoint.check_peer(sock, path, owner_uid)
-        except sshendpoint.NotTheInstancesOwn as error:
-            sock.close()
-            raise EndpointRefused(str(error)) from None
-        except OSError:
-            sock.close()
-            raise EndpointUnavailable(f"instance {instance} is not running") from None
-        return sock, pwd.getpwuid(uid).pw_name
+        return await sshendpoint.connect(path, instance)
 
     # users --------------------------------------------------------------------------------
     def forget_user(self, owner: str, account: str) -> None:

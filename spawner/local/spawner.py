@@ -19,7 +19,6 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
 from traitlets import Bool, Unicode, default
 
-from atelier.hub.keypairs import credential, credentials_key, deployment_keys
 from atelier.spawner import core
 from atelier.spawner.base import InstanceSpawnerMixin
 from atelier.spawner.devices import Device, visible_devices_environment
@@ -98,7 +97,8 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
         self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
         self.notebook_dir = str(self.home)
-        with self._ssh_endpoint() as ssh_environment:
+        account = self.account if self.isolate_users else None
+        with sshendpoint.passed_to(self, self.ssh_socket, account) as ssh_environment:
             self._plan_environment = {
                 **plan.environment,
                 **visible_devices_environment(self.held_devices),
@@ -108,33 +108,6 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
                 **ssh_environment,
             }
             return await LocalProcessSpawner.start(self)
-
-    @contextlib.contextmanager
-    def _ssh_endpoint(self):
-        """The SSH endpoint's socket, bound by root (sshendpoint.py) and passed to JupyterLab,
-        which listens on it (atelier.extensions.ssh); yields the settings the endpoint needs
-        from the environment. The hub's copy of the socket closes after."""
-        if not self.ssh_gateway_key:
-            yield {}
-            return
-        account = self.account if self.isolate_users else None
-        try:
-            listener = sshendpoint.bind(self.ssh_socket, account)
-        except sshendpoint.NotTheInstancesOwn as error:
-            raise SpawnException(f"SSH endpoint: {error}", reason="ssh") from None
-        key = credentials_key(deployment_keys(Path(self.data_dir))[0].parent)
-        proof = credential(key, self.user.name, self.name)
-        popen_kwargs = self.popen_kwargs
-        with listener:
-            self.popen_kwargs = {**popen_kwargs, "pass_fds": (listener.fileno(),)}
-            try:
-                yield {
-                    "ATELIER_SSH_FD": str(listener.fileno()),
-                    "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
-                    "ATELIER_SSH_CREDENTIAL": proof,
-                }
-            finally:
-                self.popen_kwargs = popen_kwargs
 
     @contextlib.contextmanager
     def _host_filesystem(self, what: str):
@@ -208,22 +181,8 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
 
         return preexec
 
-    async def poll(self):
-        had_process = bool(self.pid)
-        status = await super().poll()
-        if status is not None:
-            # dead while starting, or while running without anyone stopping it
-            if had_process and (self._waiting_for_response or not self._stop_pending):
-                when = "during start-up" if self._waiting_for_response else "unexpectedly"
-                self.record_failure(f"JupyterLab exited {when} (exit status {status})")
-            await self.release()
-        return status
-
-    async def stop(self, now=False):
-        if self._waiting_for_response:  # the hub gave up waiting for it to answer
-            self.record_failure(f"JupyterLab did not answer within {self.http_timeout} seconds")
-        await super().stop(now=now)
-        await self.release()
+    def realised(self) -> bool:
+        return bool(self.pid)
 
     async def release_plan(self) -> None:
         groups = cgroups.Hierarchy.detect().groups(self.cgroup_name)

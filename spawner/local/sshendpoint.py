@@ -11,6 +11,7 @@ no other endpoint takes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -19,6 +20,11 @@ import socket
 import stat
 import struct
 from pathlib import Path
+
+from jupyterhub.spawner import SpawnException
+
+from atelier.hub.keypairs import credential, credentials_key, deployment_keys
+from atelier.spawner.backend import EndpointRefused, EndpointUnavailable
 
 PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
@@ -84,3 +90,48 @@ def check_peer(sock: socket.socket, path: Path, owner: int) -> int:
     if uid != owner or uid == 0:
         raise NotTheInstancesOwn(f"endpoint {path} is answered by uid {uid}, not its owner")
     return uid
+
+
+async def connect(path: Path, instance: str) -> tuple[socket.socket, str]:
+    """A connection to the endpoint root bound at `path`, answered by the account root gave
+    it, and that account's name; `EndpointRefused` when either is not what root made,
+    `EndpointUnavailable` when nothing listens."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.setblocking(False)
+    try:
+        owner_uid = owner_of(path)
+        await asyncio.get_running_loop().sock_connect(sock, str(path))
+        uid = check_peer(sock, path, owner_uid)
+    except NotTheInstancesOwn as error:
+        sock.close()
+        raise EndpointRefused(str(error)) from None
+    except OSError:
+        sock.close()
+        raise EndpointUnavailable(f"instance {instance} is not running") from None
+    return sock, pwd.getpwuid(uid).pw_name
+
+
+@contextlib.contextmanager
+def passed_to(spawner, path: Path, account: str | None):
+    """Bind the instance's endpoint at `path` and pass it to the process `spawner` (a
+    LocalProcessSpawner) starts, which listens on it (atelier.extensions.ssh); yields the
+    environment the endpoint needs. The hub's copy of the socket closes after."""
+    if not spawner.ssh_gateway_key:
+        yield {}
+        return
+    try:
+        listener = bind(path, account)
+    except NotTheInstancesOwn as error:
+        raise SpawnException(f"SSH endpoint: {error}", reason="ssh") from None
+    key = credentials_key(deployment_keys(Path(spawner.data_dir))[0].parent)
+    popen_kwargs = spawner.popen_kwargs
+    with listener:
+        spawner.popen_kwargs = {**popen_kwargs, "pass_fds": (listener.fileno(),)}
+        try:
+            yield {
+                "ATELIER_SSH_FD": str(listener.fileno()),
+                "ATELIER_SSH_GATEWAY_KEY": spawner.ssh_gateway_key,
+                "ATELIER_SSH_CREDENTIAL": credential(key, spawner.user.name, spawner.name),
+            }
+        finally:
+            spawner.popen_kwargs = popen_kwargs

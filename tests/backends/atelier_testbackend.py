@@ -41,9 +41,9 @@ from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_set
 from pydantic import BaseModel, ConfigDict, Field
 from traitlets import Unicode, default
 
-from atelier.hub.keypairs import credential, credentials_key, deployment_keys
+from atelier.hub.keypairs import deployment_keys
 from atelier.spawner import core
-from atelier.spawner.backend import Backend, Capabilities, EndpointRefused, EndpointUnavailable
+from atelier.spawner.backend import Backend, Capabilities
 from atelier.spawner.base import InstanceSpawnerMixin
 from atelier.spawner.devices import Device, count_by_type, visible_devices_environment
 from atelier.spawner.local import sshendpoint
@@ -226,20 +226,7 @@ class ProcessBackend(Backend):
 
     # SSH --------------------------------------------------------------------------------
     async def connect_ssh(self, owner: str, instance: str) -> tuple[socket.socket, str]:
-        path = self.layout(owner, instance).ssh_socket
-        sock = socket.socket(socket.AF_UNIX)
-        sock.setblocking(False)
-        try:
-            owner_uid = sshendpoint.owner_of(path)
-            await asyncio.get_running_loop().sock_connect(sock, str(path))
-            uid = sshendpoint.check_peer(sock, path, owner_uid)
-        except sshendpoint.NotTheInstancesOwn as error:
-            sock.close()
-            raise EndpointRefused(str(error)) from None
-        except OSError:
-            sock.close()
-            raise EndpointUnavailable(f"instance {instance} is not running") from None
-        return sock, pwd.getpwuid(uid).pw_name
+        return await sshendpoint.connect(self.layout(owner, instance).ssh_socket, instance)
 
     # users --------------------------------------------------------------------------------
     def forget_user(self, owner: str, account: str) -> None:
@@ -300,7 +287,7 @@ class ProcessSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         bin_dir = Path(self.envs_dir) / plan.image.name / "bin"
         self.cmd = [str(bin_dir / SINGLEUSER)]
         self.notebook_dir = str(layout.home)
-        with self._ssh_endpoint() as ssh_environment:
+        with sshendpoint.passed_to(self, self.layout.ssh_socket, self.account) as ssh_environment:
             self._plan_environment = {
                 **plan.environment,
                 **visible_devices_environment(self.held_devices),
@@ -320,28 +307,6 @@ class ProcessSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         (home / "work").symlink_to(self.layout.volume)
         os.lchown(home / "work", entry.pw_uid, entry.pw_gid)
         os.chown(home, entry.pw_uid, entry.pw_gid)
-
-    @contextlib.contextmanager
-    def _ssh_endpoint(self):
-        if not self.ssh_gateway_key:
-            yield {}
-            return
-        try:
-            listener = sshendpoint.bind(self.layout.ssh_socket, self.account)
-        except sshendpoint.NotTheInstancesOwn as error:
-            raise SpawnException(f"SSH endpoint: {error}", reason="ssh") from None
-        key = credentials_key(deployment_keys(Path(self.data_dir))[0].parent)
-        popen_kwargs = self.popen_kwargs
-        with listener:
-            self.popen_kwargs = {**popen_kwargs, "pass_fds": (listener.fileno(),)}
-            try:
-                yield {
-                    "ATELIER_SSH_FD": str(listener.fileno()),
-                    "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
-                    "ATELIER_SSH_CREDENTIAL": credential(key, self.user.name, self.name),
-                }
-            finally:
-                self.popen_kwargs = popen_kwargs
 
     def get_env(self):
         env = super().get_env()
@@ -364,19 +329,8 @@ class ProcessSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
 
         return preexec
 
-    async def poll(self):
-        had_process = bool(self.pid)
-        status = await super().poll()
-        if status is not None:
-            if had_process and (self._waiting_for_response or not self._stop_pending):
-                when = "during start-up" if self._waiting_for_response else "unexpectedly"
-                self.record_failure(f"JupyterLab exited {when} (exit status {status})")
-            await self.release()
-        return status
-
-    async def stop(self, now=False):
-        await super().stop(now=now)
-        await self.release()
+    def realised(self) -> bool:
+        return bool(self.pid)
 
     async def release_plan(self) -> None:
         """The volume stays mounted (it is kept while stopped); the SSH socket goes."""
