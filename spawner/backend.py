@@ -7,7 +7,7 @@ CLI and the pages ask the configured `Backend` and never name one backend's clas
 JupyterHub asks `self.spawner`. Each process makes its own (`load_backend`).
 
 A backend is registered the way JupyterHub registers spawners, as an entry point in the
-`atelier.backends` group (`local = "atelier.spawner.local:LocalBackend"`), and chosen with
+`atelier.backends` group (`local = "atelier.spawner.local.backend:LocalBackend"`), and chosen with
 `backend:` in atelier.yaml; its options come from the `backend_options:` block, validated by
 its `Options` model. Its spawner subclasses `InstanceSpawnerMixin` (atelier.spawner.base),
 which holds what every backend's spawner shares.

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from atelier.hub.store.store import Store
-from atelier.spawner import core
+from atelier.spawner import core, identity
 from atelier.spawner.local import accounts
 
 
@@ -22,13 +22,13 @@ def hashed(name: str) -> str:
 
 
 def test_candidates_plain_name_first_then_digest_then_numbered():
-    assert list(itertools.islice(accounts.account_candidates("alice"), 3)) == [
+    assert list(itertools.islice(identity.account_candidates("alice"), 3)) == [
         "atelier-alice",
         hashed("alice"),
         hashed("alice") + "-2",
     ]
-    assert next(accounts.account_candidates("Alice@Corp")) == hashed("Alice@Corp")
-    longest = max(itertools.islice(accounts.account_candidates("x" * 23), 100), key=len)
+    assert next(identity.account_candidates("Alice@Corp")) == hashed("Alice@Corp")
+    longest = max(itertools.islice(identity.account_candidates("x" * 23), 100), key=len)
     assert len(longest) <= 32  # what useradd takes
 
 

@@ -38,7 +38,7 @@ from atelier.hub.store.records import (
 )
 from atelier.spawner import core
 from atelier.spawner.core import audit
-from atelier.spawner.local import accounts
+from atelier.spawner.identity import account_candidates, system_account_exists
 
 AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")
 
@@ -302,9 +302,8 @@ class Store:
             with self.session() as db:
                 account = next(
                     name
-                    for name in accounts.account_candidates(hub_user)
-                    if db.get(AccountRecord, name) is None
-                    and not accounts.system_account_exists(name)
+                    for name in account_candidates(hub_user)
+                    if db.get(AccountRecord, name) is None and not system_account_exists(name)
                 )
                 db.add(AccountRecord(account=account, hub_user=hub_user, claimed=utcnow()))
                 try:

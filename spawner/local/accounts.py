@@ -13,17 +13,11 @@ from __future__ import annotations
 import contextlib
 import grp
 import hashlib
-import itertools
 import os
 import pwd
-import re
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-ACCOUNT_PREFIX = "atelier-"
-ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,22}$")
 
 
 def run(*command: str) -> str:
@@ -71,29 +65,6 @@ def ssh_socket(shared_dir: Path, owner: str, instance: str) -> Path:
     """Where an instance's SSH endpoint listens: a short path (Unix sockets allow 107 bytes)."""
     digest = hashlib.sha256(f"{owner}/{instance}".encode()).hexdigest()[:16]
     return Path(shared_dir) / "run" / digest / "ssh.sock"
-
-
-def account_candidates(hub_user: str) -> Iterator[str]:
-    """System account names a hub user may get, best first: `atelier-<name>` when the name can
-    be one, then a digest of the name, then the digest numbered (the store takes the first
-    that neither it nor the system knows, so no two hub users ever share one)."""
-    if ACCOUNT_NAME.match(hub_user):
-        yield ACCOUNT_PREFIX + hub_user
-    hashed = ACCOUNT_PREFIX + "u" + hashlib.sha256(hub_user.encode()).hexdigest()[:12]
-    yield hashed
-    for number in itertools.count(2):
-        yield f"{hashed}-{number}"
-
-
-def system_account_exists(name: str) -> bool:
-    """Whether the system has a user or group of this name (useradd makes both)."""
-    for database in (pwd.getpwnam, grp.getgrnam):
-        try:
-            database(name)
-            return True
-        except KeyError:
-            pass
-    return False
 
 
 def kill_processes(account: str) -> None:

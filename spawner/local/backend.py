@@ -18,6 +18,7 @@ from atelier.hub.keypairs import deployment_keys
 from atelier.spawner import core
 from atelier.spawner.backend import Backend, Capabilities
 from atelier.spawner.devices import Device, count_by_type
+from atelier.spawner.identity import system_account_exists
 from atelier.spawner.local import accounts, cgroups, envs, sshendpoint
 from atelier.spawner.local.volumes import LocalVolume, VolumeUnavailable
 
@@ -86,6 +87,6 @@ class LocalBackend(Backend):
 
     # users --------------------------------------------------------------------------------
     def forget_user(self, owner: str, account: str) -> None:
-        if os.geteuid() == 0 and accounts.system_account_exists(account):
+        if os.geteuid() == 0 and system_account_exists(account):
             accounts.kill_processes(account)
         accounts.remove_account_dirs(self.shared_dir, account)
