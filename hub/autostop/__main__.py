@@ -1,4 +1,4 @@
-from atelier.hub.autostop.stopper.stopper import main
+from atelier.hub.autostop.stopper import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-from atelier.hub.cli.main.main import main
+from atelier.hub.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-from atelier.hub.service.base.server import main
+from atelier.hub.service.server import main
 
 if __name__ == "__main__":
     raise SystemExit(main())
