@@ -254,6 +254,10 @@ NOT_RUN = {
     Where("Configuration", "invalid configuration"): "what a bad configuration prints "
     "(tests/test_settings.py)",
     Where("Benchmarks", "benchmarks/spawn.py"): "a benchmark: minutes of load",
+    Where("Backends", "[project.entry-points"): "a distribution's pyproject.toml, not a command "
+    "(tests/test_backends.py finds the local and the test backend through such entry points)",
+    Where("Backends", "ATELIER_CONTRACT_BACKENDS"): "the contract suite itself, which make test "
+    "runs (both backends)",
     Where("Layout", "hub/"): "the source tree, not a command",
 }
 
