@@ -1,12 +1,15 @@
 """The one check every door into creating or starting an instance runs.
 
 The hub's server API, its spawn form and the spawner itself (the last line, whatever door
-was used) all call `check_instance`, so what a user may run cannot differ by door.
+was used) all call `check_instance`, so what a user may run cannot differ by door. A start
+a door has checked is checked once: the door hands its plan (`checked`) to the spawner the
+request starts, which takes it for exactly those options instead of checking again.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from jupyterhub.spawner import SpawnException
 
@@ -15,6 +18,19 @@ from atelier.spawner import core
 # who asked for what a spawner does now, and from where (actor, source address): each door
 # sets it for its request, and the tasks the request starts (a spawn, a delete) inherit it
 requester: ContextVar[tuple[str, str] | None] = ContextVar("requester", default=None)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The plan a door made for instance `holder` (user:name) from `options`."""
+
+    holder: str
+    options: dict
+    plan: core.InstancePlan
+
+
+# set by a door for its request; the spawn task it starts inherits it
+checked: ContextVar[Checked | None] = ContextVar("checked", default=None)
 
 
 class Refused(SpawnException):

@@ -123,23 +123,26 @@ class InstanceChecks:
         context = self.context
         orm_spawner = user.orm_spawners.get(name)
         stored = orm_spawner.user_options if orm_spawner is not None else None
+        options = (stored or {}) if raw is None else raw
         try:
             plan = checks.check_instance(
                 user,
                 name,
-                (stored or {}) if raw is None else raw,
+                options,
                 current_image=(stored or {}).get("image"),
                 catalog=context.catalog(),
                 store=context.store,
                 allocator=context.allocator,
                 limits=context.limits,
             )
+            restart = False
             if stored and raw is not None:
                 old = core.InstanceOptions(**{k: stored.get(k) for k in core.OPTION_FIELDS})
-                return core.check_change(old, plan.options, self.status(user, name))
+                restart = core.check_change(old, plan.options, self.status(user, name))
         except core.OptionsError as error:  # DevicesUnavailable too
             raise Refused(error) from None
-        return False
+        checks.checked.set(checks.Checked(f"{user.name}:{name}", dict(options), plan))
+        return restart
 
 
 class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
