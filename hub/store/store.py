@@ -7,8 +7,6 @@ reader sees changes at once because each read is a fresh query.
 from __future__ import annotations
 
 import contextlib
-import functools
-import secrets
 from datetime import datetime
 
 from sqlalchemy import (
@@ -23,28 +21,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from atelier.hub import ssh
+from atelier.hub.store.auditlog import AuditLog
+from atelier.hub.store.lookup import CatalogError, get_named
+from atelier.hub.store.people import PeopleQueries
 from atelier.hub.store.records import (
     AccountRecord,
-    AuditEvent,
     ImageRecord,
     InstanceRecord,
     KeyPairRecord,
     SpecRecord,
     VolumeRecord,
-    WorkspaceRecord,
     as_utc,
     migrate,
     utcnow,
 )
 from atelier.spawner import core
-from atelier.spawner.core import audit
 from atelier.spawner.identity import account_candidates, system_account_exists
 
 AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")
-
-
-class CatalogError(core.OptionsError):
-    """A refused catalog, workspace or key pair change; `field` names the bad input."""
 
 
 IMAGE_FIELDS = (
@@ -60,7 +54,7 @@ IMAGE_FIELDS = (
 SPEC_FIELDS = ("display_name", "disabled")
 
 
-class Store:
+class Store(PeopleQueries, AuditLog):
     def __init__(self, url: str):
         self.engine = create_engine(url)
         if url.startswith("sqlite"):
@@ -107,7 +101,7 @@ class Store:
 
     def update_image(self, name: str, **changes) -> core.Image:
         with self.session() as db, db.begin():
-            record = _get(db, ImageRecord, name, "image")
+            record = get_named(db, ImageRecord, name, "image")
             updated = core.Image(**{**_image_dict(record.to_image()), **changes})
             _check_image(updated, self.images(), self.workspace_names())
             for key in IMAGE_FIELDS:
@@ -117,7 +111,7 @@ class Store:
 
     def delete_image(self, name: str) -> None:
         with self.session() as db, db.begin():
-            db.delete(_get(db, ImageRecord, name, "image"))
+            db.delete(get_named(db, ImageRecord, name, "image"))
 
     def add_spec(self, spec: core.Spec) -> core.Spec:
         try:
@@ -134,14 +128,14 @@ class Store:
 
     def update_spec(self, name: str, **changes) -> core.Spec:
         with self.session() as db, db.begin():
-            record = _get(db, SpecRecord, name, "spec")
+            record = get_named(db, SpecRecord, name, "spec")
             for key, value in changes.items():
                 setattr(record, key, value)
             return record.to_spec()
 
     def delete_spec(self, name: str) -> None:
         with self.session() as db, db.begin():
-            db.delete(_get(db, SpecRecord, name, "spec"))
+            db.delete(get_named(db, SpecRecord, name, "spec"))
 
     # instances ---------------------------------------------------------------------------
     def instance_created(self, owner: str, name: str) -> datetime:
@@ -327,163 +321,11 @@ class Store:
             record.hub_user, record.retired = None, utcnow()
             return record.account
 
-    # key pairs -----------------------------------------------------------------------------
-    def keypairs(self, owner: str) -> list[dict]:
-        with self.session() as db:
-            query = select(KeyPairRecord).where(KeyPairRecord.owner == owner)
-            return [row.to_json() for row in db.scalars(query.order_by(KeyPairRecord.created))]
-
-    def add_keypair(
-        self, owner: str, name: str, public_key: str, fingerprint: str, algorithm: str
-    ) -> dict:
-        with self.session() as db, db.begin():
-            duplicate = select(KeyPairRecord).where(
-                KeyPairRecord.owner == owner, KeyPairRecord.fingerprint == fingerprint
-            )
-            if db.scalars(duplicate).first() is not None:
-                raise CatalogError(
-                    "public_key", f"you registered this key already ({fingerprint})", "exists"
-                )
-            record = KeyPairRecord(
-                id=secrets.token_hex(8),
-                owner=owner,
-                name=name,
-                public_key=public_key,
-                fingerprint=fingerprint,
-                algorithm=algorithm,
-                created=utcnow(),
-            )
-            db.add(record)
-            try:  # the unique constraint decides, so two requests at once cannot both win
-                db.flush()
-            except IntegrityError:
-                raise CatalogError(
-                    "name", f"a key pair named {name} already exists", "exists"
-                ) from None
-            return record.to_json()
-
-    def delete_keypair(self, owner: str, key_id: str) -> bool:
-        with self.session() as db, db.begin():
-            record = db.get(KeyPairRecord, key_id)
-            if record is None or record.owner != owner:
-                return False
-            db.delete(record)
-            instances = select(InstanceRecord).where(InstanceRecord.owner == owner)
-            for instance in db.scalars(instances):
-                if key_id in (instance.ssh_keypairs or ()):
-                    instance.ssh_keypairs = [k for k in instance.ssh_keypairs if k != key_id]
-            return True
-
-    def keypair_owner(self, fingerprint: str) -> str | None:
-        """Who registered a key (any one of them, if several did)."""
-        with self.session() as db:
-            query = select(KeyPairRecord.owner).where(KeyPairRecord.fingerprint == fingerprint)
-            return db.scalars(query).first()
-
-    def keypair_id(self, owner: str, fingerprint: str) -> str | None:
-        """Which of the owner's key pairs has this fingerprint."""
-        with self.session() as db:
-            query = select(KeyPairRecord.id).where(
-                KeyPairRecord.owner == owner, KeyPairRecord.fingerprint == fingerprint
-            )
-            return db.scalars(query).first()
-
-    # workspaces ----------------------------------------------------------------------------
-    def workspaces(self) -> list[dict]:
-        with self.session() as db:
-            rows = db.scalars(select(WorkspaceRecord).order_by(WorkspaceRecord.name))
-            return [row.to_json() for row in rows]
-
-    def workspace_names(self) -> set[str]:
-        return {w["name"] for w in self.workspaces()}
-
-    def add_workspace(self, name: str, max_instances: int) -> dict:
-        if not core.WORKSPACE_NAME.match(name):
-            raise CatalogError("name", "must be 1 to 64 of a-z, 0-9 and '-', starting alphanumeric")
-        with self.session() as db, db.begin():
-            if db.get(WorkspaceRecord, name) is not None:
-                raise CatalogError("name", f"workspace {name} already exists", "exists")
-            record = WorkspaceRecord(name=name, max_instances=max_instances, created=utcnow())
-            db.add(record)
-            return record.to_json()
-
-    def update_workspace(self, name: str, max_instances: int) -> dict:
-        with self.session() as db, db.begin():
-            record = _get(db, WorkspaceRecord, name, "workspace")
-            record.max_instances = max_instances
-            return record.to_json()
-
-    def delete_workspace(self, name: str) -> None:
-        with self.session() as db, db.begin():
-            record = _get(db, WorkspaceRecord, name, "workspace")
-            if self.workspace_usage(name):
-                raise CatalogError(
-                    "name", f"workspace {name} still has instances; delete them first", "conflict"
-                )
-            if any(image.workspace == name for image in self.images()):
-                raise CatalogError("name", f"workspace {name} still has shared images", "conflict")
-            db.delete(record)
-
     def forget_instance(self, owner: str, name: str) -> None:
         with self.session() as db, db.begin():
             record = db.get(InstanceRecord, (owner, name))
             if record is not None:
                 db.delete(record)
-
-    # audit -------------------------------------------------------------------------------------
-    def record(self, **event) -> None:
-        """One audit event, whatever text a refusal quotes: PostgreSQL stores no NUL, so it
-        is kept as the four characters \\x00."""
-        event = {
-            k: v.replace("\x00", "\\x00") if isinstance(v, str) else v for k, v in event.items()
-        }
-        with self.session() as db, db.begin():
-            db.add(AuditEvent(**event))
-
-    def audited_catalog_change(
-        self, change, *, actor: str, source_ip: str, action: audit.Action, name: str
-    ):
-        """Apply a catalog change and audit it, refused or done: the API and the CLI both
-        change the catalog through here, so neither door goes unaudited."""
-        event = functools.partial(
-            audit.event, action, actor=actor, source_ip=source_ip, resource=name
-        )
-        try:
-            result = change()
-        except CatalogError as error:
-            self.record(**event(result="failure", reason=str(error)))
-            raise
-        self.record(**event(result="success"))
-        return result
-
-    def audit(
-        self,
-        *,
-        visible_to: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        **filters: str,
-    ) -> tuple[int, list[dict]]:
-        """Events, newest first; `visible_to` limits them to one user's own (as actor or owner)."""
-        query = select(AuditEvent)
-        if visible_to is not None:
-            query = query.where((AuditEvent.actor == visible_to) | (AuditEvent.owner == visible_to))
-        for key, value in filters.items():
-            query = query.where(getattr(AuditEvent, key) == value)
-        if since is not None:
-            query = query.where(AuditEvent.time >= since)
-        if until is not None:
-            query = query.where(AuditEvent.time < until)
-        with self.session() as db:
-            total = db.scalar(select(func.count()).select_from(query.subquery()))
-            page = query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
-            return total, [event.to_json() for event in db.scalars(page)]
-
-    def expire_audit(self, older_than: datetime) -> int:
-        with self.session() as db, db.begin():
-            return db.execute(delete(AuditEvent).where(AuditEvent.time < older_than)).rowcount
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -496,13 +338,6 @@ def _sqlite_pragmas(connection, _record) -> None:
 def _volume_total(db: Session, owner: str) -> int:
     query = select(func.coalesce(func.sum(VolumeRecord.size_gb), 0))
     return db.scalar(query.where(VolumeRecord.owner == owner))
-
-
-def _get(db: Session, model: type, name: str, what: str):
-    record = db.get(model, name)
-    if record is None:
-        raise CatalogError("name", f"no {what} named {name!r}", "not_found")
-    return record
 
 
 def _image_dict(image: core.Image) -> dict:
