@@ -24,6 +24,18 @@ from atelier.spawner.core import audit
 from atelier.spawner.devices import Device, DevicesUnavailable
 
 
+async def to_the_end(work: Callable, *args):
+    """Run blocking `work` in a thread, to its end even when the caller is cancelled (the
+    hub's start timeout cuts a start off): what it makes on the machine is then made before
+    the cancellation goes on, so `release` undoes all of it, never half of it."""
+    task = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
 class InstanceSpawnerMixin:
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -167,13 +179,23 @@ class InstanceSpawnerMixin:
 
     async def make_volume(self, create: Callable[[int], None]) -> None:
         """Make the work volume while it is only reserved (`create(size_gb)`, blocking), once:
-        a volume made before is never made again."""
+        a volume made before is never made again. Made and recorded together, also when the
+        start is cut off meanwhile (never a volume the store does not know)."""
         if self.volume_to_make is None:
             return
-        await asyncio.to_thread(create, self.volume_to_make)
-        self.store.volume_made(self.user.name, self.name)
-        self.volume_to_make = None
-        self.audit_volume(audit.Action.CREATE_VOLUME)
+        size_gb, made = self.volume_to_make, []
+
+        def make() -> None:
+            create(size_gb)
+            self.store.volume_made(self.user.name, self.name)
+            made.append(size_gb)
+
+        try:
+            await to_the_end(make)
+        finally:
+            if made:
+                self.volume_to_make = None
+                self.audit_volume(audit.Action.CREATE_VOLUME)
 
     def audit_volume(self, action: audit.Action) -> None:
         """Recorded as caused by the request that started or deleted the instance."""
@@ -210,14 +232,14 @@ class InstanceSpawnerMixin:
     # hub restarts ---------------------------------------------------------------------------
     def get_state(self):
         state = super().get_state()
-        if self.held_devices:
+        if self.realised() and self.held_devices:
             state["devices"] = [d.to_json() for d in self.held_devices]
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.held_devices = [Device(**d) for d in state.get("devices", [])]
-        if self.held_devices:
+        if self.realised() and self.held_devices:
             self.allocator.restore(self.holder, self.held_devices)
 
     def clear_state(self):

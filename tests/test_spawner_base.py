@@ -1,13 +1,20 @@
-"""The shared spawner part: a start a door has checked is not checked again."""
+"""The shared spawner part: a start a door has checked is not checked again; a start cut
+off gives back what it held and leaves nothing unknown."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from atelier.hub.store.store import Store
 from atelier.spawner import checks, core
 from atelier.spawner.base import InstanceSpawnerMixin
+from atelier.spawner.devices import Allocator
 
 BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
 OPTIONS = {"image": BASE, "spec": "cpu.2u8g"}
@@ -64,3 +71,55 @@ def test_the_spawner_takes_the_plan_its_door_made_for_exactly_these_options(
         checks.checked.reset(token)
     assert bool(checked_again) is again
     assert result == ("checked" if again else handed.plan)
+
+
+class Base:
+    """What JupyterHub's spawner gives the mixin, and nothing else."""
+
+    async def poll(self):
+        return 0
+
+    def get_state(self):
+        return {}
+
+
+class CutOff(InstanceSpawnerMixin, Base):
+    """A spawner whose volume takes longer to make than the hub waits for the start."""
+
+    log = logging.getLogger(__name__)
+    _log_name = name = "lab"
+
+    def __init__(self, context, made: Path):
+        super().__init__()
+        self.user = SimpleNamespace(name="ann", settings={"atelier": context})
+        self.made = made
+
+    def check(self):
+        return SimpleNamespace(
+            volume_gb=1, spec=core.Spec("cpu.2u8g"), accelerator_type=None, accelerator_count=0
+        )
+
+    async def start_plan(self, plan):
+        def create(size_gb: int) -> None:
+            time.sleep(0.5)  # mkfs on a loaded disk
+            self.made.write_text("xfs")
+
+        await self.make_volume(create)
+
+    async def release_plan(self):
+        pass
+
+
+async def test_a_start_cut_off_while_its_volume_is_made_leaves_no_volume_unknown(tmp_path):
+    """JupyterHub cancels a start past its start_timeout (asyncio.wait_for): the volume being
+    made then is made to the end and recorded (its createVolume too), never left as a file the
+    store does not know (which no later start could use)."""
+    store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+    context = SimpleNamespace(store=store, allocator=Allocator([]), limits=core.Limits())
+    spawner = CutOff(context, tmp_path / "lab.xfs")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(spawner.start(), 0.1)
+    assert spawner.made.exists() and store.volume_size("ann", "lab") == 1
+    assert store.volume_total_gb("ann") == 1  # its quota stays held by the volume it has
+    _, events = store.audit(action="createVolume")
+    assert [e["resource"] for e in events] == ["ann/lab"]

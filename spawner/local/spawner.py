@@ -20,7 +20,7 @@ from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_set
 from traitlets import Bool, Unicode, default
 
 from atelier.spawner import core
-from atelier.spawner.base import InstanceSpawnerMixin
+from atelier.spawner.base import InstanceSpawnerMixin, to_the_end
 from atelier.spawner.devices import Device, visible_devices_environment
 from atelier.spawner.local import accounts, cgroups, seccomp, sshendpoint
 from atelier.spawner.local.envs import env_python_bin
@@ -86,12 +86,12 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         owner = self.account if self.isolate_users else None
         size_gb = self.context.limits.ephemeral_storage_gb
         with self._host_filesystem("home"):
-            await asyncio.to_thread(self.instance_home.reset, size_gb, owner)
+            await to_the_end(self.instance_home.reset, size_gb, owner)
         self._report(55, "Attaching the work volume")
         with self._host_filesystem("work volume"):
             await self.make_volume(self.volume.create)
-            await asyncio.to_thread(self.volume.attach, owner)
-        await asyncio.to_thread(self._create_cgroups, plan, self.held_devices)
+            await to_the_end(self.volume.attach, owner)
+        await to_the_end(self._create_cgroups, plan, self.held_devices)
 
         self._report(70, f"Starting JupyterLab on {plan.image.name}")
         bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)

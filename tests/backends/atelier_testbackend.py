@@ -41,10 +41,10 @@ from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_set
 from pydantic import BaseModel, ConfigDict, Field
 from traitlets import Unicode, default
 
-from atelier.hub.keypairs import deployment_keys
 from atelier.spawner import core
 from atelier.spawner.backend import Backend, Capabilities
-from atelier.spawner.base import InstanceSpawnerMixin
+from atelier.spawner.base import InstanceSpawnerMixin, to_the_end
+from atelier.spawner.credentials import deployment_keys
 from atelier.spawner.devices import Device, count_by_type, visible_devices_environment
 from atelier.spawner.local import sshendpoint
 
@@ -281,7 +281,7 @@ class ProcessSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
             ) from None
         if not self.volume.exists():
             raise SpawnException(MISSING, reason="volume", status_code=400)
-        await asyncio.to_thread(self._fresh_home, entry)
+        await to_the_end(self._fresh_home, entry)
 
         self._report(70, f"Starting JupyterLab on {plan.image.name}")
         bin_dir = Path(self.envs_dir) / plan.image.name / "bin"
