@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -13,13 +14,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from atelier.hub.ssh import check_cidrs
 from atelier.spawner import core
-from atelier.spawner.backend import backend_class, installed_backends
+from atelier.spawner.backend import backend_class
 from atelier.spawner.devices import Device
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -225,21 +227,23 @@ class Settings(Strict):
     @field_validator("backend")
     @classmethod
     def _installed(cls, name: str) -> str:
-        installed = sorted(installed_backends())
-        if name not in installed:
-            raise ValueError(f"no backend named {name!r}; installed: {', '.join(installed)}")
+        """A registered backend that loads (its error names what is installed or wrong)."""
+        backend_class(name)
         return name
 
-    @model_validator(mode="after")
-    def _backend_options(self) -> Settings:
+    @field_validator("backend_options")
+    @classmethod
+    def _backend_options(cls, options: dict, info: ValidationInfo) -> dict:
         """The chosen backend's options, checked by its own model (the bad key named)."""
+        if "backend" not in info.data:  # the backend itself was refused
+            return options
         try:
-            backend_class(self.backend).Options.model_validate(self.backend_options)
+            backend_class(info.data["backend"]).Options.model_validate(options)
         except ValidationError as error:
             item = error.errors()[0]
             key = ".".join(["backend_options", *map(str, item["loc"])])
             raise ValueError(f"{key}: {item['msg']}") from None
-        return self
+        return options
 
     @field_validator("images", "specs")
     @classmethod
@@ -266,12 +270,19 @@ class Settings(Strict):
 
 
 def describe(error: ValidationError, path: Path) -> str:
+    """Each mistake with its key and the value given, except what may hold a secret (a
+    whole block, a password, a token, the database URL): the text reaches terminals and
+    every service's log."""
     lines = [f"{path}: invalid configuration"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         value = item.get("input")
-        lines.append(f"  {key}: {item['msg']} (got {value!r})")
+        secret = isinstance(value, dict | list) or SECRET_KEY.search(key)
+        lines.append(f"  {key}: {item['msg']}" + ("" if secret else f" (got {value!r})"))
     return "\n".join(lines)
+
+
+SECRET_KEY = re.compile(r"secret|password|token|database_url", re.IGNORECASE)
 
 
 def load_settings(path: Path | str | None = None, **overrides) -> Settings:

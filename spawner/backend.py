@@ -153,7 +153,13 @@ def backend_class(name: str) -> type[Backend]:
     points = installed_backends()
     if name not in points:
         raise ValueError(f"no backend named {name!r}; installed: {', '.join(sorted(points))}")
-    return points[name].load()
+    try:
+        loaded = points[name].load()
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"backend {name!r} could not be loaded: {error}") from None
+    if not (isinstance(loaded, type) and issubclass(loaded, Backend)):
+        raise ValueError(f"backend {name!r} is {loaded!r}, not a Backend")
+    return loaded
 
 
 def load_backend(settings: Settings, store: Store | None) -> Backend:
