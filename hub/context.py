@@ -38,10 +38,6 @@ class Context:
     def capabilities(self) -> Capabilities:
         return self.backend.capabilities(self.allocator.inventory)
 
-    @property
-    def isolated(self) -> bool:
-        return self.capabilities().users_isolated
-
     def catalog(self) -> core.Catalog:
         return self.backend.catalog(self.allocator.inventory)
 
@@ -69,7 +65,9 @@ class Context:
                 log.error("expanding %s/%s failed: %s", owner, name, error)
                 raise core.OptionsError(
                     "add_gb",
-                    f"the volume could not grow to {size_gb} GB and keeps its size: {error}",
+                    f"the volume could not grow to {size_gb} GB and keeps its size; "
+                    "ask the hub's operator (its log says why)",
+                    "unavailable",
                 ) from None
 
         try:

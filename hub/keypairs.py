@@ -5,14 +5,8 @@ Pure apart from asyncssh's parsing and key generation; the store keeps public ke
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import os
 import re
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncssh
 
@@ -21,8 +15,6 @@ from atelier.spawner.core import OptionsError
 MIN_RSA_BITS = 3072
 KEY_NAME_LENGTH = 64
 KEY_NAME = re.compile(rf"^[A-Za-z0-9._-]{{1,{KEY_NAME_LENGTH}}}$")
-HOST_KEY = "host_ed25519_key"
-CLIENT_KEY = "gateway_ed25519_key"  # the SSH gateway's own key, which instance endpoints accept
 ACCEPTED = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
@@ -69,39 +61,3 @@ def generate_key_pair(comment: str) -> tuple[str, str]:
     """A new ed25519 key pair: (private key in OpenSSH format, public key line)."""
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
     return key.export_private_key().decode(), key.export_public_key().decode().strip()
-
-
-def deployment_keys(data_dir: Path) -> tuple[Path, Path]:
-    """The host key and the gateway's client key: made once per deployment, then kept."""
-    key_dir = Path(data_dir) / "ssh"
-    key_dir.mkdir(mode=0o700, exist_ok=True)
-    paths = key_dir / HOST_KEY, key_dir / CLIENT_KEY
-    for path in paths:
-        if not path.exists():
-            key = asyncssh.generate_private_key("ssh-ed25519", comment=f"atelier {path.name}")
-            path.touch(mode=0o600)
-            path.write_bytes(key.export_private_key())
-            key.write_public_key(path.with_suffix(".pub"))
-    return paths
-
-
-KEY_FILE = "endpoint_credentials.key"  # beside the gateway's deployment keys
-
-
-def credentials_key(key_dir: Path) -> bytes:
-    """The deployment's key for endpoint credentials: made once (atomically, as the hub and
-    the gateway may both ask first), then kept, readable by root alone."""
-    path = Path(key_dir) / KEY_FILE
-    if not path.exists():
-        draft = path.with_name(f".{KEY_FILE}.{secrets.token_hex(8)}")
-        draft.touch(mode=0o600)
-        draft.write_bytes(secrets.token_bytes(32))
-        with contextlib.suppress(FileExistsError):
-            os.link(draft, path)
-        draft.unlink()
-    return path.read_bytes()
-
-
-def credential(key: bytes, owner: str, instance: str) -> str:
-    """What proves a connection is meant for this one instance (NUL never occurs in names)."""
-    return hmac.new(key, f"{owner}\0{instance}".encode(), hashlib.sha256).hexdigest()

@@ -20,8 +20,8 @@ import pytest
 
 from atelier.extensions.ssh import ASK_SFTP, ASK_SSHD, READY, request
 from atelier.hub.gateway.server import Connection
-from atelier.hub.keypairs import credential
 from atelier.spawner.backend import EndpointRefused, EndpointUnavailable
+from atelier.spawner.credentials import credential
 from atelier.spawner.local import sshendpoint
 
 KEY = os.urandom(32)

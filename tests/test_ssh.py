@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from atelier.hub import keypairs, ssh
-from atelier.hub.keypairs import deployment_keys
+from atelier.hub import ssh
+from atelier.spawner import credentials as endpoint_credentials
 from atelier.spawner.core import OptionsError
+from atelier.spawner.credentials import deployment_keys
 from atelier.spawner.local import accounts, sshendpoint
 
 README = Path(__file__).parents[1] / "README.md"
@@ -154,15 +155,15 @@ def test_accounts_join_tty_only_where_sshd_needs_it(options, needed):
 
 
 def test_endpoint_credentials_are_per_instance(tmp_path):
-    key = keypairs.credentials_key(tmp_path)
-    assert keypairs.credentials_key(tmp_path) == key  # kept
-    assert oct((tmp_path / keypairs.KEY_FILE).stat().st_mode & 0o777) == "0o600"
+    key = endpoint_credentials.credentials_key(tmp_path)
+    assert endpoint_credentials.credentials_key(tmp_path) == key  # kept
+    assert oct((tmp_path / endpoint_credentials.KEY_FILE).stat().st_mode & 0o777) == "0o600"
     credentials = {
-        keypairs.credential(key, owner, instance)
+        endpoint_credentials.credential(key, owner, instance)
         for owner, instance in (("alice", "lab"), ("alice", "lab2"), ("bob", "lab"), ("ali", "ce"))
     }
     assert len(credentials) == 4
-    assert keypairs.credential(os.urandom(32), "alice", "lab") not in credentials
+    assert endpoint_credentials.credential(os.urandom(32), "alice", "lab") not in credentials
 
 
 def test_root_binds_the_endpoint_in_its_own_directory(tmp_path):

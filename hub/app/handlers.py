@@ -215,6 +215,7 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         """Tags and auto-stop change in place; a new spec restarts the instance, and the
         answer shows it restarted."""
         if self.check_options(user.name, spawner.name, options):
+            checks.checked.set(None)  # checked before the stop: the restart checks afresh
             self.log.info("Restarting %s on spec %s", spawner._log_name, options["spec"])
             await self.stop_single_user(user, spawner.name)
             await self.spawn_single_user(user, spawner.name, options=options)

@@ -19,6 +19,7 @@ from atelier.hub.cli.catalog import (
 )
 from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings
 from atelier.hub.store.store import CatalogError
+from atelier.sdk import AtelierError, Client
 from atelier.spawner import core
 
 CONFIG_FILE = PROJECT_ROOT / "config" / "jupyterhub_config.py"
@@ -27,6 +28,8 @@ DAY = 86400
 
 # run ----------------------------------------------------------------------------------------
 def cmd_run(args) -> None:
+    # JupyterHub is imported here, not at the top: it takes about a second to load, which
+    # every other command does without (no cycle: the hub's modules never import the CLI)
     from atelier.hub.app.config import prepare_data_dir
 
     settings = settings_for(args)
@@ -82,8 +85,6 @@ def call_api(args, work):
     """Run `work(client)` against the Atelier API: --url, else $ATELIER_API_URL, else the hub
     of this machine's atelier.yaml; the token from --token, else $JUPYTERHUB_API_TOKEN.
     Refusals and an unreachable hub become one-line errors."""
-    from atelier.sdk import AtelierError, Client
-
     url = args.url or os.environ.get("ATELIER_API_URL") or local_api_url(settings_for(args))
     token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
     if not token:

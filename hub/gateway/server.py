@@ -25,11 +25,11 @@ import asyncssh
 from atelier.extensions.ssh import ASK_SFTP, ASK_SSHD, READY, request
 from atelier.hub import ssh
 from atelier.hub.context import store_url
-from atelier.hub.keypairs import credential, credentials_key, deployment_keys
 from atelier.hub.settings import Settings, settings_from_environment
 from atelier.hub.store.store import Store
 from atelier.spawner.backend import Backend, EndpointRefused, EndpointUnavailable, load_backend
 from atelier.spawner.core import audit
+from atelier.spawner.credentials import credential, credentials_key, deployment_keys
 
 log = logging.getLogger("atelier.sshgateway")
 # AES-GCM only: one hardware-accelerated OpenSSL call per packet. OpenSSH clients prefer

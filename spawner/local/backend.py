@@ -14,9 +14,9 @@ import platform
 import socket
 from pathlib import Path
 
-from atelier.hub.keypairs import deployment_keys
 from atelier.spawner import core
 from atelier.spawner.backend import Backend, Capabilities
+from atelier.spawner.credentials import deployment_keys
 from atelier.spawner.devices import Device, count_by_type
 from atelier.spawner.identity import system_account_exists
 from atelier.spawner.local import accounts, cgroups, envs, sshendpoint

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from jupyterhub.spawner import SpawnException
 
-from atelier.hub.keypairs import credential, credentials_key, deployment_keys
 from atelier.spawner.backend import EndpointRefused, EndpointUnavailable
+from atelier.spawner.credentials import credential, credentials_key, deployment_keys
 
 PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
@@ -101,14 +101,14 @@ async def connect(path: Path, instance: str) -> tuple[socket.socket, str]:
     try:
         owner_uid = owner_of(path)
         await asyncio.get_running_loop().sock_connect(sock, str(path))
-        uid = check_peer(sock, path, owner_uid)
-    except NotTheInstancesOwn as error:
+        account = pwd.getpwuid(check_peer(sock, path, owner_uid)).pw_name
+    except (NotTheInstancesOwn, KeyError) as error:  # KeyError: a uid without an account
         sock.close()
         raise EndpointRefused(str(error)) from None
     except OSError:
         sock.close()
         raise EndpointUnavailable(f"instance {instance} is not running") from None
-    return sock, pwd.getpwuid(uid).pw_name
+    return sock, account
 
 
 @contextlib.contextmanager
