@@ -191,8 +191,16 @@ def other_members(reader: Reader) -> None:
 
 
 def start(instance: str, options: dict | None = None) -> Callable[[Reader], None]:
-    """The instance the block uses is running (started as the README's REST block does)."""
-    return lambda reader: reader.hub.start("alice", instance, reader.tokens["alice"], options)
+    """The instance the block uses is running (started as the README's REST block does), and
+    the Atelier API has seen it (within about a second of the hub, as the README says)."""
+
+    def started(reader: Reader) -> None:
+        token = reader.tokens["alice"]
+        reader.hub.start("alice", instance, token, options)
+        seen = f"/instances/alice/{instance}"
+        reader.hub.wait_for(lambda: reader.hub.atelier("GET", seen, token).ok, 10, seen)
+
+    return started
 
 
 def transfers(reader: Reader) -> None:
