@@ -293,6 +293,26 @@ def test_deleting_the_instance_deletes_its_volume(hub, running):
     assert work.status_code == 200 and work.json()["content"] == [], work.text  # a new one
 
 
+def test_a_deleted_users_name_inherits_nothing(hub):
+    """Deleting a user deletes their instances and volumes (JupyterHub's delete, then the
+    backend forgets what it kept for them): a new user of the name starts from nothing."""
+    token = hub.add_user("hana")
+    hub.start("hana", "notes", token, {**CPU_OPTIONS, "volume_gb": 1})
+    contents = f"{hub.url}/user/hana/notes/api/contents/work"
+    written = requests.put(
+        f"{contents}/diary.txt",
+        json={"type": "file", "format": "text", "content": "mine"},
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+    assert written.status_code == 201, written.text
+    assert hub.api("DELETE", "/users/hana").status_code == 204
+    token = hub.add_user("hana")
+    hub.start("hana", "notes", token, {**CPU_OPTIONS, "volume_gb": 1})
+    work = requests.get(contents, headers={"Authorization": f"token {token}"}, timeout=30)
+    assert work.status_code == 200 and work.json()["content"] == [], work.text
+
+
 # auto-stop ------------------------------------------------------------------------------------
 
 
