@@ -9,7 +9,9 @@ It runs the one check (the last line, whichever door was used), reserves the vol
 devices, records a failed start so the instance shows as failed (also after a hub restart),
 and gives everything back when a start fails or the instance stops. A backend writes
 `start_plan(plan)` (realise the plan, return what JupyterHub's `start` returns),
-`release_plan()` (undo what `start_plan` made on the machine) and `delete_instance()`.
+`release_plan()` (undo what `start_plan` made on the machine), `delete_instance()` and
+`realised()` (whether what `start_plan` made exists); host work that must not be cut off
+halfway runs through `to_the_end`.
 The hub's Context (store, backend, allocator) reaches the spawner through the hub's tornado
 settings, as every JupyterHub handler reaches it.
 """

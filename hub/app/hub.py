@@ -11,7 +11,12 @@ import bcrypt
 from jupyterhub.app import JupyterHub
 from nativeauthenticator.orm import UserInfo
 
-from atelier.hub.app.handlers import HANDLERS
+from atelier.hub.app.handlers import (
+    InstanceAPIHandler,
+    InstanceSpawnHandler,
+    VolumeExpandAPIHandler,
+)
+from atelier.hub.app.users import OpenNotebookHandler, UserRecordsAPIHandler
 from atelier.hub.context import Context
 from atelier.hub.settings import settings_from_environment
 from atelier.hub.web.pages import home_view
@@ -37,6 +42,16 @@ def ensure_admin_account(db, username: str, data_dir: Path) -> str | None:
     path.chmod(0o600)
     path.write_text(password + "\n")
     return password
+
+
+# Atelier's doors in front of JupyterHub's own handlers of these routes
+HANDLERS = [
+    (r"/api/users/([^/]+)/servers/([^/]*)", InstanceAPIHandler),
+    (r"/api/users/([^/]+)/servers/([^/]+)/volume/expand", VolumeExpandAPIHandler),
+    (r"/spawn/([^/]+)/([^/]+)", InstanceSpawnHandler),
+    (r"/api/oauth2/authorize", OpenNotebookHandler),
+    (r"/api/users/([^/]+)", UserRecordsAPIHandler),
+]
 
 
 class AtelierHub(JupyterHub):
