@@ -44,6 +44,7 @@ class InstanceSpawnerMixin:
         self._events: list[dict] = []
         self.held_devices: list[Device] = []
         self.volume_to_make: int | None = None  # GB this start holds for a volume not yet made
+        self.instance_environment: dict[str, str] = {}  # what start_plan gives the instance
 
     # the hub's shared pieces ----------------------------------------------------------------
     @property
@@ -90,6 +91,11 @@ class InstanceSpawnerMixin:
             allocator=self.allocator,
             limits=self.context.limits,
         )
+
+    def get_env(self):
+        """JupyterHub's environment for the server, and what `start_plan` decided for it
+        (the plan's environment, its devices, what the backend's endpoint needs)."""
+        return {**super().get_env(), **self.instance_environment}
 
     # progress -------------------------------------------------------------------------------
     def _report(self, progress: int, message: str) -> None:

@@ -99,7 +99,7 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         self.notebook_dir = str(self.home)
         account = self.account if self.isolate_users else None
         with sshendpoint.passed_to(self, self.ssh_socket, account) as ssh_environment:
-            self._plan_environment = {
+            self.instance_environment = {
                 **plan.environment,
                 **visible_devices_environment(self.held_devices),
                 "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
@@ -142,11 +142,6 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         name = self.user_account
         await asyncio.to_thread(accounts.ensure_account, name)
         return name
-
-    def get_env(self):
-        env = super().get_env()
-        env.update(getattr(self, "_plan_environment", {}))
-        return env
 
     def user_env(self, env):
         env["USER"] = self.account

@@ -288,7 +288,7 @@ class ProcessSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         self.cmd = [str(bin_dir / SINGLEUSER)]
         self.notebook_dir = str(layout.home)
         with sshendpoint.passed_to(self, self.layout.ssh_socket, self.account) as ssh_environment:
-            self._plan_environment = {
+            self.instance_environment = {
                 **plan.environment,
                 **visible_devices_environment(self.held_devices),
                 "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
@@ -307,11 +307,6 @@ class ProcessSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         (home / "work").symlink_to(self.layout.volume)
         os.lchown(home / "work", entry.pw_uid, entry.pw_gid)
         os.chown(home, entry.pw_uid, entry.pw_gid)
-
-    def get_env(self):
-        env = super().get_env()
-        env.update(getattr(self, "_plan_environment", {}))
-        return env
 
     def user_env(self, env):
         env["USER"] = self.account
