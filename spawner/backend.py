@@ -54,7 +54,6 @@ class Capabilities:
 
     accelerators: dict[str, int]  # accelerator type -> how many the machine has
     arch: str | None  # the one architecture it runs; None: any
-    realised: frozenset[str] | None  # images ready to start; None: every catalog image
     users_isolated: bool  # each user's instances run apart from other users' (own account)
     volumes_enforced: bool  # a volume's size is a hard limit (ENOSPC), not only measured
     limits_unenforced: tuple[str, ...] = ()  # spec limits this machine cannot enforce
@@ -98,12 +97,16 @@ class Backend(ABC):
 
     @abstractmethod
     def capabilities(self, inventory: list[Device]) -> Capabilities:
-        """What this machine runs now (built images can appear at any time)."""
+        """What this machine can run (cheap: read on every page and API answer)."""
+
+    @abstractmethod
+    def realised_images(self) -> frozenset[str] | None:
+        """The images ready to start now (built ones appear at any time); None: all."""
 
     def catalog(self, inventory: list[Device]) -> core.Catalog:
         """The store's catalog as this backend can run it."""
         can = self.capabilities(inventory)
-        return self.store.catalog(can.accelerators, can.arch, can.realised)
+        return self.store.catalog(can.accelerators, can.arch, self.realised_images())
 
     # images -----------------------------------------------------------------------------
     @abstractmethod

@@ -49,13 +49,15 @@ class LocalBackend(Backend):
         return Capabilities(
             accelerators=count_by_type(inventory),
             arch=platform.machine(),
-            realised=envs.built_envs(self.settings.resolved_envs_dir),
             users_isolated=os.geteuid() == 0,
             volumes_enforced=LocalVolume.enforced(),
             limits_unenforced=tuple(cgroups.Hierarchy.detect().unenforced()),
         )
 
     # images -------------------------------------------------------------------------------
+    def realised_images(self) -> frozenset[str]:
+        return envs.built_envs(self.settings.resolved_envs_dir)
+
     def has_definition(self, image: str) -> bool:
         return envs.has_definition(image)
 

@@ -192,13 +192,12 @@ class ProcessBackend(Backend):
         return Capabilities(
             accelerators=count_by_type(inventory),
             arch=platform.machine(),
-            realised=self._built(),
             users_isolated=False,  # one account for everyone's instances
             volumes_enforced=True,
             limits_unenforced=("memory", "CPU time", "processes"),
         )
 
-    def _built(self) -> frozenset[str]:
+    def realised_images(self) -> frozenset[str]:
         if not self.envs_dir.is_dir():
             return frozenset()
         return frozenset(
