@@ -97,8 +97,7 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
         self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
         self.notebook_dir = str(self.home)
-        account = self.account if self.isolate_users else None
-        with sshendpoint.passed_to(self, self.ssh_socket, account) as ssh_environment:
+        with sshendpoint.passed_to(self, self.ssh_socket, owner) as ssh_environment:
             self.instance_environment = {
                 **plan.environment,
                 **visible_devices_environment(self.held_devices),
