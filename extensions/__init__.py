@@ -44,13 +44,15 @@ def _load_jupyter_server_extension(server_app):
     PeriodicCallback(mark_busy_kernels_active, every * 1000).start()
     server_app.log.info("Atelier: busy kernels count as activity")
 
-    fd = os.environ.pop("ATELIER_SSH_FD", None)
-    if fd:  # the endpoint's settings are no business of kernels and terminals
+    # the endpoint's settings are no business of kernels and terminals
+    fd, path = os.environ.pop("ATELIER_SSH_FD", None), os.environ.pop("ATELIER_SSH_SOCKET", None)
+    if fd or path:
         from atelier.extensions import ssh
 
         gateway_key = os.environ.pop("ATELIER_SSH_GATEWAY_KEY")
         credential = os.environ.pop("ATELIER_SSH_CREDENTIAL")
-        if ssh.start(int(fd), gateway_key, credential, dict(os.environ)):
+        listener = ssh.bound_socket(fd, path)
+        if ssh.start(listener, gateway_key, credential, dict(os.environ)):
             server_app.log.info("Atelier: SSH endpoint listening")
         else:
             server_app.log.warning("Atelier: no %s here (openssh-server); no SSH", ssh.SSHD)

@@ -114,10 +114,26 @@ def serve(listener: socket.socket, commands: dict[bytes, list[str]], home: str) 
         threading.Thread(target=serve_one, args=args, daemon=True).start()
 
 
-def start(fd: int, gateway_key: str, credential: str, environment: dict[str, str]) -> bool:
-    """Listen on the bound socket `fd` for the gateway; False where this machine has no sshd.
+def bound_socket(fd: str | None, path: str | None) -> socket.socket | None:
+    """The endpoint's socket: the one the spawner bound and passed (`fd`, the local backend),
+    or one bound here at `path`, in the directory the backend gave this instance alone (a
+    container's): the backend then checks who listens on it."""
+    if fd:
+        return socket.socket(fileno=int(fd))
+    if not path:
+        return None
+    Path(path).unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    Path(path).chmod(0o600)
+    return listener
+
+
+def start(
+    listener: socket.socket, gateway_key: str, credential: str, environment: dict[str, str]
+) -> bool:
+    """Listen on the bound socket for the gateway; False where this machine has no sshd.
     sshd's files live in a private temporary directory, removed when the server exits."""
-    listener = socket.socket(fileno=fd)
     if not Path(SSHD).exists():
         listener.close()
         return False

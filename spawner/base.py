@@ -19,7 +19,10 @@ settings, as every JupyterHub handler reaches it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+
+from jupyterhub.spawner import SpawnException
 
 from atelier.spawner import checks, core
 from atelier.spawner.core import audit
@@ -149,6 +152,22 @@ class InstanceSpawnerMixin:
         except BaseException:
             await self.release()
             raise
+
+    @contextlib.contextmanager
+    def host_filesystem(self, what: str):
+        """A home or volume that cannot be had: the user reads why in one line; a host
+        tool's output (host paths) is for the operator's log only."""
+        try:
+            yield
+        except core.VolumeUnavailable as error:
+            raise SpawnException(str(error), reason="volume", status_code=400) from None
+        except (OSError, RuntimeError) as error:
+            self.log.error("%s: preparing the %s failed: %s", self._log_name, what, error)
+            message = (
+                f"the instance's {what} could not be prepared on this machine; "
+                "ask the hub's operator (its log says why)"
+            )
+            raise SpawnException(message, reason="host", status_code=503) from None
 
     async def start_plan(self, plan: core.InstancePlan):
         """Realise `plan` on the machine (devices are held); return what `start` returns."""

@@ -53,6 +53,7 @@ from atelier.spawner.core.limits import (
     Limits,
 )
 from atelier.spawner.core.volumes import (
+    VolumeUnavailable,
     check_expand,
     check_volume_quota,
     check_volume_size,
@@ -81,6 +82,7 @@ __all__ = [
     "check_volume_size",
     "check_volume_quota",
     "check_expand",
+    "VolumeUnavailable",
     "INSTANCE_NAME",
     "OPTION_FIELDS",
     "DELETE_VOLUME",

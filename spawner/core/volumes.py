@@ -7,6 +7,11 @@ from atelier.spawner.core.errors import OptionsError
 from atelier.spawner.core.limits import Limits
 
 
+class VolumeUnavailable(RuntimeError):
+    """The volume cannot be attached now; the message says why and what to do (the user
+    reads it: no host path)."""
+
+
 def check_volume_size(size_gb: object, limits: Limits) -> int:
     if isinstance(size_gb, bool) or not isinstance(size_gb, int):
         raise OptionsError("volume_gb", "must be a whole number of GB")

@@ -24,6 +24,7 @@ from atelier.spawner.local.accounts import instance_home, prepare_private_dir, v
 from atelier.spawner.local.volumes import (
     FilesystemInUse,
     LocalVolume,
+    account_ids,
     give_root,
     loop_devices,
     loop_mount,
@@ -64,7 +65,7 @@ class InstanceHome:
             make_filesystem(self.image, size_gb)
             try:
                 loop_mount(self.image, self.path)
-                give_root(self.path, account)
+                give_root(self.path, account_ids(account))
             except BaseException:
                 self._release()
                 raise

@@ -10,13 +10,12 @@ user's own system account under a seccomp filter.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import platform
 import shutil
 from pathlib import Path
 
-from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from traitlets import Bool, Unicode, default
 
 from atelier.spawner import core
@@ -25,7 +24,7 @@ from atelier.spawner.devices import Device, visible_devices_environment
 from atelier.spawner.local import accounts, cgroups, seccomp, sshendpoint
 from atelier.spawner.local.envs import env_python_bin
 from atelier.spawner.local.homes import InstanceHome
-from atelier.spawner.local.volumes import LocalVolume, VolumeUnavailable
+from atelier.spawner.local.volumes import LocalVolume
 
 
 class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
@@ -85,10 +84,10 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         self.account = await self._prepare_account()
         owner = self.account if self.isolate_users else None
         size_gb = self.context.limits.ephemeral_storage_gb
-        with self._host_filesystem("home"):
+        with self.host_filesystem("home"):
             await to_the_end(self.instance_home.reset, size_gb, owner)
         self._report(55, "Attaching the work volume")
-        with self._host_filesystem("work volume"):
+        with self.host_filesystem("work volume"):
             await self.make_volume(self.volume.create)
             await to_the_end(self.volume.attach, owner)
         await to_the_end(self._create_cgroups, plan, self.held_devices)
@@ -107,22 +106,6 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
                 **ssh_environment,
             }
             return await LocalProcessSpawner.start(self)
-
-    @contextlib.contextmanager
-    def _host_filesystem(self, what: str):
-        """A home or volume that cannot be had: the user reads why in one line; a host
-        tool's output (host paths) is for the operator's log only."""
-        try:
-            yield
-        except VolumeUnavailable as error:
-            raise SpawnException(str(error), reason="volume", status_code=400) from None
-        except (OSError, RuntimeError) as error:
-            self.log.error("%s: preparing the %s failed: %s", self._log_name, what, error)
-            message = (
-                f"the instance's {what} could not be prepared on this machine; "
-                "ask the hub's operator (its log says why)"
-            )
-            raise SpawnException(message, reason="host", status_code=503) from None
 
     async def delete_instance(self) -> bool:
         made = self.volume.exists()

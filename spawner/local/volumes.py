@@ -20,6 +20,7 @@ import signal
 import time
 from pathlib import Path
 
+from atelier.spawner.core import VolumeUnavailable
 from atelier.spawner.local.accounts import instance_home, mount_point, run, volumes_dir
 
 GB = 1024**3
@@ -27,10 +28,6 @@ LOSETUP, MKFS_XFS, XFS_GROWFS = "/usr/sbin/losetup", "/usr/sbin/mkfs.xfs", "/usr
 MOUNT, UMOUNT = "/usr/bin/mount", "/usr/bin/umount"
 DIRECTORY_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 log = logging.getLogger(__name__)
-
-
-class VolumeUnavailable(RuntimeError):
-    """The volume cannot be attached now; the message says why and what to do."""
 
 
 class FilesystemInUse(VolumeUnavailable):
@@ -76,10 +73,16 @@ class LocalVolume:
 
     def attach(self, account: str | None) -> None:
         """Mount the volume (as root), owned by the instance's account, and link work/ to it."""
+        link_work(self.home, self.mounted(account_ids(account)))
+
+    def mounted(self, owner: tuple[int, int] | None) -> Path:
+        """The volume's root, mounted (as root) and handed to `owner` (uid, gid; None: this
+        process's own): what a home links to, or a container binds."""
         self._check_exists()
-        if self.enforced():
-            self._mount(account)
-        link_work(self.home, self.mount if self.enforced() else self.directory)
+        if not self.enforced():
+            return self.directory
+        self._mount(owner)
+        return self.mount
 
     def _check_exists(self) -> None:
         if not self.exists():
@@ -88,13 +91,13 @@ class LocalVolume:
                 "it is not recreated empty: restore it or delete the instance"
             )
 
-    def _mount(self, account: str | None) -> None:
+    def _mount(self, owner: tuple[int, int] | None) -> None:
         self.mount.mkdir(parents=True, exist_ok=True)
         self.mount.parent.chmod(0o711)
         if not os.path.ismount(self.mount):
             loop_mount(self.image, self.mount)
             run(XFS_GROWFS, str(self.mount))  # take up an expansion made while stopped
-        give_root(self.mount, account)
+        give_root(self.mount, owner)
 
     def detach(self) -> None:
         """Unmount the root-owned mount point (never a path in the user's home)."""
@@ -169,13 +172,19 @@ def loop_mount(image: Path, mount: Path) -> None:
         raise
 
 
-def give_root(mount: Path, account: str | None) -> None:
-    """Hand the mounted filesystem's root (never a link) to the account, 0700."""
+def account_ids(account: str | None) -> tuple[int, int] | None:
+    if account is None:
+        return None
+    entry = pwd.getpwnam(account)
+    return entry.pw_uid, entry.pw_gid
+
+
+def give_root(mount: Path, owner: tuple[int, int] | None) -> None:
+    """Hand the mounted filesystem's root (never a link) to `owner` (uid, gid), 0700."""
     root = os.open(mount, DIRECTORY_NOFOLLOW)
     try:
-        if account is not None:
-            entry = pwd.getpwnam(account)
-            os.fchown(root, entry.pw_uid, entry.pw_gid)
+        if owner is not None:
+            os.fchown(root, *owner)
         os.fchmod(root, 0o700)
     finally:
         os.close(root)
