@@ -26,12 +26,15 @@ install: system $(BIN)/.installed node_modules/.installed
 # Work volumes are XFS filesystems in loop-mounted files (xfsprogs). Instances run OpenSSH's
 # sshd behind the SSH gateway (openssh-server; policy-rc.d keeps Debian from starting the
 # system's own sshd on port 22); the tests use the real ssh, scp and sftp, and drive pages in
-# a headless Chromium.
-SYSTEM_PACKAGES := python3-venv xfsprogs openssh-server openssh-client chromium chromium-driver
+# a headless Chromium. The Docker backend (and its tests) use Debian's docker.io; its base image
+# is made with debootstrap (no Docker Hub).
+SYSTEM_PACKAGES := python3-venv xfsprogs openssh-server openssh-client chromium chromium-driver \
+	docker.io debootstrap
 
 system:
 	@/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null && command -v mkfs.xfs >/dev/null \
-		&& test -x /usr/sbin/sshd && command -v scp >/dev/null && command -v chromedriver >/dev/null || \
+		&& test -x /usr/sbin/sshd && command -v scp >/dev/null && command -v chromedriver >/dev/null \
+		&& test -x /usr/sbin/dockerd && test -x /usr/sbin/debootstrap || \
 		(apt-get update -qq && printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
 		&& chmod +x /usr/sbin/policy-rc.d \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \

@@ -88,6 +88,16 @@ class Backend(ABC):
         """Make what the backend needs before the hub starts (directories, engine checks);
         raises ValueError naming the setting that is wrong."""
 
+    def environment(self) -> dict[str, str]:
+        """What the hub's services (the SSH gateway, the Atelier API) need in their
+        environment to reach what the hub's backend reaches (an engine's address)."""
+        return {}
+
+    def strays(self, known: set[tuple[str, str]]) -> list[str]:
+        """What runs on this machine for an instance the hub does not know (owner, name):
+        deleted while the hub was down. `atelier run` reports them. Blocking."""
+        return []
+
     # what it can run ----------------------------------------------------------------------
     def inventory(self) -> list[Device]:
         """The accelerators instances may be given: atelier.yaml's `devices`, else found."""

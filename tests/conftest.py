@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -165,6 +166,10 @@ class Hub:
         response = self.api("POST", f"/users/{user}/servers/{name}", token, json=options)
         assert response.status_code in (201, 202), response.text
         self.wait_for(lambda: self.servers(user)[name]["ready"], what=f"{user}:{name} ready")
+        return self.lab_pid(user, name)
+
+    def lab_pid(self, user: str, name: str) -> int:
+        """The process id of the instance's JupyterLab, as the host sees it."""
         return self.servers(user)[name]["state"]["pid"]
 
     def servers(self, user: str) -> dict:
@@ -290,12 +295,15 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-def owner_of(pid: int) -> str:
+def uid_of(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
-    uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
+    return int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
+
+
+def owner_of(pid: int) -> str:
     import pwd
 
-    return pwd.getpwuid(uid).pw_name
+    return pwd.getpwuid(uid_of(pid)).pw_name
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +319,27 @@ def browser():
     driver.set_window_size(1280, 1024)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The tests' own Docker engine (tests/dockerengine.py), stopped after the session."""
+    if not Path("/usr/sbin/dockerd").exists():
+        pytest.skip("no dockerd here (Debian's docker.io; `make` installs it)")
+    from dockerengine import Engine
+
+    engine = Engine()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_images(docker_engine) -> None:
+    """The base image built in the tests' engine (kept in its data root for later runs, the
+    debootstrap'd base in WORK's cache), and tagged as the fake GPU image too (as envs_dir
+    links it)."""
+    from atelier.spawner.docker import images
+
+    with contextlib.closing(docker_engine.client()) as client:
+        images.build(client, BASE, WORK / "docker-cache", print)
+        client.images.get(images.image_tag(BASE)).tag(images.image_tag(FAKE_GPU))

@@ -46,7 +46,7 @@ def test_backend_test_in_settings_loads_it_with_its_options(tmp_path, test_backe
 def test_an_unknown_backend_is_refused_naming_backend(tmp_path):
     with pytest.raises(ConfigError) as refused:
         load_settings(settings_file(tmp_path, backend="nonexistent"))
-    assert "backend: Value error, no backend named 'nonexistent'; installed: local" in str(
+    assert "backend: Value error, no backend named 'nonexistent'; installed: docker, local" in str(
         refused.value
     )
 

@@ -8,19 +8,21 @@ reused. ATELIER_CONTRACT_BACKENDS=test (comma-separated) runs a subset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import pwd
 import subprocess
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import BASE, FAKE_GPU, ROOT, Hub, environ_of, owner_of
+from conftest import BASE, FAKE_GPU, ROOT, Hub, environ_of, owner_of, uid_of
 from test_ssh_e2e import Client
 
 pytestmark = pytest.mark.e2e
 BACKENDS_DIR = ROOT / "tests" / "backends"
-BACKENDS = os.environ.get("ATELIER_CONTRACT_BACKENDS", "local,test").split(",")
+BACKENDS = os.environ.get("ATELIER_CONTRACT_BACKENDS", "local,test,docker").split(",")
 REMOVE = {"remove": True, "confirm": "delete-volume"}  # deleting an instance deletes its volume
 CPU_OPTIONS = {"image": BASE, "spec": "cpu.2u4g", "tags": {"team": "vision"}, "autostop_hours": 8}
 USER, INSTANCE = "dev", "box"
@@ -46,10 +48,31 @@ def unmount_below(directory: Path) -> None:
         subprocess.run(["/usr/bin/umount", "--lazy", mount], capture_output=True)
 
 
+class DockerHub(Hub):
+    """A hub on the Docker backend, on the tests' own engine (`docker_engine`)."""
+
+    def lab_pid(self, user: str, name: str) -> int:
+        container = self.servers(user)[name]["state"]["object_id"]
+        with contextlib.closing(self.engine.client()) as client:
+            return client.api.inspect_container(container)["State"]["Pid"]
+
+
+def docker_hub(envs_dir, engine, images) -> DockerHub:
+    DockerHub.engine = engine
+    DockerHub.environment = {"DOCKER_HOST": engine.url}
+    return DockerHub(envs_dir, backend="docker")
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def hub(request, envs_dir):
     backend = request.param
-    hub = ProcessBackendHub(envs_dir, backend="test") if backend == "test" else Hub(envs_dir)
+    if backend == "docker":
+        engine = request.getfixturevalue("docker_engine")
+        hub = docker_hub(envs_dir, engine, request.getfixturevalue("docker_images"))
+    elif backend == "test":
+        hub = ProcessBackendHub(envs_dir, backend="test")
+    else:
+        hub = Hub(envs_dir)
     hub.backend = backend
     yield hub
     if hub.process.poll() is None:
@@ -184,14 +207,18 @@ def instance(hub, running) -> dict:
     return hub.atelier("GET", f"/instances/{USER}/{INSTANCE}", running["token"]).json()
 
 
-FILESYSTEMS = {"local": "xfs", "test": "tmpfs"}
-ACCOUNTS = {"local": lambda hub: hub.account(USER), "test": lambda hub: "atelier-tb"}
+FILESYSTEMS = {"local": "xfs", "test": "tmpfs", "docker": "xfs"}
+UIDS = {
+    "local": lambda hub: pwd.getpwnam(hub.account(USER)).pw_uid,
+    "test": lambda hub: pwd.getpwnam("atelier-tb").pw_uid,
+    "docker": lambda hub: 1000,  # the images' own user
+}
 
 
 def test_the_instance_runs_on_the_backend_the_hub_was_given(hub, running):
     """Not a contract: that each run of it is on the backend it names (no silent fallback)."""
-    pid = hub.servers(USER)[INSTANCE]["state"]["pid"]
-    assert owner_of(pid) == ACCOUNTS[hub.backend](hub)
+    pid = hub.lab_pid(USER, INSTANCE)
+    assert uid_of(pid) == UIDS[hub.backend](hub)
     mounted = running["client"].ssh(LOGIN, "findmnt -n -o FSTYPE -T work")
     assert mounted.stdout.strip() == FILESYSTEMS[hub.backend], mounted.stderr
 
@@ -201,7 +228,7 @@ def test_ssh_runs_commands_in_the_instance_with_their_exit_status(hub, running):
     shell = client.ssh(LOGIN, 'echo "$HOME|$PWD|$VIRTUAL_ENV"; python -c "print(6*7)"; exit 3')
     assert shell.returncode == 3, shell.stderr
     home, cwd, venv, answer = shell.stdout.replace("\n", "|").split("|")[:4]
-    lab = environ_of(hub.servers(USER)[INSTANCE]["state"]["pid"])
+    lab = environ_of(hub.lab_pid(USER, INSTANCE))
     assert home == cwd == lab["HOME"] and venv == lab["VIRTUAL_ENV"] and answer == "42"
 
 
@@ -252,10 +279,10 @@ def test_the_volume_size_is_enforced_and_grows_online(hub, running):
 def test_a_hub_restart_keeps_the_running_instance_and_its_volume(hub, running):
     client, token = running["client"], running["token"]
     assert client.ssh(LOGIN, "echo kept > work/marker").returncode == 0
-    pid = hub.servers(USER)[INSTANCE]["state"]["pid"]
+    pid = hub.lab_pid(USER, INSTANCE)
     hub.restart()
     assert instance(hub, running)["status"] == "running"
-    assert hub.servers(USER)[INSTANCE]["state"]["pid"] == pid
+    assert hub.lab_pid(USER, INSTANCE) == pid
     hub.wait_for(
         lambda: lab_status(hub, USER, INSTANCE, token).status_code == 200,
         30,

@@ -75,7 +75,8 @@ def test_atelier_config_environment_variable_picks_the_file(tmp_path, monkeypatc
         ),
         (
             lambda d: d.update(backend="nomad"),
-            "backend: Value error, no backend named 'nomad'; installed: local (got 'nomad')",
+            "backend: Value error, no backend named 'nomad'; installed: docker, local "
+            "(got 'nomad')",
         ),
         (
             lambda d: d["limits"].update(instances_per_user=0),

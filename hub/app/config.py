@@ -87,7 +87,9 @@ def configure(c, settings: Settings | None = None) -> None:
     ]
 
     c.JupyterHub.custom_scopes = {scope: {"description": text} for scope, text in SCOPES.items()}
-    c.JupyterHub.services, c.JupyterHub.load_roles = services_and_roles(settings, data_dir)
+    c.JupyterHub.services, c.JupyterHub.load_roles = services_and_roles(
+        settings, data_dir, backend.environment()
+    )
 
 
 OAUTHENTICATORS = {
@@ -141,9 +143,12 @@ def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[d
     return {"name": name, "command": [*launcher, *command], **more}, role
 
 
-def services_and_roles(settings: Settings, data_dir: Path) -> tuple[list[dict], list[dict]]:
+def services_and_roles(
+    settings: Settings, data_dir: Path, backend_environment: dict[str, str]
+) -> tuple[list[dict], list[dict]]:
     # the services read atelier.yaml as the hub does, with the same overrides
     environment = {
+        **backend_environment,
         **{k: v for k, v in os.environ.items() if k.startswith("ATELIER_")},
         "ATELIER_DATA_DIR": str(data_dir),
     }

@@ -3,6 +3,7 @@ and the first admin account created at first run."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from functools import partial
 from pathlib import Path
@@ -97,6 +98,20 @@ class AtelierHub(JupyterHub):
     async def start(self):
         await super().start()
         print(self.sign_in_line, flush=True)
+        await self.report_strays()
+
+    async def report_strays(self) -> None:
+        """What the backend runs for instances the store no longer knows (deleted while the
+        hub was down): the operator decides, Atelier never removes what it does not know."""
+        records = self.atelier.store.all_instance_records()
+        known = {(owner, name) for owner, names in records.items() for name in names}
+        strays = await asyncio.to_thread(self.atelier.backend.strays, known)
+        if strays:
+            print(
+                f"Atelier: {len(strays)} running for instances it does not know (deleted?): "
+                + ", ".join(strays),
+                flush=True,
+            )
 
 
 main = AtelierHub.launch_instance

@@ -1,0 +1,1 @@
+"""The Docker backend: instances are containers (DockerSpawner) on a Docker engine."""

@@ -1,0 +1,177 @@
+"""The Docker backend: each instance is a container (DockerSpawner) on the engine at
+DOCKER_HOST (default: the local socket).
+
+Images are OCI images built from images/<name>/Dockerfile (images.py) and started by
+digest; a container runs as the images' non-root user with no capabilities, no new
+privileges, a pids limit and the spec's CPU and memory enforced by the engine
+(containers.py). Its work volume is the local backend's XFS volume, mounted into it; its SSH
+endpoint is a socket in a directory of its own, verified by who listens (endpoint.py). The
+spawner is spawner.py's `DockerInstanceSpawner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+
+import docker
+from pydantic import BaseModel, ConfigDict, Field
+
+from atelier.spawner import core
+from atelier.spawner.backend import Backend, Capabilities, EndpointUnavailable
+from atelier.spawner.credentials import deployment_keys
+from atelier.spawner.devices import Device, count_by_type
+from atelier.spawner.docker import containers, endpoint, images
+from atelier.spawner.local import accounts
+from atelier.spawner.local.volumes import LocalVolume, VolumeUnavailable
+
+IMAGES_FRESH_S = 2.0  # how long the engine's list of images is taken as it is
+
+
+class DockerOptions(BaseModel):
+    """`backend_options:` of `backend: docker`."""
+
+    model_config = ConfigDict(extra="forbid")
+    pids_limit: int = Field(4096, ge=64, description="Processes per instance")
+
+
+class DockerBackend(Backend):
+    name = "docker"
+    Options = DockerOptions
+
+    def __init__(self, settings, store):
+        super().__init__(settings, store)
+        self._images: tuple[float, dict[str, str]] = (0.0, {})
+
+    @functools.cached_property
+    def engine(self) -> docker.DockerClient:
+        """The engine at DOCKER_HOST, as DockerSpawner's own client finds it."""
+        return docker.from_env(timeout=60)
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.settings.resolved_shared_dir
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.settings.data_dir.absolute() / "cache"
+
+    def configure_hub(self, c, data_dir: Path) -> None:
+        c.JupyterHub.spawner_class = "atelier-docker"
+        c.DockerInstanceSpawner.data_dir = str(data_dir)
+        c.DockerInstanceSpawner.shared_dir = str(self.shared_dir)
+        c.DockerInstanceSpawner.pids_limit = self.options.pids_limit
+        if self.settings.ssh.enabled:
+            _, client_key = deployment_keys(data_dir)
+            c.DockerInstanceSpawner.ssh_gateway_key = client_key.with_suffix(".pub").read_text()
+
+    def prepare(self) -> None:
+        try:
+            accounts.prepare_shared_dir(self.shared_dir)
+        except PermissionError as error:
+            raise ValueError(f"shared_dir: {error}") from None
+        try:
+            self.engine.ping()
+        except docker.errors.DockerException as error:
+            raise ValueError(
+                f"backend: docker: no Docker engine answers at DOCKER_HOST "
+                f"({error}); start dockerd or set DOCKER_HOST"
+            ) from None
+
+    def environment(self) -> dict[str, str]:
+        """The hub's services (the SSH gateway) reach the engine the hub reaches."""
+        return {"DOCKER_HOST": os.environ["DOCKER_HOST"]} if "DOCKER_HOST" in os.environ else {}
+
+    def capabilities(self, inventory: list[Device]) -> Capabilities:
+        return Capabilities(
+            accelerators=count_by_type(inventory),
+            arch=platform.machine(),
+            users_isolated=True,
+            volumes_enforced=LocalVolume.enforced(),
+        )
+
+    # images -------------------------------------------------------------------------------
+    def image_digests(self) -> dict[str, str]:
+        """Catalog image -> digest of every image the engine has, read at most every
+        IMAGES_FRESH_S (pages and API answers ask for it)."""
+        read, digests = self._images
+        if time.monotonic() - read > IMAGES_FRESH_S:
+            digests = images.built(self.engine)
+            self._images = (time.monotonic(), digests)
+        return digests
+
+    def realised_images(self) -> frozenset[str]:
+        return frozenset(self.image_digests())
+
+    def has_definition(self, image: str) -> bool:
+        return images.has_definition(image)
+
+    def definition_hint(self, image: str) -> str:
+        return f"create {images.IMAGES_DIR / image / 'Dockerfile'} first"
+
+    def build_image(self, image: str, log) -> None:
+        images.build(self.engine, image, self.cache_dir, log)
+        self._images = (0.0, {})
+
+    # volumes ------------------------------------------------------------------------------
+    def volume(self, owner: str, instance: str) -> LocalVolume:
+        return LocalVolume(self.shared_dir, self.store.claim_account(owner), instance)
+
+    def volume_used_bytes(self, owner: str, instance: str) -> int | None:
+        return self.volume(owner, instance).used_bytes()
+
+    def expand_volume(self, owner: str, instance: str, size_gb: int) -> None:
+        try:
+            self.volume(owner, instance).expand(size_gb)
+        except VolumeUnavailable as error:
+            raise core.OptionsError("add_gb", str(error)) from None
+
+    # containers ---------------------------------------------------------------------------
+    def container_of(self, owner: str, instance: str) -> dict | None:
+        """The engine's view of the instance's running container, or None. Blocking."""
+        name = containers.container_name(owner, instance)
+        try:
+            found = self.engine.api.inspect_container(name)
+        except docker.errors.NotFound:
+            return None
+        labels = found["Config"]["Labels"] or {}
+        mine = labels.get(containers.LABEL_OWNER) == owner
+        mine = mine and labels.get(containers.LABEL_INSTANCE) == instance
+        return found if mine and found["State"]["Running"] else None
+
+    def strays(self, known: set[tuple[str, str]]) -> list[str]:
+        """Atelier's containers whose instance the store no longer knows (deleted while the
+        hub was down, say): `atelier run` reports them."""
+        listed = self.engine.api.containers(all=True, filters={"label": containers.LABEL_OWNER})
+        found = []
+        for listing in listed:
+            labels = listing["Labels"]
+            owner, instance = labels[containers.LABEL_OWNER], labels.get(containers.LABEL_INSTANCE)
+            if (owner, instance) not in known:
+                found.append(f"{listing['Names'][0].lstrip('/')} ({owner}/{instance})")
+        return sorted(found)
+
+    # SSH ----------------------------------------------------------------------------------
+    async def connect_ssh(self, owner: str, instance: str) -> tuple[socket.socket, str]:
+        account = self.store.account(owner)
+        running = await asyncio.to_thread(self.container_of, owner, instance)
+        if account is None or running is None:
+            raise EndpointUnavailable(f"instance {instance} is not running")
+        directory = endpoint.endpoint_dir(self.shared_dir, account, instance)
+        sock = await endpoint.connect(directory, running["State"]["Pid"], instance)
+        return sock, containers.USER
+
+    # users --------------------------------------------------------------------------------
+    def forget_user(self, owner: str, account: str) -> None:
+        listed = self.engine.api.containers(
+            all=True, filters={"label": f"{containers.LABEL_OWNER}={owner}"}
+        )
+        for found in listed:
+            self.engine.api.remove_container(found["Id"], force=True)
+        endpoint.remove(endpoint.endpoints_dir(self.shared_dir, account))
+        accounts.remove_account_dirs(self.shared_dir, account)

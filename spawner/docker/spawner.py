@@ -1,0 +1,157 @@
+"""The Docker backend's spawner: each instance is a container from its image's digest.
+
+It realises an `InstancePlan` (the shared part is `InstanceSpawnerMixin`) with DockerSpawner:
+mounts the work volume and the endpoint's directory, and creates the container that
+containers.py describes, on the host network, its JupyterLab on a free loopback port. A
+container is removed when it stops, so everything outside work/ starts afresh each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+
+import docker
+from dockerspawner import DockerSpawner
+from jupyterhub.spawner import SpawnException
+from traitlets import Int, Unicode, default
+
+from atelier.spawner import core
+from atelier.spawner.base import InstanceSpawnerMixin, to_the_end
+from atelier.spawner.credentials import credential, credentials_key, deployment_keys
+from atelier.spawner.docker import containers, endpoint
+from atelier.spawner.local.volumes import LocalVolume
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
+    """Run Atelier instances as containers."""
+
+    data_dir = Unicode(help="The hub's private data dir (the SSH endpoints' credential key)").tag(
+        config=True
+    )
+    shared_dir = Unicode(help="Volumes and endpoint directories (accounts.py's layout)").tag(
+        config=True
+    )
+    ssh_gateway_key = Unicode(
+        help="The SSH gateway's public key, which instance SSH endpoints accept; empty: no SSH"
+    ).tag(config=True)
+    pids_limit = Int(4096, help="Processes per instance").tag(config=True)
+
+    @default("remove")
+    def _remove_default(self):
+        return True  # a fresh container each start: only work/ is kept
+
+    @default("network_name")
+    def _network_default(self):
+        return "host"
+
+    @default("use_internal_ip")
+    def _internal_ip_default(self):
+        return True
+
+    @default("pull_policy")
+    def _pull_default(self):
+        return "never"  # images are the catalog's, built by `atelier images build`
+
+    @default("ip")
+    def _ip_default(self):
+        return "127.0.0.1"
+
+    @default("object_name")
+    def _object_name_default(self):
+        return containers.container_name(self.user.name, self.name)
+
+    @property
+    def account(self) -> str:
+        """The hub user's own account name: the key of their volumes' files."""
+        return self.store.claim_account(self.user.name)
+
+    @property
+    def volume(self) -> LocalVolume:
+        return LocalVolume(Path(self.shared_dir), self.account, self.name)
+
+    @property
+    def endpoint_dir(self) -> Path:
+        return endpoint.endpoint_dir(Path(self.shared_dir), self.account, self.name)
+
+    # the lifecycle --------------------------------------------------------------------------
+    async def start_plan(self, plan: core.InstancePlan):
+        digest = self.backend.image_digests().get(plan.image.name)
+        if digest is None:
+            message = f"image: {plan.image.name} is not built on this machine's Docker engine"
+            raise SpawnException(message, reason="image", status_code=400)
+        self._report(55, "Attaching the work volume")
+        ids = (containers.UID, containers.GID)
+        with self.host_filesystem("work volume"):
+            await self.make_volume(self.volume.create)
+            mounted = await to_the_end(self.volume.mounted, ids)
+            endpoint_dir = None
+            if self.ssh_gateway_key:
+                await to_the_end(endpoint.prepare, self.endpoint_dir, *ids)
+                endpoint_dir = str(self.endpoint_dir)
+        spec = containers.container(
+            plan,
+            self.held_devices,
+            volume=str(mounted),
+            endpoint_dir=endpoint_dir,
+            pids_limit=self.pids_limit,
+        )
+        self.image = digest
+        self.volumes = spec.volumes
+        self.mem_limit = spec.mem_limit
+        self.cpu_limit = None  # its quota and period would conflict with nano_cpus
+        self.extra_create_kwargs = spec.create_kwargs
+        self.extra_host_config = spec.host_config
+        self.notebook_dir = containers.HOME
+        self.port = free_port()
+        self.instance_environment = {**spec.environment, **self._endpoint_environment()}
+        self._report(70, f"Starting JupyterLab on {plan.image.name}")
+        try:
+            return await DockerSpawner.start(self)
+        except docker.errors.APIError as error:  # the engine's words are for the operator
+            self.log.error("%s: the engine refused the container: %s", self._log_name, error)
+            message = (
+                "the instance's container could not be started on this machine's Docker "
+                "engine; ask the hub's operator (its log says why)"
+            )
+            raise SpawnException(message, reason="engine", status_code=503) from None
+
+    def _endpoint_environment(self) -> dict[str, str]:
+        if not self.ssh_gateway_key:
+            return {}
+        key = credentials_key(deployment_keys(Path(self.data_dir))[0].parent)
+        return {
+            "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
+            "ATELIER_SSH_CREDENTIAL": credential(key, self.user.name, self.name),
+        }
+
+    async def check_allowed(self, image):
+        """The core checked the catalog image; the engine runs the digest start_plan chose."""
+        return self.image
+
+    async def get_ip_and_port(self):
+        return self.ip, self.port
+
+    def realised(self) -> bool:
+        return bool(self.object_id)
+
+    async def release_plan(self) -> None:
+        if self.object_id:  # a start that failed after the container was made
+            with contextlib.suppress(docker.errors.APIError):
+                await self.docker("remove_container", self.object_id, force=True)
+            self.object_id = ""
+        await asyncio.to_thread(self.volume.detach)
+        await asyncio.to_thread(endpoint.remove, self.endpoint_dir)
+
+    async def delete_instance(self) -> bool:
+        made = self.volume.exists()
+        await asyncio.to_thread(self.volume.delete)
+        return made
