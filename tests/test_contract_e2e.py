@@ -57,18 +57,19 @@ class DockerHub(Hub):
             return client.api.inspect_container(container)["State"]["Pid"]
 
 
-def docker_hub(envs_dir, engine, images) -> DockerHub:
+def docker_hub(envs_dir, engine, **overrides) -> DockerHub:
+    """A hub on `engine`, whose images `docker_images` built."""
     DockerHub.engine = engine
     DockerHub.environment = {"DOCKER_HOST": engine.url}
-    return DockerHub(envs_dir, backend="docker")
+    return DockerHub(envs_dir, backend="docker", **overrides)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def hub(request, envs_dir):
     backend = request.param
     if backend == "docker":
-        engine = request.getfixturevalue("docker_engine")
-        hub = docker_hub(envs_dir, engine, request.getfixturevalue("docker_images"))
+        request.getfixturevalue("docker_images")
+        hub = docker_hub(envs_dir, request.getfixturevalue("docker_engine"))
     elif backend == "test":
         hub = ProcessBackendHub(envs_dir, backend="test")
     else:
@@ -183,24 +184,28 @@ def test_bad_requests_answer_400_and_change_nothing(hub, name, body, message):
 # one running instance: SSH, its volume, a hub restart -------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def running(hub, tmp_path_factory):
-    """USER's instance INSTANCE (a 1 GB volume), running, reachable over SSH with a key."""
-    directory = tmp_path_factory.mktemp(f"contract-{hub.backend}")
-    token = hub.add_user(USER)
+def reachable_over_ssh(hub, user: str, name: str, directory: Path) -> dict:
+    """`user`'s new instance `name` (a 1 GB volume), running, reachable over SSH with a key."""
+    token = hub.add_user(user)
     client = Client(hub, directory, "laptop")
     key = hub.atelier(
         "POST", "/keypairs", token, json={"name": "laptop", "public_key": client.public}
     )
     assert key.status_code == 201, key.text
-    body = {"name": INSTANCE, "image": BASE, "spec": "cpu.2u4g", "volume_gb": 1}
+    body = {"name": name, "image": BASE, "spec": "cpu.2u4g", "volume_gb": 1}
     created = hub.atelier("POST", "/instances", token, json=body)
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "running"
     access = {"enabled": True, "keypairs": [key.json()["id"]], "allowed_cidrs": ["127.0.0.0/8"]}
-    changed = hub.atelier("PATCH", f"/instances/{USER}/{INSTANCE}", token, json={"ssh": access})
+    changed = hub.atelier("PATCH", f"/instances/{user}/{name}", token, json={"ssh": access})
     assert changed.status_code == 200, changed.text
     return {"token": token, "client": client, "directory": directory}
+
+
+@pytest.fixture(scope="module")
+def running(hub, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"contract-{hub.backend}")
+    return reachable_over_ssh(hub, USER, INSTANCE, directory)
 
 
 def instance(hub, running) -> dict:

@@ -1,0 +1,130 @@
+"""What the Docker backend adds to the contract, on the tests' own engine: the container is
+confined as planned (seen from the engine and from inside), one instance's user cannot steer
+the gateway into another's container, containers outlive a killed hub, `atelier run` reports
+containers it does not know, and `atelier images build` builds for the engine."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import requests
+from conftest import BASE
+from test_contract_e2e import docker_hub, reachable_over_ssh
+
+from atelier.spawner.docker import images
+
+pytestmark = pytest.mark.e2e
+PIDS = 256
+
+
+@pytest.fixture(scope="module")
+def hub(envs_dir, docker_engine, docker_images):
+    hub = docker_hub(envs_dir, docker_engine, backend_options={"pids_limit": PIDS})
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(docker_engine):
+    with contextlib.closing(docker_engine.client()) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def alice(hub, tmp_path_factory):
+    return reachable_over_ssh(hub, "alice", "box", tmp_path_factory.mktemp("alice"))
+
+
+@pytest.fixture(scope="module")
+def bob(hub, tmp_path_factory):
+    return reachable_over_ssh(hub, "bob", "box", tmp_path_factory.mktemp("bob"))
+
+
+def container_of(hub, engine, user: str, name: str) -> dict:
+    return engine.api.inspect_container(hub.servers(user)[name]["state"]["object_id"])
+
+
+def test_the_container_is_confined_as_planned(hub, engine, alice):
+    found = container_of(hub, engine, "alice", "box")
+    assert found["Name"] == "/atelier-alice--box"
+    assert found["Image"] == images.digest(engine, BASE)  # started by digest
+    assert found["Config"]["User"] == "1000:1000"
+    host = found["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"] and not host["Privileged"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["PidsLimit"] == PIDS and host["NetworkMode"] == "host"
+    assert host["NanoCpus"] == 2 * 10**9 and host["Memory"] == 4 * 1024**3
+    inside = alice["client"].ssh(
+        "alice+box",
+        "id -u; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; "
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+    )
+    assert inside.returncode == 0, inside.stderr
+    uid, *status, pids = inside.stdout.split()[:6]
+    assert uid == "1000" and pids == str(PIDS)
+    assert dict(zip(status[::2], status[1::2], strict=True)) == {
+        "CapEff:": "0000000000000000",
+        "NoNewPrivs:": "1",
+    }
+
+
+def test_an_instance_sees_only_its_own_endpoint_and_no_hub_state(hub, alice, bob):
+    listed = bob["client"].ssh("bob+box", "ls -A /run/atelier-ssh; ls -A work")
+    assert listed.returncode == 0 and listed.stdout == "endpoint\n", listed.stdout
+    hub_state = bob["client"].ssh("bob+box", f"ls {hub.dir} {hub.shared_dir}")
+    assert hub_state.returncode != 0  # the host's directories are not in the container
+
+
+def test_a_link_to_another_instances_endpoint_does_not_lead_there(hub, alice, bob):
+    """Alice replaces her endpoint with a link to the host path of Bob's: the gateway, which
+    resolves it on the host, would log her in to Bob's container. It refuses."""
+    theirs = hub.shared_dir / "endpoints" / hub.account("bob") / "box" / "endpoint"
+    assert theirs.is_socket()
+    swapped = alice["client"].ssh(
+        "alice+box", f"rm /run/atelier-ssh/endpoint && ln -s {theirs} /run/atelier-ssh/endpoint"
+    )
+    assert swapped.returncode == 0, swapped.stderr
+    attempt = alice["client"].ssh("alice+box", "touch work/alice-was-here")
+    assert attempt.returncode != 0
+    assert bob["client"].ssh("bob+box", "ls work").stdout == ""  # Bob's volume untouched
+    assert "answered from outside its container" in hub.log_text()  # the gateway's words
+
+
+def test_containers_outlive_a_killed_hub_and_are_picked_up(hub, engine, bob):
+    before = container_of(hub, engine, "bob", "box")
+    hub.restart(kill=True)
+    after = container_of(hub, engine, "bob", "box")
+    assert after["Id"] == before["Id"] and after["State"]["Running"]
+    lab = requests.get(
+        f"{hub.url}/user/bob/box/api/status",
+        headers={"Authorization": f"token {bob['token']}"},
+        timeout=30,
+    )
+    assert lab.status_code == 200
+    hub.wait_for(lambda: bob["client"].ssh("bob+box", "true").returncode == 0, 30, "SSH again")
+
+
+def test_atelier_run_reports_containers_it_does_not_know(hub, engine):
+    stray = engine.containers.run(
+        images.digest(engine, BASE),
+        ["sleep", "600"],
+        name="atelier-ghost--lost",
+        labels={"atelier.owner": "ghost", "atelier.instance": "lost"},
+        network_mode="none",
+        detach=True,
+    )
+    try:
+        hub.restart()
+        hub.wait_for(lambda: "ghost/lost" in hub.log_text(), 30, "the stray's report")
+        line = next(line for line in hub.log_text().splitlines() if "ghost/lost" in line)
+        assert "does not know" in line and "atelier-ghost--lost" in line
+        assert engine.api.inspect_container(stray.id)["State"]["Running"]  # left to the operator
+    finally:
+        stray.remove(force=True)
+
+
+def test_images_build_builds_for_the_engine(hub, engine):
+    output = hub.cli("images", "build", BASE)
+    assert f"[1/1] {BASE}" in output
+    assert images.digest(engine, BASE) is not None
