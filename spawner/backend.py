@@ -128,9 +128,10 @@ class Backend(ABC):
         """What to create so that `image` has a definition (for the error that says so)."""
 
     @abstractmethod
-    def build_image(self, image: str, log: Callable[[str], None]) -> None:
-        """Realise `image` (an environment, an OCI image), reporting each step to `log`;
-        raises RuntimeError and keeps nothing when it fails. Blocking."""
+    def build_image(self, image: str, log: Callable[[str], None]) -> str | None:
+        """Realise `image` (an environment, an OCI image), reporting each step to `log`, and
+        return its content digest where it has one (the catalog records it; instances start
+        from exactly that); raises RuntimeError and keeps nothing when it fails. Blocking."""
 
     # volumes ----------------------------------------------------------------------------
     @abstractmethod

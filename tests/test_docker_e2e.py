@@ -12,10 +12,12 @@ import requests
 from conftest import BASE
 from test_contract_e2e import docker_hub, reachable_over_ssh
 
+from atelier.hub.store.store import Store
 from atelier.spawner.docker import images
 
 pytestmark = pytest.mark.e2e
 PIDS = 256
+OPTIONS = {"image": BASE, "spec": "cpu.2u4g"}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,28 @@ def test_atelier_run_reports_containers_it_does_not_know(hub, engine):
         stray.remove(force=True)
 
 
-def test_images_build_builds_for_the_engine(hub, engine):
+def test_images_build_builds_for_the_engine_and_the_catalog_records_the_digest(hub, engine):
     output = hub.cli("images", "build", BASE)
     assert f"[1/1] {BASE}" in output
-    assert images.digest(engine, BASE) is not None
+    digest = images.digest(engine, BASE)
+    assert digest.startswith("sha256:")
+    assert hub.atelier("GET", f"/images/{BASE}").json()["digest"] == digest
+    assert digest in hub.cli("images", "list")
+
+
+def test_an_instance_starts_only_from_the_recorded_digest(hub):
+    """The image the catalog recorded is gone from the engine (removed, or its tag moved to
+    another build): the start is refused, naming it, and nothing runs."""
+    store = Store(f"sqlite:///{hub.dir / 'data' / 'atelier.sqlite'}")
+    recorded = hub.atelier("GET", f"/images/{BASE}").json()["digest"]
+    store.record_digest(BASE, "sha256:" + "0" * 64)
+    try:
+        token = hub.add_user("carol")
+        response = hub.api("POST", "/users/carol/servers/lab", token, json=OPTIONS)
+        assert response.status_code == 400, response.text
+        assert "which this machine's Docker engine no longer has" in response.json()["message"]
+        assert not hub.servers("carol")["lab"]["ready"]
+    finally:
+        store.record_digest(BASE, recorded)
+    started = hub.api("POST", "/users/carol/servers/lab", token, json=OPTIONS)
+    assert started.status_code in (201, 202), started.text

@@ -96,11 +96,14 @@ def build_images(settings: Settings, names: list[str]) -> None:
     def progress(prefix: str):
         return lambda step: print(f"{prefix}: {step}", flush=True)
 
+    store = Store(store_url(settings))
     for number, name in enumerate(names, 1):
         try:
-            backend.build_image(name, progress(f"[{number}/{len(names)}] {name}"))
+            digest = backend.build_image(name, progress(f"[{number}/{len(names)}] {name}"))
         except RuntimeError as error:
             raise UsageError(f"{name}: build failed, nothing kept: {one_line(error)}") from None
+        if digest is not None:
+            store.record_digest(name, digest)
 
 
 # images and specs ----------------------------------------------------------------------------
@@ -113,6 +116,7 @@ IMAGE_COLUMNS = (
     "successor",
     "visibility",
     "display_name",
+    "digest",
 )
 SPEC_COLUMNS = (
     "name",

@@ -147,6 +147,7 @@ def schemas(limits: core.Limits) -> dict:
                 "visibility": {"enum": ["public", "shared", "private"]},
                 "workspace": NULLABLE_STRING,
                 "owner": NULLABLE_STRING,
+                "digest": NULLABLE_STRING,
             }
         ),
         "ImageCreate": obj({"name": STRING, **IMAGE_CHANGE}, ("name",)),

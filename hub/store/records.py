@@ -40,6 +40,7 @@ class ImageRecord(Base):
     visibility: Mapped[str] = mapped_column(String(16), default="public")
     workspace: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    digest: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     def to_image(self) -> core.Image:
         return core.Image(
@@ -52,6 +53,7 @@ class ImageRecord(Base):
             self.visibility,
             self.workspace,
             self.owner,
+            self.digest,
         )
 
 

@@ -109,6 +109,13 @@ class Store(PeopleQueries, AuditLog):
             record.accelerator_types = list(updated.accelerator_types)
         return updated
 
+    def record_digest(self, name: str, digest: str) -> None:
+        """What a build made of a catalog image; an image not in the catalog is left alone."""
+        with self.session() as db, db.begin():
+            record = db.get(ImageRecord, name)
+            if record is not None:
+                record.digest = digest
+
     def delete_image(self, name: str) -> None:
         with self.session() as db, db.begin():
             db.delete(get_named(db, ImageRecord, name, "image"))
@@ -341,7 +348,10 @@ def _volume_total(db: Session, owner: str) -> int:
 
 
 def _image_dict(image: core.Image) -> dict:
-    return {"name": image.name, **{key: getattr(image, key) for key in IMAGE_FIELDS}}
+    """An image's fields; its digest is recorded by builds (`record_digest`), never set by
+    a request (not in IMAGE_FIELDS)."""
+    fields = {key: getattr(image, key) for key in IMAGE_FIELDS}
+    return {"name": image.name, **fields, "digest": image.digest}
 
 
 def _image_record(image: core.Image) -> ImageRecord:

@@ -41,6 +41,7 @@ class Image:
     visibility: str = "public"  # public | shared (with one workspace) | private (one user's)
     workspace: str | None = None
     owner: str | None = None  # of a private image
+    digest: str | None = None  # what the backend built it as (an OCI image's), recorded
 
     @functools.cached_property
     def parts(self) -> dict[str, str]:
@@ -132,6 +133,7 @@ def image_json(image: Image) -> dict:
         "visibility": image.visibility,
         "workspace": image.workspace,
         "owner": image.owner,
+        "digest": image.digest,
     }
 
 

@@ -105,6 +105,23 @@ class DockerBackend(Backend):
             self._images = (time.monotonic(), digests)
         return digests
 
+    def image_to_run(self, image: core.Image) -> str:
+        """The digest an instance of `image` starts from: the one the catalog recorded at
+        its build, which the engine must still have (a tag moved since is not followed);
+        else the engine's `atelier/<name>`. Raises `core.OptionsError`. Blocking."""
+        digest = image.digest or self.image_digests().get(image.name)
+        if digest is None:
+            raise core.OptionsError("image", f"{image.name} is not built on this machine")
+        try:
+            self.engine.images.get(digest)
+        except docker.errors.ImageNotFound:
+            message = (
+                f"{image.name} was built as {digest}, which this machine's Docker engine no "
+                f"longer has; an admin rebuilds it with `atelier images build {image.name}`"
+            )
+            raise core.OptionsError("image", message) from None
+        return digest
+
     def realised_images(self) -> frozenset[str]:
         return frozenset(self.image_digests())
 
@@ -114,9 +131,10 @@ class DockerBackend(Backend):
     def definition_hint(self, image: str) -> str:
         return f"create {images.IMAGES_DIR / image / 'Dockerfile'} first"
 
-    def build_image(self, image: str, log) -> None:
-        images.build(self.engine, image, self.cache_dir, log)
+    def build_image(self, image: str, log) -> str:
+        digest = images.build(self.engine, image, self.cache_dir, log)
         self._images = (0.0, {})
+        return digest
 
     # volumes ------------------------------------------------------------------------------
     def volume(self, owner: str, instance: str) -> LocalVolume:

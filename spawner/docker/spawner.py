@@ -18,7 +18,7 @@ from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from traitlets import Int, Unicode, default
 
-from atelier.spawner import core
+from atelier.spawner import checks, core
 from atelier.spawner.base import InstanceSpawnerMixin, to_the_end
 from atelier.spawner.credentials import credential, credentials_key, deployment_keys
 from atelier.spawner.docker import containers, endpoint
@@ -84,10 +84,10 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
 
     # the lifecycle --------------------------------------------------------------------------
     async def start_plan(self, plan: core.InstancePlan):
-        digest = self.backend.image_digests().get(plan.image.name)
-        if digest is None:
-            message = f"image: {plan.image.name} is not built on this machine's Docker engine"
-            raise SpawnException(message, reason="image", status_code=400)
+        try:
+            digest = await asyncio.to_thread(self.backend.image_to_run, plan.image)
+        except core.OptionsError as error:
+            raise checks.Refused(error, reason="image") from None
         self._report(55, "Attaching the work volume")
         ids = (containers.UID, containers.GID)
         with self.host_filesystem("work volume"):

@@ -65,7 +65,7 @@ class LocalBackend(Backend):
         return f"create {envs.requirements_file(image)} (and a Dockerfile beside it) first"
 
     def build_image(self, image: str, log) -> None:
-        envs.build_env(self.settings.resolved_envs_dir, image, log)
+        envs.build_env(self.settings.resolved_envs_dir, image, log)  # an environment: no digest
 
     # volumes ------------------------------------------------------------------------------
     def volume(self, owner: str, instance: str) -> LocalVolume:
