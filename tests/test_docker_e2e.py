@@ -151,3 +151,10 @@ def test_an_instance_starts_only_from_the_recorded_digest(hub):
         store.record_digest(BASE, recorded)
     started = hub.api("POST", "/users/carol/servers/lab", token, json=OPTIONS)
     assert started.status_code in (201, 202), started.text
+
+
+def test_notebook_code_in_the_container_reaches_the_atelier_api(alice):
+    """The SDK inside the instance, with the instance's own URL and token (host network)."""
+    code = "from atelier.sdk import Client; print([i['name'] for i in Client().instances()])"
+    listed = alice["client"].ssh("alice+box", f'python -c "{code}"')
+    assert (listed.returncode, listed.stdout) == (0, "['box']\n"), listed.stderr
