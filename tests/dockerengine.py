@@ -52,9 +52,10 @@ def mounts_under(path: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Processes whose command line holds `text` (the engine's run dir names them all)."""
-    pids = []
+def processes_of(run_dir: Path | str) -> list[int]:
+    """Processes whose command line names a path in `run_dir`: an engine's dockerd,
+    containerd and shims (each is given one)."""
+    text, pids = f"{run_dir}/", []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             with contextlib.suppress(OSError):
@@ -127,7 +128,7 @@ class Engine:
             earlier = json.loads(lock.read() or "{}")
             run_dir = earlier.get("run_dir")
             if run_dir and Path(run_dir).parent == Path("/run"):
-                for pid in sorted(processes_mentioning(run_dir), key=lambda p: not _is_dockerd(p)):
+                for pid in sorted(processes_of(run_dir), key=lambda p: not _is_dockerd(p)):
                     _terminate(pid, 30)  # dockerd first, so that it stops its containers
                 _remove_run_dir(Path(run_dir))
         data_root.mkdir(mode=0o711, exist_ok=True)
@@ -229,7 +230,7 @@ class Engine:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        for pid in processes_mentioning(str(self.run_dir)):  # shims whose container outlived
+        for pid in processes_of(self.run_dir):  # shims whose container outlived the daemon
             _terminate(pid, 10)
         _remove_run_dir(self.run_dir)
         if self.private:

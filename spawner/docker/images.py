@@ -49,7 +49,7 @@ TAR = "/usr/bin/tar"
 UMOUNT = "/usr/bin/umount"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 APT_DIR = Path("/etc/apt")
-PIP_CONFIG_FILES = [Path(p).expanduser() for p in ("/etc/xdg/pip/pip.conf", "/etc/pip.conf")]
+PIP_CONFIG_FILES = [Path(p) for p in ("/etc/xdg/pip/pip.conf", "/etc/pip.conf")]
 PIP_CONFIG_FILES += [Path.home() / ".pip" / "pip.conf", Path.home() / ".config/pip/pip.conf"]
 BUILD_READ_TIMEOUT = 900  # seconds a build may print nothing (pip unpacking torch is quiet)
 # An imported rootfs has no configuration: without PATH, `ENV PATH=/opt/env/bin:$PATH`
@@ -211,7 +211,8 @@ def make_rootfs(tarball: Path, log: Log, mirror: str | None = None) -> None:
 
 
 def _run(command: list[str], what: str) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    """`command` under umask 022: the hub's 077 would make the rootfs unreadable to users."""
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace", umask=0o022)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
         raise RuntimeError(f"{what} failed ({result.returncode}):\n{tail}")
@@ -348,10 +349,17 @@ def make_context(
     wheels.mkdir()
     pinned = pins(line for file in files for line in file.read_text().splitlines())
     for wheel in matching_wheels(pinned, wheel_dirs):
-        try:
-            os.link(wheel, wheels / wheel.name)  # torch's is 183 MB
+        try:  # torch's is 183 MB; a link only to a file all may read (its mode stays)
+            if wheel.stat().st_mode & 0o444 != 0o444:
+                raise PermissionError
+            os.link(wheel, wheels / wheel.name)
         except OSError:
             shutil.copy(wheel, wheels / wheel.name)
+    # COPY keeps modes: under the hub's umask 077 the image's user could read none of it.
+    for path in context.rglob("*"):
+        mode = 0o755 if path.is_dir() or path.stat().st_mode & 0o111 else 0o644
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
 
 
 # Building.
