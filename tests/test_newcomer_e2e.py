@@ -75,7 +75,19 @@ def newcomer():
     shutil.rmtree(home, ignore_errors=True)
 
 
-def test_make_run_then_create_an_instance_from_the_home_page(newcomer, browser):
+@pytest.fixture(params=["local", "docker"])
+def started_as_the_readme_says(request, newcomer) -> tuple[dict[str, str], Path]:
+    """`make run` (the local backend), or `ATELIER_CONFIG=config/docker.yaml make run` on the
+    tests' engine (README, "Running on Docker": DOCKER_HOST names another engine)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER")}
+    if request.param == "docker":
+        engine = request.getfixturevalue("docker_engine")
+        environment.update(ATELIER_CONFIG="config/docker.yaml", DOCKER_HOST=engine.url)
+    return environment, newcomer
+
+
+def test_make_run_then_create_an_instance_from_the_home_page(started_as_the_readme_says, browser):
+    environment, newcomer = started_as_the_readme_says
     log = newcomer / "make-run.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
@@ -84,7 +96,7 @@ def test_make_run_then_create_an_instance_from_the_home_page(newcomer, browser):
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={key: value for key, value in os.environ.items() if not key.startswith("ATELIER")},
+            env=environment,
         )
     try:
         url, user, password = sign_in_line(log, process, timeout=900).groups()
@@ -112,6 +124,7 @@ def test_make_run_then_create_an_instance_from_the_home_page(newcomer, browser):
         token = subprocess.run(
             [".venv/bin/atelier", "token", user],
             cwd=newcomer,
+            env=environment,
             capture_output=True,
             text=True,
             check=True,

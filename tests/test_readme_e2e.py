@@ -265,7 +265,9 @@ NOT_RUN = {
     Where("Backends", "[project.entry-points"): "a distribution's pyproject.toml, not a command "
     "(tests/test_backends.py finds the local and the test backend through such entry points)",
     Where("Backends", "ATELIER_CONTRACT_BACKENDS"): "the contract suite itself, which make test "
-    "runs (both backends)",
+    "runs (every backend)",
+    Where("Running on Docker", "config/docker.yaml make run"): "tests/test_newcomer_e2e.py "
+    "runs it as written, on the tests' own engine (DOCKER_HOST); there is no systemd here",
     Where("Layout", "hub/"): "the source tree, not a command",
 }
 
