@@ -1,21 +1,36 @@
-"""Create-to-ready latency: Atelier's hub against a bare JupyterHub, in one run.
+"""Create-to-ready latency (and, on Docker, memory): Atelier's hub against a bare JupyterHub,
+in one run.
 
-Both hubs run side by side on loopback with the same JupyterLab environment; the bare one uses
-JupyterHub's SimpleLocalProcessSpawner. A sample is the time from the create request until
-the instance's `/api/status` answers through the proxy. Sequential spawns alternate between
-the hubs; then 10 instances are created at once on each.
+`--backend local` (the default): both hubs run side by side on loopback with the same
+JupyterLab environment; the bare one uses JupyterHub's SimpleLocalProcessSpawner.
 
-    .venv/bin/python benchmarks/spawn.py [--samples 5] [--concurrent 10]
+`--backend docker`: a private Docker engine (tests/dockerengine.py) with the catalog's base
+image built in it (`atelier/python_3.11-cpu-py_3.11-debian_12-x86_64`); Atelier's hub on
+`backend: docker` against a bare JupyterHub with plain DockerSpawner on the same engine and
+the same image (host network, internal IP, a random loopback port per start, removed when
+stopped, user 1000, `jupyterhub-singleuser`). Memory per instance is the engine's figure for
+each of the concurrent containers (stats API: usage less inactive page cache, as `docker
+stats` shows it; the cgroup's own files when the API gives none), averaged.
 
-Writes benchmarks/results/spawn.json.
+`--backend all` runs both. A sample is the time from the create request until the instance's
+`/api/status` answers through the proxy. Sequential spawns alternate between the hubs (a
+first warm-up round is dropped); then 10 instances are created at once on each.
+
+    .venv/bin/python benchmarks/spawn.py [--backend local|docker|all] [--samples 5]
+                                         [--concurrent 10]
+
+Writes benchmarks/results/spawn.json: each backend's results under its own key ("local",
+"docker"); a run of one backend keeps the other's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +45,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import BASE, WORK, Hub, build_env, free_port  # noqa: E402 - the e2e harness
 
 RESULTS = ROOT / "benchmarks" / "results" / "spawn.json"
-BARE_CONFIG = """
+SPAWN_TIMEOUT_S = 300  # a create that is not ready by then failed
+MIB = 1024**2
+COMMON_CONFIG = """
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_port = {hub_port}
@@ -41,37 +58,74 @@ c.JupyterHub.cookie_secret_file = "{dir}/cookie_secret"
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = "{dir}/home/{{username}}"
-c.Spawner.cmd = ["{env}/bin/jupyterhub-singleuser"]
-c.Spawner.args = {args}
 c.Spawner.default_url = "/lab"
 c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
 c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
     "scopes": ["admin:users", "admin:servers", "access:servers", "tokens"]}}]
 """
+LOCAL_CONFIG = """
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = "{dir}/home/{{username}}"
+c.Spawner.cmd = ["{env}/bin/jupyterhub-singleuser"]
+c.Spawner.args = {args}
+"""
+# Plain DockerSpawner on the host network, as its documentation says to run it there.
+DOCKER_CONFIG = """
+import socket
+
+from dockerspawner import DockerSpawner
+
+
+class HostNetworkDockerSpawner(DockerSpawner):
+    async def start(self):
+        with socket.socket() as sock:  # a free loopback port for this start's JupyterLab
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        return await super().start()
+
+    async def get_ip_and_port(self):
+        return "127.0.0.1", self.port
+
+
+c.JupyterHub.spawner_class = HostNetworkDockerSpawner
+c.DockerSpawner.image = "{image}"
+c.DockerSpawner.pull_policy = "never"
+c.DockerSpawner.network_name = "host"
+c.DockerSpawner.use_internal_ip = True
+c.DockerSpawner.ip = "127.0.0.1"
+c.DockerSpawner.remove = True
+c.DockerSpawner.extra_create_kwargs = {{"user": "1000"}}
+c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
+c.Spawner.start_timeout = {timeout}
+c.Spawner.http_timeout = {timeout}
+"""
 
 
 class BareHub:
-    """A plain JupyterHub with SimpleLocalProcessSpawner and the same JupyterLab."""
+    """A plain JupyterHub: SimpleLocalProcessSpawner and the same JupyterLab environment, or
+    (with `engine`) plain DockerSpawner on that engine with the same image."""
 
-    def __init__(self, envs: Path):
+    def __init__(self, envs: Path | None = None, engine=None, image: str = ""):
         self.dir = WORK / f"bare-{secrets.token_hex(4)}"
         self.dir.mkdir()
         self.port, self.admin_token = free_port(), secrets.token_hex(16)
         config = self.dir / "jupyterhub_config.py"
-        config.write_text(
-            BARE_CONFIG.format(
-                port=self.port,
-                hub_port=free_port(),
-                proxy_api_port=free_port(),
-                root=ROOT,
-                dir=self.dir,
-                env=envs / BASE,
-                token=self.admin_token,
-                args=["--allow-root"] if os.geteuid() == 0 else [],
-            )
+        common = COMMON_CONFIG.format(
+            port=self.port,
+            hub_port=free_port(),
+            proxy_api_port=free_port(),
+            root=ROOT,
+            dir=self.dir,
+            token=self.admin_token,
         )
+        environment = dict(os.environ)
+        if engine is None:
+            args = ["--allow-root"] if os.geteuid() == 0 else []
+            spawner = LOCAL_CONFIG.format(dir=self.dir, env=envs / BASE, args=args)
+        else:
+            spawner = DOCKER_CONFIG.format(image=image, timeout=SPAWN_TIMEOUT_S)
+            environment["DOCKER_HOST"] = engine.url
+        config.write_text(common + spawner)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -79,6 +133,7 @@ class BareHub:
             cwd=self.dir,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env=environment,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -87,30 +142,97 @@ class BareHub:
                     return
             except requests.ConnectionError:
                 pass
+            if self.process.poll() is not None:
+                break
             time.sleep(0.3)
-        raise RuntimeError("the bare hub did not start")
+        log = self.log_text()
+        self.stop()
+        raise RuntimeError(f"the bare hub did not start:\n{log[-3000:]}")
 
     api = Hub.api
     add_user = Hub.add_user
+    wait_for = Hub.wait_for
+    stop_instances = Hub.stop_instances
+
+    def log_text(self) -> str:
+        return (self.dir / "hub.log").read_text(errors="replace")
 
     def stop(self) -> None:
+        """Stop every instance, then the hub."""
+        if self.process.poll() is None:
+            self.stop_instances()
         self.process.terminate()
-        self.process.wait(30)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.log.close()
+        if not os.environ.get("ATELIER_KEEP_TEST_HUBS"):  # as Hub.stop: keep it for debugging
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DockerAtelierHub(Hub):
+    """Atelier's hub (`atelier run`) on `backend: docker`, on the benchmark's engine."""
+
+    def __init__(self, envs: Path, engine, **overrides):
+        self.environment = {"DOCKER_HOST": engine.url}
+        super().__init__(envs, backend="docker", **overrides)
+
+    def stop(self) -> None:
+        try:
+            if self.process.poll() is None:
+                self.stop_instances()
+            unmount_below(self.shared_dir)  # work volumes a failed stop left mounted
+        finally:
+            super().stop()
+
+
+def unmount_below(directory: Path) -> None:
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{directory}/")), reverse=True):
+        subprocess.run(["/usr/bin/umount", "--lazy", mount], capture_output=True)
+
+
+class SpawnFailed(RuntimeError):
+    pass
+
+
+def error_lines(hub, count: int = 15) -> str:
+    """The hub log's last errors and tracebacks, for a report."""
+    lines = hub.log_text().splitlines()
+    picked = [
+        line
+        for line in lines
+        if any(k in line for k in (" E ", "[E ", "ERROR", "Error", "Traceback", "Exception"))
+    ]
+    return "\n".join((picked or lines)[-count:])
 
 
 def spawn(hub, user: str, token: str, name: str, options: dict | None) -> float:
-    """Seconds from the create request until /api/status answers through the proxy."""
+    """Seconds from the create request until /api/status answers through the proxy;
+    SpawnFailed (with the hub log's errors) when the instance fails to start or the hub
+    gives up on it."""
     start = time.perf_counter()
     response = hub.api("POST", f"/users/{user}/servers/{name}", token, json=options)
-    assert response.status_code in (201, 202), response.text
+    if response.status_code not in (201, 202):
+        raise SpawnFailed(f"{user}/{name}: {response.status_code} {response.text[:500]}")
     status = f"{hub.url}/user/{user}/{name}/api/status"
+    checked = time.perf_counter()
     while True:
         try:
             if requests.get(status, headers={"Authorization": f"token {token}"}, timeout=10).ok:
                 return time.perf_counter() - start
         except requests.ConnectionError:
             pass
+        now = time.perf_counter()
+        if now - checked > 2:  # is the hub still starting it?
+            checked = now
+            servers = hub.api("GET", f"/users/{user}").json().get("servers", {})
+            if name not in servers or now - start > SPAWN_TIMEOUT_S:
+                raise SpawnFailed(
+                    f"{user}/{name} did not start ({now - start:.0f} s):\n{error_lines(hub)}"
+                )
         time.sleep(0.05)
 
 
@@ -121,69 +243,257 @@ def remove(hub, user: str, token: str, name: str) -> None:
         token,
         json={"remove": True, "confirm": "delete-volume"},
     )
+    deadline = time.monotonic() + 120
     while hub.api("GET", f"/users/{user}/servers/{name}", token).status_code != 404:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{user}/{name} was not removed:\n{error_lines(hub)}")
         time.sleep(0.2)
 
 
-def concurrent(hub, options: dict | None, count: int) -> dict:
+def sequential(hubs: dict, samples: int) -> dict[str, list[float]]:
+    """Create-to-ready, alternating between the hubs; the first round warms caches and is
+    dropped."""
+    tokens = {key: hub.add_user("seq") for key, (hub, _) in hubs.items()}
+    latencies: dict[str, list[float]] = {key: [] for key in hubs}
+    for n in range(samples + 1):
+        for key, (hub, opts) in hubs.items():
+            latency = spawn(hub, "seq", tokens[key], f"s{n}", opts)
+            remove(hub, "seq", tokens[key], f"s{n}")
+            if n:
+                latencies[key].append(latency)
+    return latencies
+
+
+def concurrent(hub, options: dict | None, count: int, measure=None) -> dict:
+    """`count` users create one instance each at once; `measure(hub, users)` (with every
+    instance ready) adds its figures before they are removed."""
     users = [(f"burst{i}", hub.add_user(f"burst{i}")) for i in range(count)]
     start = time.perf_counter()
     with ThreadPoolExecutor(count) as pool:
-        latencies = list(pool.map(lambda u: spawn(hub, u[0], u[1], "b", options), users))
+        futures = [pool.submit(spawn, hub, user, token, "b", options) for user, token in users]
+        latencies = [future.result() for future in futures]
     total = time.perf_counter() - start
+    result = {"total_s": round(total, 3), "median_s": round(statistics.median(latencies), 3)}
+    if measure is not None:
+        result.update(measure(hub, [user for user, _ in users]))
     for user, token in users:
         remove(hub, user, token, "b")
-    return {"total_s": round(total, 3), "median_s": round(statistics.median(latencies), 3)}
+    return result
+
+
+def sequential_and_concurrent(hubs: dict, args, measure=None) -> dict:
+    samples = sequential(hubs, args.samples)
+    key = f"concurrent_{args.concurrent}"
+    result = {
+        name: {
+            "sequential_median_s": round(statistics.median(samples[name]), 3),
+            "sequential_samples_s": [round(s, 3) for s in samples[name]],
+            key: concurrent(hub, opts, args.concurrent, measure),
+        }
+        for name, (hub, opts) in hubs.items()
+    }
+    atelier, bare = result["atelier"], result["bare"]
+    result["ratio"] = {
+        "sequential_median": round(atelier["sequential_median_s"] / bare["sequential_median_s"], 3),
+        f"{key}_total": round(atelier[key]["total_s"] / bare[key]["total_s"], 3),
+    }
+    return result
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, {'root' if os.geteuid() == 0 else 'non-root'}"
+
+
+# local ------------------------------------------------------------------------------------
+
+
+def run_local(args) -> dict:
+    envs = WORK / "envs"
+    build_env(envs, BASE)
+    atelier = Hub(envs, limits={"instances_per_user": 10})
+    try:
+        bare = BareHub(envs)
+    except BaseException:
+        atelier.stop()
+        raise
+    options = {"image": BASE, "spec": "cpu.2u4g"}
+    try:
+        result = sequential_and_concurrent(
+            {"atelier": (atelier, options), "bare": (bare, None)}, args
+        )
+    finally:
+        atelier.stop()
+        bare.stop()
+    result["goal"] = "atelier / bare <= 1.10 for both"
+    result["machine"] = machine()
+    return result
+
+
+# docker -----------------------------------------------------------------------------------
+
+
+def cgroup_memory(container_id: str) -> dict | None:
+    """The container's memory from its cgroup under the engine (v1 memory controller, or
+    the cgroup2 hierarchy): usage and inactive page cache, in bytes."""
+    for root, usage_file, inactive_key in (
+        (Path("/sys/fs/cgroup/memory"), "memory.usage_in_bytes", "total_inactive_file"),
+        (Path("/sys/fs/cgroup/unified"), "memory.current", "inactive_file"),
+        (Path("/sys/fs/cgroup"), "memory.current", "inactive_file"),
+    ):
+        for directory in (root / "docker" / container_id, *root.glob(f"**/*{container_id}*")):
+            usage = directory / usage_file
+            if usage.is_file():
+                stat = dict(
+                    line.split() for line in (directory / "memory.stat").read_text().splitlines()
+                )
+                return {"usage": int(usage.read_text()), "inactive": int(stat.get(inactive_key, 0))}
+    return None
+
+
+def container_memory(client, container_id: str) -> tuple[dict, str]:
+    """(usage and inactive page cache in bytes, where they came from): the engine's stats
+    API, or the cgroup's files when it gives no memory figures."""
+    stats = client.api.stats(container_id, stream=False, one_shot=True)["memory_stats"]
+    if stats.get("usage"):
+        detail = stats.get("stats", {})
+        inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+        return {"usage": stats["usage"], "inactive": inactive}, "engine stats API"
+    found = cgroup_memory(container_id)
+    if found is None:
+        raise RuntimeError(f"no memory figures for container {container_id[:12]}")
+    return found, "cgroup files"
+
+
+def docker_memory(engine):
+    """A `concurrent` measure: the mean memory of the hub's running containers, in MiB."""
+
+    def measure(hub, users: list[str]) -> dict:
+        time.sleep(3)  # the servers settle after their first request
+        ids = []
+        for user in users:
+            state = hub.api("GET", f"/users/{user}").json()["servers"]["b"]["state"]
+            ids.append(state["object_id"])
+        with contextlib.closing(engine.client()) as client:
+            figures = [container_memory(client, cid) for cid in ids]
+        used = [(f["usage"] - f["inactive"]) / MIB for f, _ in figures]
+        raw = [f["usage"] / MIB for f, _ in figures]
+        return {
+            "memory_per_instance_mib": round(statistics.mean(used), 1),
+            "memory_usage_with_cache_mib": round(statistics.mean(raw), 1),
+            "memory_samples_mib": [round(m, 1) for m in used],
+            "memory_source": sorted({source for _, source in figures})[0],
+        }
+
+    return measure
+
+
+def run_docker(args) -> dict:
+    from dockerengine import Engine
+
+    from atelier.spawner.docker import images
+
+    envs = WORK / "envs"
+    build_env(envs, BASE)  # the harness's hub config names it (the docker backend needs none)
+    image = images.image_tag(BASE)
+    started = time.monotonic()
+    engine = Engine()
+    atelier = bare = None
+    try:
+        print(f"engine at {engine.url} ({'throwaway' if engine.private else 'shared'} data root)")
+        with contextlib.closing(engine.client()) as client:
+            images.build(client, BASE, WORK / "docker-cache", lambda line: None)
+            engine_version = client.version()["Version"]
+        print(f"{image} ready after {time.monotonic() - started:.0f} s")
+        atelier = DockerAtelierHub(envs, engine, limits={"instances_per_user": 10})
+        bare = BareHub(engine=engine, image=image)
+        hubs = {"atelier": (atelier, {"image": BASE, "spec": "cpu.2u4g"}), "bare": (bare, None)}
+        result = sequential_and_concurrent(hubs, args, docker_memory(engine))
+    finally:
+        for hub in (atelier, bare):
+            if hub is not None:
+                with contextlib.suppress(Exception):
+                    hub.stop()
+        engine.stop()
+    key = f"concurrent_{args.concurrent}"
+    result["ratio"]["memory_per_instance"] = round(
+        result["atelier"][key]["memory_per_instance_mib"]
+        / result["bare"][key]["memory_per_instance_mib"],
+        3,
+    )
+    result["goal"] = "atelier / bare <= 1.10 for each"
+    result["image"] = image
+    result["bare_spawner"] = (
+        "dockerspawner.DockerSpawner: network_name='host', use_internal_ip=True, a random "
+        "loopback port per start, remove=True, user 1000, cmd jupyterhub-singleuser"
+    )
+    result["engine"] = f"dockerd {engine_version} (tests/dockerengine.py), host network"
+    result["machine"] = machine()
+    return result
+
+
+# results ----------------------------------------------------------------------------------
+
+
+def merged(found: dict, new: dict) -> dict:
+    """The results file with `new`'s backends replaced; a file from before the backends had
+    their own keys holds the local results."""
+    if "atelier" in found:
+        found = {"local": found}
+    return {**found, **new}
+
+
+def table(results: dict) -> str:
+    rows = [f"{'':<30}{'atelier':>10}{'bare':>10}{'ratio':>8}"]
+    for backend, result in results.items():
+        rows.append(f"{backend}:")
+        concurrent_key = next(k for k in result["atelier"] if k.startswith("concurrent_"))
+        figures = [
+            ("create->ready median (s)", "sequential_median_s", None, "sequential_median"),
+            (
+                f"{concurrent_key[11:]} at once, total (s)",
+                concurrent_key,
+                "total_s",
+                f"{concurrent_key}_total",
+            ),
+            (
+                "memory per instance (MiB)",
+                concurrent_key,
+                "memory_per_instance_mib",
+                "memory_per_instance",
+            ),
+        ]
+        for label, key, inner, ratio in figures:
+            values = [result[h][key] for h in ("atelier", "bare")]
+            if inner is not None:
+                if inner not in values[0]:
+                    continue
+                values = [v[inner] for v in values]
+            rows.append(f"  {label:<28}{values[0]:>10}{values[1]:>10}{result['ratio'][ratio]:>8}")
+        samples = {h: result[h]["sequential_samples_s"] for h in ("atelier", "bare")}
+        rows.append(f"  samples: atelier {samples['atelier']}, bare {samples['bare']}")
+        rows.append(f"  goal: {result['goal']}")
+    return "\n".join(rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=("local", "docker", "all"), default="local")
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--concurrent", type=int, default=10)
     args = parser.parse_args()
 
-    envs = WORK / "envs"
     WORK.mkdir(parents=True, exist_ok=True)
-    build_env(envs, BASE)
-    atelier = Hub(envs, limits={"instances_per_user": 10})
-    bare = BareHub(envs)
-    options = {"image": BASE, "spec": "cpu.2u4g"}
-    try:
-        hubs = {"atelier": (atelier, options), "bare": (bare, None)}
-        tokens = {key: hub.add_user("seq") for key, (hub, _) in hubs.items()}
-        samples: dict[str, list[float]] = {key: [] for key in hubs}
-        for n in range(args.samples + 1):  # the first round warms caches and is dropped
-            for key, (hub, opts) in hubs.items():
-                latency = spawn(hub, "seq", tokens[key], f"s{n}", opts)
-                remove(hub, "seq", tokens[key], f"s{n}")
-                if n:
-                    samples[key].append(latency)
-        bursts = {key: concurrent(hub, opts, args.concurrent) for key, (hub, opts) in hubs.items()}
-    finally:
-        atelier.stop()
-        bare.stop()
+    runs = {"local": run_local, "docker": run_docker}
+    backends = list(runs) if args.backend == "all" else [args.backend]
+    results = {backend: runs[backend](args) for backend in backends}
 
-    result = {
-        key: {
-            "sequential_median_s": round(statistics.median(samples[key]), 3),
-            "sequential_samples_s": [round(s, 3) for s in samples[key]],
-            f"concurrent_{args.concurrent}": bursts[key],
-        }
-        for key in hubs
-    }
-    result["ratio"] = {
-        "sequential_median": round(
-            result["atelier"]["sequential_median_s"] / result["bare"]["sequential_median_s"], 3
-        ),
-        f"concurrent_{args.concurrent}_total": round(
-            bursts["atelier"]["total_s"] / bursts["bare"]["total_s"], 3
-        ),
-    }
-    result["goal"] = "atelier / bare <= 1.10 for both"
-    result["machine"] = f"{os.cpu_count()} cores, {'root' if os.geteuid() == 0 else 'non-root'}"
+    found = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    RESULTS.write_text(json.dumps(merged(found, results), indent=2) + "\n")
+    print(table(results))
+    print(f"written to {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
