@@ -1,8 +1,9 @@
-"""Pure builders that turn a volume plan into what the Docker and Kubernetes backends send.
+"""Pure builders that turn a volume plan into what the Kubernetes backend sends.
 
-No I/O: values in, plain dicts out (as kubespawner's `objects.py`). The local backend's
-realisation is `atelier.spawner.local.volumes`; these give Docker a named volume and Kubernetes a
-PersistentVolumeClaim on an expandable StorageClass, grown by patching its request.
+No I/O: values in, plain dicts out (as kubespawner's `objects.py`). The local and Docker
+backends' realisation is `atelier.spawner.local.volumes` (Docker mounts the same XFS volume);
+these give Kubernetes a PersistentVolumeClaim on an expandable StorageClass, grown by
+patching its request.
 """
 
 from __future__ import annotations
@@ -27,18 +28,6 @@ def labels(owner: str, instance: str) -> dict[str, str]:
         "atelier.io/owner-hash": hashlib.sha256(owner.encode()).hexdigest()[:16],
         "atelier.io/instance": re.sub(r"[^a-z0-9-]", "-", instance)[:63],
     }
-
-
-def docker_volume(owner: str, instance: str, size_gb: int) -> dict:
-    """Arguments for Docker's `volumes.create` (sizes are enforced by the volume driver)."""
-    return {
-        "Name": volume_name(owner, instance),
-        "Labels": {**labels(owner, instance), "atelier.io/size-gb": str(size_gb)},
-    }
-
-
-def docker_mount(owner: str, instance: str) -> dict:
-    return {"Type": "volume", "Source": volume_name(owner, instance), "Target": WORK_PATH}
 
 
 def pvc(owner: str, instance: str, size_gb: int, namespace: str, storage_class: str) -> dict:

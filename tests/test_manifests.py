@@ -4,9 +4,6 @@ import pytest
 from kubernetes_validate import validate
 
 from atelier.spawner.manifests import (
-    WORK_PATH,
-    docker_mount,
-    docker_volume,
     pod_volume,
     pvc,
     pvc_resize_patch,
@@ -70,13 +67,3 @@ def test_pod_mounts_the_claim_at_work():
     }
     validate(pod, KUBERNETES, strict=True)
     assert volume["persistentVolumeClaim"]["claimName"] == volume_name("alice", "lab")
-
-
-def test_docker_named_volume():
-    assert docker_volume("alice", "lab", 5)["Name"] == volume_name("alice", "lab")
-    assert docker_volume("alice", "lab", 5)["Labels"]["atelier.io/size-gb"] == "5"
-    assert docker_mount("alice", "lab") == {
-        "Type": "volume",
-        "Source": volume_name("alice", "lab"),
-        "Target": WORK_PATH,
-    }

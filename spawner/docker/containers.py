@@ -14,10 +14,10 @@ from dockerspawner import DockerSpawner
 
 from atelier.spawner import core
 from atelier.spawner.devices import Device
+from atelier.spawner.manifests import WORK_PATH
 
 USER, UID, GID = "jovyan", 1000, 1000  # the images' one non-root user (images/*/Dockerfile)
 HOME = "/home/jovyan"
-WORK = f"{HOME}/work"  # where the work volume is mounted (the instance's work/)
 ENDPOINT_DIR = "/run/atelier-ssh"  # the instance's own directory for its SSH endpoint
 ENV_PREFIX = "/opt/env"  # the images' Python environment
 PREFIX = "atelier"
@@ -92,7 +92,7 @@ def container(
     spec's CPU (nano_cpus) and memory enforced by the engine, the held devices only, the
     work volume at work/ and, with SSH, the endpoint's directory."""
     access = device_access(held)
-    volumes = {volume: {"bind": WORK, "mode": "rw"}}
+    volumes = {volume: {"bind": WORK_PATH, "mode": "rw"}}
     environment = {
         **plan.environment,
         **access.environment,
