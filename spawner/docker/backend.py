@@ -23,12 +23,12 @@ import docker
 from pydantic import BaseModel, ConfigDict, Field
 
 from atelier.spawner import core
-from atelier.spawner.backend import Backend, Capabilities, EndpointUnavailable
-from atelier.spawner.credentials import deployment_keys
+from atelier.spawner.backend import Capabilities, EndpointUnavailable
 from atelier.spawner.devices import Device, count_by_type
 from atelier.spawner.docker import containers, endpoint, images
 from atelier.spawner.local import accounts
-from atelier.spawner.local.volumes import LocalVolume, VolumeUnavailable
+from atelier.spawner.local.machine import MachineBackend
+from atelier.spawner.local.volumes import LocalVolume
 
 IMAGES_FRESH_S = 2.0  # how long the engine's list of images is taken as it is
 
@@ -40,8 +40,9 @@ class DockerOptions(BaseModel):
     pids_limit: int = Field(4096, ge=64, description="Processes per instance")
 
 
-class DockerBackend(Backend):
+class DockerBackend(MachineBackend):
     name = "docker"
+    spawner_class = "DockerInstanceSpawner"
     Options = DockerOptions
 
     def __init__(self, settings, store):
@@ -54,27 +55,15 @@ class DockerBackend(Backend):
         return docker.from_env(timeout=60)
 
     @property
-    def shared_dir(self) -> Path:
-        return self.settings.resolved_shared_dir
-
-    @property
     def cache_dir(self) -> Path:
         return self.settings.data_dir.absolute() / "cache"
 
     def configure_hub(self, c, data_dir: Path) -> None:
-        c.JupyterHub.spawner_class = "atelier-docker"
-        c.DockerInstanceSpawner.data_dir = str(data_dir)
-        c.DockerInstanceSpawner.shared_dir = str(self.shared_dir)
+        super().configure_hub(c, data_dir)
         c.DockerInstanceSpawner.pids_limit = self.options.pids_limit
-        if self.settings.ssh.enabled:
-            _, client_key = deployment_keys(data_dir)
-            c.DockerInstanceSpawner.ssh_gateway_key = client_key.with_suffix(".pub").read_text()
 
     def prepare(self) -> None:
-        try:
-            accounts.prepare_shared_dir(self.shared_dir)
-        except PermissionError as error:
-            raise ValueError(f"shared_dir: {error}") from None
+        super().prepare()
         try:
             self.engine.ping()
         except docker.errors.DockerException as error:
@@ -135,19 +124,6 @@ class DockerBackend(Backend):
         digest = images.build(self.engine, image, self.cache_dir, log)
         self._images = (0.0, {})
         return digest
-
-    # volumes ------------------------------------------------------------------------------
-    def volume(self, owner: str, instance: str) -> LocalVolume:
-        return LocalVolume(self.shared_dir, self.store.claim_account(owner), instance)
-
-    def volume_used_bytes(self, owner: str, instance: str) -> int | None:
-        return self.volume(owner, instance).used_bytes()
-
-    def expand_volume(self, owner: str, instance: str, size_gb: int) -> None:
-        try:
-            self.volume(owner, instance).expand(size_gb)
-        except VolumeUnavailable as error:
-            raise core.OptionsError("add_gb", str(error)) from None
 
     # containers ---------------------------------------------------------------------------
     def container_of(self, owner: str, instance: str) -> dict | None:

@@ -14,36 +14,21 @@ import platform
 import socket
 from pathlib import Path
 
-from atelier.spawner import core
-from atelier.spawner.backend import Backend, Capabilities
-from atelier.spawner.credentials import deployment_keys
+from atelier.spawner.backend import Capabilities
 from atelier.spawner.devices import Device, count_by_type
 from atelier.spawner.identity import system_account_exists
 from atelier.spawner.local import accounts, cgroups, envs, sshendpoint
-from atelier.spawner.local.volumes import LocalVolume, VolumeUnavailable
+from atelier.spawner.local.machine import MachineBackend
+from atelier.spawner.local.volumes import LocalVolume
 
 
-class LocalBackend(Backend):
+class LocalBackend(MachineBackend):
     name = "local"
-
-    @property
-    def shared_dir(self) -> Path:
-        return self.settings.resolved_shared_dir
+    spawner_class = "LocalInstanceSpawner"
 
     def configure_hub(self, c, data_dir: Path) -> None:
-        c.JupyterHub.spawner_class = "atelier-local"
-        c.LocalInstanceSpawner.data_dir = str(data_dir)
-        c.LocalInstanceSpawner.shared_dir = str(self.shared_dir)
+        super().configure_hub(c, data_dir)
         c.LocalInstanceSpawner.envs_dir = str(self.settings.resolved_envs_dir)
-        if self.settings.ssh.enabled:
-            _, client_key = deployment_keys(data_dir)
-            c.LocalInstanceSpawner.ssh_gateway_key = client_key.with_suffix(".pub").read_text()
-
-    def prepare(self) -> None:
-        try:
-            accounts.prepare_shared_dir(self.shared_dir)
-        except PermissionError as error:
-            raise ValueError(f"shared_dir: {error}") from None
 
     def capabilities(self, inventory: list[Device]) -> Capabilities:
         return Capabilities(
@@ -66,20 +51,6 @@ class LocalBackend(Backend):
 
     def build_image(self, image: str, log) -> None:
         envs.build_env(self.settings.resolved_envs_dir, image, log)  # an environment: no digest
-
-    # volumes ------------------------------------------------------------------------------
-    def volume(self, owner: str, instance: str) -> LocalVolume:
-        """An instance's work volume, under its owner's account."""
-        return LocalVolume(self.shared_dir, self.store.claim_account(owner), instance)
-
-    def volume_used_bytes(self, owner: str, instance: str) -> int | None:
-        return self.volume(owner, instance).used_bytes()
-
-    def expand_volume(self, owner: str, instance: str, size_gb: int) -> None:
-        try:
-            self.volume(owner, instance).expand(size_gb)
-        except VolumeUnavailable as error:  # lost
-            raise core.OptionsError("add_gb", str(error)) from None
 
     # SSH ----------------------------------------------------------------------------------
     async def connect_ssh(self, owner: str, instance: str) -> tuple[socket.socket, str]:
