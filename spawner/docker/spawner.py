@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from pathlib import Path
 
 import docker
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
+from jupyterhub.utils import random_port
 from traitlets import Int, Unicode, default
 
 from atelier.spawner import checks, core
@@ -23,12 +23,6 @@ from atelier.spawner.base import InstanceSpawnerMixin, to_the_end
 from atelier.spawner.credentials import credential, credentials_key, deployment_keys
 from atelier.spawner.docker import containers, endpoint
 from atelier.spawner.local.volumes import LocalVolume
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
@@ -111,7 +105,7 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
         self.extra_create_kwargs = spec.create_kwargs
         self.extra_host_config = spec.host_config
         self.notebook_dir = containers.HOME
-        self.port = free_port()
+        self.port = random_port()  # as LocalProcessSpawner picks one
         self.instance_environment = {**spec.environment, **self._endpoint_environment()}
         self._report(70, f"Starting JupyterLab on {plan.image.name}")
         try:
