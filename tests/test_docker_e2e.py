@@ -153,8 +153,8 @@ def test_an_instance_starts_only_from_the_recorded_digest(hub):
     assert started.status_code in (201, 202), started.text
 
 
-def test_notebook_code_in_the_container_reaches_the_atelier_api(alice):
+def test_notebook_code_in_the_container_reaches_the_atelier_api(bob):
     """The SDK inside the instance, with the instance's own URL and token (host network)."""
     code = "from atelier.sdk import Client; print([i['name'] for i in Client().instances()])"
-    listed = alice["client"].ssh("alice+box", f'python -c "{code}"')
+    listed = bob["client"].ssh("bob+box", f'python -c "{code}"')
     assert (listed.returncode, listed.stdout) == (0, "['box']\n"), listed.stderr
