@@ -78,16 +78,17 @@ def test_an_instance_sees_only_its_own_endpoint_and_no_hub_state(hub, alice, bob
     assert hub_state.returncode != 0  # the host's directories are not in the container
 
 
-def test_a_link_to_another_instances_endpoint_does_not_lead_there(hub, alice, bob):
-    """Alice replaces her endpoint with a link to the host path of Bob's: the gateway, which
-    resolves it on the host, would log her in to Bob's container. It refuses."""
+def test_a_link_to_another_instances_endpoint_does_not_lead_there(hub, bob, tmp_path):
+    """Mallory replaces her endpoint with a link to the host path of Bob's: the gateway,
+    which resolves it on the host, would log her in to Bob's container. It refuses."""
+    mallory = reachable_over_ssh(hub, "mallory", "box", tmp_path)
     theirs = hub.shared_dir / "endpoints" / hub.account("bob") / "box" / "endpoint"
     assert theirs.is_socket()
-    swapped = alice["client"].ssh(
-        "alice+box", f"rm /run/atelier-ssh/endpoint && ln -s {theirs} /run/atelier-ssh/endpoint"
+    swapped = mallory["client"].ssh(
+        "mallory+box", f"rm /run/atelier-ssh/endpoint && ln -s {theirs} /run/atelier-ssh/endpoint"
     )
     assert swapped.returncode == 0, swapped.stderr
-    attempt = alice["client"].ssh("alice+box", "touch work/alice-was-here")
+    attempt = mallory["client"].ssh("mallory+box", "touch work/mallory-was-here")
     assert attempt.returncode != 0
     assert bob["client"].ssh("bob+box", "ls work").stdout == ""  # Bob's volume untouched
     assert "answered from outside its container" in hub.log_text()  # the gateway's words
@@ -153,8 +154,8 @@ def test_an_instance_starts_only_from_the_recorded_digest(hub):
     assert started.status_code in (201, 202), started.text
 
 
-def test_notebook_code_in_the_container_reaches_the_atelier_api(bob):
+def test_notebook_code_in_the_container_reaches_the_atelier_api(alice):
     """The SDK inside the instance, with the instance's own URL and token (host network)."""
     code = "from atelier.sdk import Client; print([i['name'] for i in Client().instances()])"
-    listed = bob["client"].ssh("bob+box", f'python -c "{code}"')
+    listed = alice["client"].ssh("alice+box", f'python -c "{code}"')
     assert (listed.returncode, listed.stdout) == (0, "['box']\n"), listed.stderr
