@@ -21,6 +21,7 @@ from atelier.spawner import core
 from atelier.spawner.backend import EndpointRefused, EndpointUnavailable
 from atelier.spawner.devices import Device
 from atelier.spawner.docker import containers, endpoint
+from atelier.spawner.docker.spawner import literal
 
 CPU_IMAGE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
 GPU_IMAGE = "pytorch_2.4.0-cuda_12.4-py_3.11-ubuntu_22.04-x86_64"
@@ -221,16 +222,31 @@ def test_nothing_listening_is_not_running(instances):
 
 
 @pytestmark_ns
-def test_the_endpoint_directory_is_made_afresh_for_the_container_user(tmp_path):
+def test_the_endpoint_directory_is_a_tiny_tmpfs_made_afresh_for_the_container_user(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     directory = endpoint.endpoint_dir(shared, "atelier-ann", "lab")
-    endpoint.prepare(directory, 1000, 1000)
-    (directory / "left-over").write_text("from the last run")
-    (directory / "link").symlink_to("/etc")
-    endpoint.prepare(directory, 1000, 1000)
-    assert os.listdir(directory) == [] and Path("/etc/passwd").exists()
-    info = directory.stat()
-    assert (info.st_uid, info.st_mode & 0o777) == (1000, 0o700)
-    for parent in (directory.parent, directory.parent.parent):
-        assert (parent.stat().st_uid, parent.stat().st_mode & 0o777) == (0, 0o700)
+    try:
+        endpoint.prepare(directory, 1000, 1000)
+        (directory / "left-over").write_text("from the last run")
+        (directory / "link").symlink_to("/etc")
+        endpoint.prepare(directory, 1000, 1000)
+        assert os.listdir(directory) == [] and Path("/etc/passwd").exists()
+        info = directory.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (1000, 0o700)
+        for parent in (directory.parent, directory.parent.parent):
+            assert (parent.stat().st_uid, parent.stat().st_mode & 0o777) == (0, 0o700)
+        with pytest.raises(OSError, match="No space left"):  # room for a socket, not for data
+            (directory / "filler").write_bytes(b"x" * endpoint.TMPFS_BYTES * 2)
+    finally:
+        endpoint.remove(directory)
+    assert not directory.exists() and endpoint.mounts_at_or_below(shared) == []
+
+
+def test_names_reach_the_engine_as_they_are_not_as_templates():
+    """DockerSpawner formats its create options as templates: a user named
+    `ali{raw_servername}` must not become `alice` in a label."""
+    options = {"labels": {"atelier.owner": "ali{raw_servername}"}, "user": "1000:1000"}
+    rendered = literal(options)
+    assert rendered["labels"]["atelier.owner"].format(raw_servername="ce") == "ali{raw_servername}"
+    assert rendered["user"] == "1000:1000"

@@ -64,6 +64,13 @@ class DockerBackend(MachineBackend):
 
     def prepare(self) -> None:
         super().prepare()
+        engine = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if not engine.startswith("unix://"):
+            raise ValueError(
+                f"backend: docker: DOCKER_HOST must be the engine's unix:// socket on this "
+                f"machine, got {engine!r} (containers share the host's network: an engine on a "
+                "TCP port would answer every instance)"
+            )
         try:
             self.engine.ping()
         except docker.errors.DockerException as error:

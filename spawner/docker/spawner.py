@@ -25,6 +25,18 @@ from atelier.spawner.docker import containers, endpoint
 from atelier.spawner.local.volumes import LocalVolume
 
 
+def literal(value):
+    """`value` with every brace doubled: DockerSpawner renders its create and host options
+    as format templates, and a user or instance name must stay what it is."""
+    if isinstance(value, str):
+        return value.replace("{", "{{").replace("}", "}}")
+    if isinstance(value, dict):
+        return {literal(key): literal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [literal(item) for item in value]
+    return value
+
+
 class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
     """Run Atelier instances as containers."""
 
@@ -86,7 +98,7 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
         ids = (containers.UID, containers.GID)
         with self.host_filesystem("work volume"):
             await self.make_volume(self.volume.create)
-            mounted = await to_the_end(self.volume.mounted, ids)
+            mounted = await to_the_end(self.volume.mounted, ids, False)  # the engine binds it
             endpoint_dir = None
             if self.ssh_gateway_key:
                 await to_the_end(endpoint.prepare, self.endpoint_dir, *ids)
@@ -102,12 +114,13 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
         self.volumes = spec.volumes
         self.mem_limit = spec.mem_limit
         self.cpu_limit = None  # its quota and period would conflict with nano_cpus
-        self.extra_create_kwargs = spec.create_kwargs
-        self.extra_host_config = spec.host_config
+        self.extra_create_kwargs = literal(spec.create_kwargs)  # a user's name is no template
+        self.extra_host_config = literal(spec.host_config)
         self.notebook_dir = containers.HOME
         self.port = random_port()  # as LocalProcessSpawner picks one
         self.instance_environment = {**spec.environment, **self._endpoint_environment()}
         self._report(70, f"Starting JupyterLab on {plan.image.name}")
+        await asyncio.to_thread(self._check_name_is_free)
         try:
             return await DockerSpawner.start(self)
         except docker.errors.APIError as error:  # the engine's words are for the operator
@@ -126,6 +139,22 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
             "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
             "ATELIER_SSH_CREDENTIAL": credential(key, self.user.name, self.name),
         }
+
+    def _check_name_is_free(self) -> None:
+        """DockerSpawner removes a container of the instance's name before it makes one: one
+        that Atelier made for this instance (a start cut off), never another."""
+        try:
+            found = self.client.inspect_container(self.object_name)
+        except docker.errors.NotFound:
+            return
+        mine = containers.labels(self.user.name, self.name, "")
+        labels = found["Config"]["Labels"] or {}
+        if any(labels.get(key) != value for key, value in mine.items() if value):
+            message = (
+                f"a container named {self.object_name} that Atelier did not make for this "
+                "instance is in the way; ask the hub's operator to remove it"
+            )
+            raise SpawnException(message, reason="engine", status_code=409)
 
     async def check_allowed(self, image):
         """The core checked the catalog image; the engine runs the digest start_plan chose."""

@@ -75,25 +75,27 @@ class LocalVolume:
         """Mount the volume (as root), owned by the instance's account, and link work/ to it."""
         link_work(self.home, self.mounted(account_ids(account)))
 
-    def mounted(self, owner: tuple[int, int] | None) -> Path:
+    def mounted(self, owner: tuple[int, int] | None, traversable: bool = True) -> Path:
         """The volume's root, mounted (as root) and handed to `owner` (uid, gid; None: this
-        process's own): what a home links to, or a container binds."""
+        process's own): what a home links to (its account passes through the parent
+        directory: `traversable`), or a container binds (the engine, root, alone does)."""
         self._check_exists()
         if not self.enforced():
             return self.directory
-        self._mount(owner)
+        self._mount(owner, 0o711 if traversable else 0o700)
         return self.mount
 
     def _check_exists(self) -> None:
         if not self.exists():
+            log.warning("work volume %s is missing", self.image)  # the path: operators only
             raise VolumeMissing(
-                f"the work volume is missing (expected {self.image}); "
+                "the work volume is missing on this machine; "
                 "it is not recreated empty: restore it or delete the instance"
             )
 
-    def _mount(self, owner: tuple[int, int] | None) -> None:
+    def _mount(self, owner: tuple[int, int] | None, parent_mode: int) -> None:
         self.mount.mkdir(parents=True, exist_ok=True)
-        self.mount.parent.chmod(0o711)
+        self.mount.parent.chmod(parent_mode)
         if not os.path.ismount(self.mount):
             loop_mount(self.image, self.mount)
             run(XFS_GROWFS, str(self.mount))  # take up an expansion made while stopped
