@@ -39,6 +39,7 @@ def built(image: str, spec: str, held: list[Device], ssh: bool = True) -> contai
     return containers.container(
         plan(image, spec),
         held,
+        hub="h1",
         volume="/srv/mounts/atelier-ann/lab",
         endpoint_dir="/srv/endpoints/atelier-ann/lab" if ssh else None,
         pids_limit=512,
@@ -52,6 +53,7 @@ def test_a_cpu_instance_is_a_confined_non_root_container_with_the_specs_limits()
     spec = built(CPU_IMAGE, "cpu.2u8g", [])
     assert spec.create_kwargs["user"] == "1000:1000"
     assert spec.create_kwargs["labels"] == {
+        "atelier.hub": "h1",
         "atelier.owner": "ann",
         "atelier.instance": "lab",
         "atelier.image": CPU_IMAGE,

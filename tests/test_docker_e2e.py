@@ -13,7 +13,7 @@ from conftest import BASE
 from test_contract_e2e import docker_hub, reachable_over_ssh
 
 from atelier.hub.store.store import Store
-from atelier.spawner.docker import images
+from atelier.spawner.docker import containers, images
 
 pytestmark = pytest.mark.e2e
 PIDS = 256
@@ -109,22 +109,32 @@ def test_containers_outlive_a_killed_hub_and_are_picked_up(hub, engine, bob):
 
 
 def test_atelier_run_reports_containers_it_does_not_know(hub, engine):
-    stray = engine.containers.run(
-        images.digest(engine, BASE),
-        ["sleep", "600"],
-        name="atelier-ghost--lost",
-        labels={"atelier.owner": "ghost", "atelier.instance": "lost"},
-        network_mode="none",
-        detach=True,
-    )
+    """A container of this hub's for an instance it no longer has is reported (and left to
+    the operator); another hub's on the same engine is not this hub's business."""
+    ours = containers.hub_id(str(hub.dir / "data"))
+
+    def stray(hub_id: str, owner: str):
+        labels = containers.labels(hub_id, owner, "lost")
+        return engine.containers.run(
+            images.digest(engine, BASE),
+            ["sleep", "600"],
+            name=containers.container_name(owner, "lost"),
+            labels=labels,
+            network_mode="none",
+            detach=True,
+        )
+
+    strays = [stray(ours, "ghost"), stray("another-hub", "elsewhere")]
     try:
         hub.restart()
         hub.wait_for(lambda: "ghost/lost" in hub.log_text(), 30, "the stray's report")
         line = next(line for line in hub.log_text().splitlines() if "ghost/lost" in line)
-        assert "does not know" in line and "atelier-ghost--lost" in line
-        assert engine.api.inspect_container(stray.id)["State"]["Running"]  # left to the operator
+        assert line.startswith("Atelier: 1 running for instances it does not know")
+        assert "atelier-ghost--lost" in line and "elsewhere" not in line
+        assert all(engine.api.inspect_container(s.id)["State"]["Running"] for s in strays)
     finally:
-        stray.remove(force=True)
+        for container in strays:
+            container.remove(force=True)
 
 
 def test_images_build_builds_for_the_engine_and_the_catalog_records_the_digest(hub, engine):

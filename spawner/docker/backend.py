@@ -141,16 +141,24 @@ class DockerBackend(MachineBackend):
         except docker.errors.NotFound:
             return None
         labels = found["Config"]["Labels"] or {}
-        mine = labels.get(containers.LABEL_OWNER) == owner
-        mine = mine and labels.get(containers.LABEL_INSTANCE) == instance
+        mine = containers.labels(self.hub_id, owner, instance).items() <= labels.items()
         return found if mine and found["State"]["Running"] else None
+
+    @property
+    def hub_id(self) -> str:
+        return containers.hub_id(str(self.settings.data_dir.absolute()))
+
+    def containers_labelled(self, **more: str) -> list[dict]:
+        """This hub's containers (running or not) with these labels too. Blocking."""
+        wanted = {containers.LABEL_HUB: self.hub_id, **more}
+        filters = {"label": [f"{key}={value}" for key, value in wanted.items()]}
+        return self.engine.api.containers(all=True, filters=filters)
 
     def strays(self, known: set[tuple[str, str]]) -> list[str]:
         """Atelier's containers whose instance the store no longer knows (deleted while the
         hub was down, say): `atelier run` reports them."""
-        listed = self.engine.api.containers(all=True, filters={"label": containers.LABEL_OWNER})
         found = []
-        for listing in listed:
+        for listing in self.containers_labelled():
             labels = listing["Labels"]
             owner, instance = labels[containers.LABEL_OWNER], labels.get(containers.LABEL_INSTANCE)
             if (owner, instance) not in known:
@@ -169,10 +177,7 @@ class DockerBackend(MachineBackend):
 
     # users --------------------------------------------------------------------------------
     def forget_user(self, owner: str, account: str) -> None:
-        listed = self.engine.api.containers(
-            all=True, filters={"label": f"{containers.LABEL_OWNER}={owner}"}
-        )
-        for found in listed:
+        for found in self.containers_labelled(**{containers.LABEL_OWNER: owner}):
             self.engine.api.remove_container(found["Id"], force=True)
         endpoint.remove(endpoint.endpoints_dir(self.shared_dir, account))
         accounts.remove_account_dirs(self.shared_dir, account)

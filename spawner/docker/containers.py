@@ -8,6 +8,7 @@ exhaustively as plans.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from dockerspawner import DockerSpawner
@@ -22,6 +23,7 @@ ENDPOINT_DIR = "/run/atelier-ssh"  # the instance's own directory for its SSH en
 ENV_PREFIX = "/opt/env"  # the images' Python environment
 PREFIX = "atelier"
 LABEL_OWNER, LABEL_INSTANCE, LABEL_IMAGE = "atelier.owner", "atelier.instance", "atelier.image"
+LABEL_HUB = "atelier.hub"
 # Ascend's device nodes every NPU container needs beside its davinci<N> (Ascend docker runtime)
 ASCEND_MANAGERS = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
 GB = 1024**3
@@ -34,9 +36,15 @@ def container_name(owner: str, instance: str) -> str:
     return f"{PREFIX}-{escape(owner)}--{escape(instance)}"
 
 
-def labels(owner: str, instance: str, image: str) -> dict[str, str]:
+def hub_id(data_dir: str) -> str:
+    """Which hub made a container (two hubs may share an engine): its data dir's digest."""
+    return hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+
+
+def labels(hub: str, owner: str, instance: str, image: str = "") -> dict[str, str]:
     """What `atelier run` reads to tell its containers from others, and whose they are."""
-    return {LABEL_OWNER: owner, LABEL_INSTANCE: instance, LABEL_IMAGE: image}
+    found = {LABEL_HUB: hub, LABEL_OWNER: owner, LABEL_INSTANCE: instance}
+    return {**found, LABEL_IMAGE: image} if image else found
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ def container(
     plan: core.InstancePlan,
     held: list[Device],
     *,
+    hub: str,
     volume: str,
     endpoint_dir: str | None,
     pids_limit: int,
@@ -118,7 +127,7 @@ def container(
     create_kwargs = {
         "user": f"{UID}:{GID}",
         "working_dir": HOME,
-        "labels": labels(plan.owner, plan.name, plan.image.name),
+        "labels": labels(hub, plan.owner, plan.name, plan.image.name),
     }
     return Container(
         environment=environment,

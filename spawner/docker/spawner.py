@@ -81,6 +81,10 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
         return self.store.claim_account(self.user.name)
 
     @property
+    def hub_id(self) -> str:
+        return containers.hub_id(self.data_dir)
+
+    @property
     def volume(self) -> LocalVolume:
         return LocalVolume(Path(self.shared_dir), self.account, self.name)
 
@@ -106,6 +110,7 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
         spec = containers.container(
             plan,
             self.held_devices,
+            hub=self.hub_id,
             volume=str(mounted),
             endpoint_dir=endpoint_dir,
             pids_limit=self.pids_limit,
@@ -147,9 +152,9 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
             found = self.client.inspect_container(self.object_name)
         except docker.errors.NotFound:
             return
-        mine = containers.labels(self.user.name, self.name, "")
+        mine = containers.labels(self.hub_id, self.user.name, self.name)
         labels = found["Config"]["Labels"] or {}
-        if any(labels.get(key) != value for key, value in mine.items() if value):
+        if any(labels.get(key) != value for key, value in mine.items()):
             message = (
                 f"a container named {self.object_name} that Atelier did not make for this "
                 "instance is in the way; ask the hub's operator to remove it"
