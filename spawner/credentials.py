@@ -51,3 +51,15 @@ def credentials_key(key_dir: Path) -> bytes:
 def credential(key: bytes, owner: str, instance: str) -> str:
     """What proves a connection is meant for this one instance (NUL never occurs in names)."""
     return hmac.new(key, f"{owner}\0{instance}".encode(), hashlib.sha256).hexdigest()
+
+
+def endpoint_environment(
+    data_dir: Path, gateway_key: str, owner: str, instance: str
+) -> dict[str, str]:
+    """What an instance's SSH endpoint is started with (atelier.extensions.ssh): the one
+    key it accepts, and the credential it asks of each connection."""
+    key = credentials_key(deployment_keys(Path(data_dir))[0].parent)
+    return {
+        "ATELIER_SSH_GATEWAY_KEY": gateway_key,
+        "ATELIER_SSH_CREDENTIAL": credential(key, owner, instance),
+    }

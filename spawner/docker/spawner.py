@@ -20,7 +20,7 @@ from traitlets import Int, Unicode, default
 
 from atelier.spawner import checks, core
 from atelier.spawner.base import InstanceSpawnerMixin, to_the_end
-from atelier.spawner.credentials import credential, credentials_key, deployment_keys
+from atelier.spawner.credentials import endpoint_environment
 from atelier.spawner.docker import containers, endpoint
 from atelier.spawner.local.volumes import LocalVolume
 
@@ -123,7 +123,11 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
         self.extra_host_config = literal(spec.host_config)
         self.notebook_dir = containers.HOME
         self.port = random_port()  # as LocalProcessSpawner picks one
-        self.instance_environment = {**spec.environment, **self._endpoint_environment()}
+        self.instance_environment = spec.environment
+        if self.ssh_gateway_key:
+            self.instance_environment |= endpoint_environment(
+                self.data_dir, self.ssh_gateway_key, self.user.name, self.name
+            )
         self._report(70, f"Starting JupyterLab on {plan.image.name}")
         await asyncio.to_thread(self._check_name_is_free)
         try:
@@ -135,15 +139,6 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
                 "engine; ask the hub's operator (its log says why)"
             )
             raise SpawnException(message, reason="engine", status_code=503) from None
-
-    def _endpoint_environment(self) -> dict[str, str]:
-        if not self.ssh_gateway_key:
-            return {}
-        key = credentials_key(deployment_keys(Path(self.data_dir))[0].parent)
-        return {
-            "ATELIER_SSH_GATEWAY_KEY": self.ssh_gateway_key,
-            "ATELIER_SSH_CREDENTIAL": credential(key, self.user.name, self.name),
-        }
 
     def _check_name_is_free(self) -> None:
         """DockerSpawner removes a container of the instance's name before it makes one: one

@@ -24,7 +24,7 @@ from pathlib import Path
 from jupyterhub.spawner import SpawnException
 
 from atelier.spawner.backend import EndpointRefused, EndpointUnavailable
-from atelier.spawner.credentials import credential, credentials_key, deployment_keys
+from atelier.spawner.credentials import endpoint_environment
 
 PEER_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
@@ -123,15 +123,15 @@ def passed_to(spawner, path: Path, account: str | None):
         listener = bind(path, account)
     except NotTheInstancesOwn as error:
         raise SpawnException(f"SSH endpoint: {error}", reason="ssh") from None
-    key = credentials_key(deployment_keys(Path(spawner.data_dir))[0].parent)
     popen_kwargs = spawner.popen_kwargs
     with listener:
         spawner.popen_kwargs = {**popen_kwargs, "pass_fds": (listener.fileno(),)}
         try:
             yield {
                 "ATELIER_SSH_FD": str(listener.fileno()),
-                "ATELIER_SSH_GATEWAY_KEY": spawner.ssh_gateway_key,
-                "ATELIER_SSH_CREDENTIAL": credential(key, spawner.user.name, spawner.name),
+                **endpoint_environment(
+                    spawner.data_dir, spawner.ssh_gateway_key, spawner.user.name, spawner.name
+                ),
             }
         finally:
             spawner.popen_kwargs = popen_kwargs
