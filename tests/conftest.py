@@ -23,6 +23,7 @@ from atelier.hub.store.records import AccountRecord
 from atelier.hub.store.store import Store
 from atelier.spawner.local.envs import build_env
 
+pytest_plugins = ["dockerhub"]  # the Docker modules' fixtures: engine, alice, bob
 ROOT = Path(__file__).resolve().parents[1]
 # Instances run as per-user accounts: their files must live where those accounts can reach.
 WORK = Path(os.environ.get("ATELIER_TEST_DIR", "/var/tmp/atelier-tests"))

@@ -8,7 +8,6 @@ reused. ATELIER_CONTRACT_BACKENDS=test (comma-separated) runs a subset.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pwd
@@ -18,7 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import BASE, FAKE_GPU, ROOT, Hub, environ_of, owner_of, uid_of
-from test_ssh_e2e import Client
+from dockerhub import docker_hub
+from test_ssh_e2e import reachable_over_ssh
 
 pytestmark = pytest.mark.e2e
 BACKENDS_DIR = ROOT / "tests" / "backends"
@@ -46,22 +46,6 @@ def unmount_below(directory: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(f"{directory}/")), reverse=True):
         subprocess.run(["/usr/bin/umount", "--lazy", mount], capture_output=True)
-
-
-class DockerHub(Hub):
-    """A hub on the Docker backend, on the tests' own engine (`docker_engine`)."""
-
-    def lab_pid(self, user: str, name: str) -> int:
-        container = self.servers(user)[name]["state"]["object_id"]
-        with contextlib.closing(self.engine.client()) as client:
-            return client.api.inspect_container(container)["State"]["Pid"]
-
-
-def docker_hub(envs_dir, engine, **overrides) -> DockerHub:
-    """A hub on `engine`, whose images `docker_images` built."""
-    DockerHub.engine = engine
-    DockerHub.environment = {"DOCKER_HOST": engine.url}
-    return DockerHub(envs_dir, backend="docker", **overrides)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -182,24 +166,6 @@ def test_bad_requests_answer_400_and_change_nothing(hub, name, body, message):
 
 
 # one running instance: SSH, its volume, a hub restart -------------------------------------------
-
-
-def reachable_over_ssh(hub, user: str, name: str, directory: Path) -> dict:
-    """`user`'s new instance `name` (a 1 GB volume), running, reachable over SSH with a key."""
-    token = hub.add_user(user)
-    client = Client(hub, directory, "laptop")
-    key = hub.atelier(
-        "POST", "/keypairs", token, json={"name": "laptop", "public_key": client.public}
-    )
-    assert key.status_code == 201, key.text
-    body = {"name": name, "image": BASE, "spec": "cpu.2u4g", "volume_gb": 1}
-    created = hub.atelier("POST", "/instances", token, json=body)
-    assert created.status_code == 201, created.text
-    assert created.json()["status"] == "running"
-    access = {"enabled": True, "keypairs": [key.json()["id"]], "allowed_cidrs": ["127.0.0.0/8"]}
-    changed = hub.atelier("PATCH", f"/instances/{user}/{name}", token, json={"ssh": access})
-    assert changed.status_code == 200, changed.text
-    return {"token": token, "client": client, "directory": directory}
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 from conftest import BASE
-from test_contract_e2e import docker_hub, reachable_over_ssh
+from dockerhub import container_of, docker_hub
 
 from atelier.spawner.docker import containers, images
 
@@ -36,22 +36,6 @@ def hub(envs_dir, docker_engine, docker_images):
     hub = docker_hub(envs_dir, docker_engine)
     yield hub
     hub.stop()
-
-
-@pytest.fixture(scope="module")
-def engine(docker_engine):
-    with contextlib.closing(docker_engine.client()) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def alice(hub, tmp_path_factory):
-    return reachable_over_ssh(hub, "alice", "box", tmp_path_factory.mktemp("alice"))
-
-
-@pytest.fixture(scope="module")
-def bob(hub, tmp_path_factory):
-    return reachable_over_ssh(hub, "bob", "box", tmp_path_factory.mktemp("bob"))
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +56,6 @@ def py(who: dict, code: str) -> subprocess.CompletedProcess:
 
 def user_of(fixture: dict, name: str) -> dict:
     return {**fixture, "user": name}
-
-
-def container_of(hub, engine, user: str, name: str) -> dict:
-    return engine.api.inspect_container(hub.servers(user)[name]["state"]["object_id"])
 
 
 def swap_endpoint(who: dict, make: str) -> None:

@@ -5,12 +5,11 @@ containers it does not know, and `atelier images build` builds for the engine.""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import requests
 from conftest import BASE
-from test_contract_e2e import docker_hub, reachable_over_ssh
+from dockerhub import container_of, docker_hub
+from test_ssh_e2e import reachable_over_ssh
 
 from atelier.hub.store.store import Store
 from atelier.spawner.docker import containers, images
@@ -25,26 +24,6 @@ def hub(envs_dir, docker_engine, docker_images):
     hub = docker_hub(envs_dir, docker_engine, backend_options={"pids_limit": PIDS})
     yield hub
     hub.stop()
-
-
-@pytest.fixture(scope="module")
-def engine(docker_engine):
-    with contextlib.closing(docker_engine.client()) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def alice(hub, tmp_path_factory):
-    return reachable_over_ssh(hub, "alice", "box", tmp_path_factory.mktemp("alice"))
-
-
-@pytest.fixture(scope="module")
-def bob(hub, tmp_path_factory):
-    return reachable_over_ssh(hub, "bob", "box", tmp_path_factory.mktemp("bob"))
-
-
-def container_of(hub, engine, user: str, name: str) -> dict:
-    return engine.api.inspect_container(hub.servers(user)[name]["state"]["object_id"])
 
 
 def test_the_container_is_confined_as_planned(hub, engine, alice):

@@ -62,6 +62,24 @@ class Client:
         return self.tunnel(login, "-L", f"{local}:127.0.0.1:{remote}")
 
 
+def reachable_over_ssh(hub, user: str, name: str, directory: Path) -> dict:
+    """`user`'s new instance `name` (a 1 GB volume), running, reachable over SSH with a key."""
+    token = hub.add_user(user)
+    client = Client(hub, directory, "laptop")
+    key = hub.atelier(
+        "POST", "/keypairs", token, json={"name": "laptop", "public_key": client.public}
+    )
+    assert key.status_code == 201, key.text
+    body = {"name": name, "image": BASE, "spec": "cpu.2u4g", "volume_gb": 1}
+    created = hub.atelier("POST", "/instances", token, json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "running"
+    access = {"enabled": True, "keypairs": [key.json()["id"]], "allowed_cidrs": ["127.0.0.0/8"]}
+    changed = hub.atelier("PATCH", f"/instances/{user}/{name}", token, json={"ssh": access})
+    assert changed.status_code == 200, changed.text
+    return {"token": token, "client": client, "directory": directory}
+
+
 @pytest.fixture(scope="module")
 def setup(hub, tmp_path_factory):
     directory = tmp_path_factory.mktemp("ssh")
