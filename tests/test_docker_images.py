@@ -48,8 +48,8 @@ def test_every_dockerfile_has_the_extension_sdk_sshd_and_jovyan(name):
     assert "pip install --no-cache-dir --find-links /tmp/wheels -r /tmp/requirements.txt" in text
     # PyPI and the wheels Atelier brings; a CUDA build also PyTorch's index of its CUDA
     cuda = re.search(r"-cuda_(\d+)\.(\d+)-", name)
-    extra = [f"--extra-index-url https://download.pytorch.org/whl/cu{''.join(cuda.groups())}"]
-    assert re.findall(r"--extra-index-url \S+", text) == (extra if cuda else [])
+    index = f"https://download.pytorch.org/whl/cu{''.join(cuda.groups())}" if cuda else None
+    assert re.findall(r"--extra-index-url (\S+)", text) == ([index] if cuda else [])
     assert re.search(r"^USER 1000$", text, re.M)
     assert text.rstrip().endswith('WORKDIR /home/jovyan\nCMD ["jupyterhub-singleuser"]')
     if images.base_of(name) is None:  # made here, not inherited
