@@ -5,11 +5,13 @@ containers it does not know, and `atelier images build` builds for the engine.""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import requests
-from conftest import BASE
+from conftest import BASE, environ_of, free_port
 from dockerhub import container_of, docker_hub
-from test_ssh_e2e import reachable_over_ssh
+from test_ssh_e2e import reachable_over_ssh, wait_for_port
 
 from atelier.hub.store.store import Store
 from atelier.spawner.docker import containers, images
@@ -148,3 +150,31 @@ def test_notebook_code_in_the_container_reaches_the_atelier_api(alice):
     code = "from atelier.sdk import Client; print([i['name'] for i in Client().instances()])"
     listed = alice["client"].ssh("alice+box", f'python -c "{code}"')
     assert (listed.returncode, listed.stdout) == (0, "['box']\n"), listed.stderr
+
+
+def test_sftp_and_local_forwarding_reach_the_container(hub, alice):
+    """What VS Code and PyCharm use besides a shell: SFTP into work/, and `ssh -L` to a
+    port inside the instance (its own JupyterLab)."""
+    client, directory = alice["client"], alice["directory"]
+    (directory / "notes.txt").write_text("sftp works\n")
+    batch = directory / "batch"
+    batch.write_text(f"put {directory}/notes.txt work/\nget work/notes.txt {directory}/b\n")
+    login = ["-P", str(hub.ssh_port), "-b", str(batch), "alice+box@127.0.0.1"]
+    sftp = subprocess.run(
+        ["sftp", *client.options(), *login],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sftp.returncode == 0, sftp.stderr
+    assert (directory / "b").read_text() == "sftp works\n"
+
+    lab = environ_of(hub.lab_pid("alice", "box"))["JUPYTERHUB_SERVICE_URL"]
+    local, remote = free_port(), int(lab.rsplit(":", 1)[1].split("/", 1)[0])
+    tunnel = client.forward("alice+box", local, remote)
+    try:
+        wait_for_port(local)
+        status = requests.get(f"http://127.0.0.1:{local}/user/alice/box/api", timeout=30)
+        assert status.status_code == 200 and "version" in status.json()
+    finally:
+        tunnel.kill()
