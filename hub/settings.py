@@ -95,6 +95,10 @@ class LimitsConfig(Strict):
         10, ge=1, le=4096, description="each instance's disk outside work/, reset at every start"
     )
     keypairs_per_user: int = Field(20, ge=1, le=1000)
+    snapshot_size_gb: float = Field(
+        35, gt=0, le=100_000, description="the largest image 'save as image' makes"
+    )
+    snapshot_layers: int = Field(125, ge=1, le=1000, description="the most layers it may have")
 
     def to_limits(self) -> core.Limits:
         return core.Limits(**self.model_dump())

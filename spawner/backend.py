@@ -12,9 +12,9 @@ A backend is registered the way JupyterHub registers spawners, as an entry point
 its `Options` model. Its spawner subclasses `InstanceSpawnerMixin` (atelier.spawner.base),
 which holds what every backend's spawner shares.
 
-Planned seats (next issues), each an addition to this class: `save_image(plan)` for
-snapshots, `run_job(plan)` for training jobs, `run_model_server(plan)` for deployments;
-`Capabilities` says which a backend has.
+"Save as image" is the snapshot seat (`measure_snapshot`, `save_image`, `delete_saved_image`,
+`sweep_saved_images`); a backend without it refuses saves. Planned seats (next issues):
+`run_job(plan)` for training jobs, `run_model_server(plan)` for deployments.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from atelier.hub.store.store import Store
 
 GROUP = "atelier.backends"
+Progress = Callable[[str, int, int], None]  # (phase, done bytes, total bytes)
 
 
 class EndpointUnavailable(Exception):
@@ -132,6 +133,30 @@ class Backend(ABC):
         """Realise `image` (an environment, an OCI image), reporting each step to `log`, and
         return its content digest where it has one (the catalog records it; instances start
         from exactly that); raises RuntimeError and keeps nothing when it fails. Blocking."""
+
+    # snapshots (save as image) ------------------------------------------------------------
+    def measure_snapshot(self, plan: core.SnapshotPlan) -> tuple[int, int]:
+        """The bytes and layers the saved image would have, measured without copying
+        anything: the limits are checked on them before any work. Blocking."""
+        raise core.OptionsError(
+            "instance", f"the {self.name} backend cannot save instances as images", "unavailable"
+        )
+
+    def save_image(self, plan: core.SnapshotPlan, progress: Progress) -> str:
+        """Save the running instance as `plan.image`, reporting `progress(phase, done_bytes,
+        total_bytes)`; return its content digest ("sha256:..."), which the catalog records
+        and every start from it checks. Raises RuntimeError or OSError, keeping nothing,
+        when it fails. Blocking."""
+        raise NotImplementedError
+
+    def delete_saved_image(self, image: core.Image) -> None:
+        """Remove a snapshot's content (instances running from it keep running). Blocking."""
+        return
+
+    def sweep_saved_images(self, known: set[str]) -> None:
+        """Remove snapshot content whose digest the catalog does not know (`known`): what a
+        save cut off by a crash left. Called as the service starts, before any save. Blocking."""
+        return
 
     # volumes ----------------------------------------------------------------------------
     @abstractmethod

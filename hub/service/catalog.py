@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 from atelier.hub.service.base import APIError, BaseHandler, Caller, not_found
 from atelier.hub.service.routes import NAME, visible_images
+from atelier.hub.service.snapshots import SAVE_SCOPE
 from atelier.hub.store.store import IMAGE_FIELDS, SPEC_FIELDS, CatalogError
 from atelier.spawner import core
 from atelier.spawner.core.audit import Action
@@ -59,7 +61,25 @@ class ImagesHandler(CatalogBase):
         self.reply(core.image_json(image), 201)
 
 
+SNAPSHOT_OWNER_FIELDS = ("display_name", "description", "visibility", "workspace")
+
+
 class ImageHandler(CatalogBase):
+    """One image; a snapshot's owner may describe, share (with one of their workspaces) and
+    delete it with the save scope, and only an admin may publish it."""
+
+    async def owned_snapshot(self, name: str) -> tuple[Caller, core.Image | None]:
+        """The caller, and the snapshot of theirs named `name` when they act as its owner
+        (None: they act as an admin)."""
+        caller = self.caller
+        if caller.may("custom:atelier:images:admin"):
+            return caller, None
+        caller = self.require(SAVE_SCOPE)
+        image = {i.name: i for i in self.catalog_images()}.get(name)
+        if image is None or image.base is None or image.owner != caller.name:
+            raise not_found(f"image {name!r} of yours")
+        return caller, image
+
     async def get(self, name):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
@@ -70,8 +90,10 @@ class ImageHandler(CatalogBase):
         self.reply(core.image_json(image))
 
     async def patch(self, name):
-        caller = self.require("custom:atelier:images:admin")
-        body = self.body(IMAGE_FIELDS)
+        caller, snapshot = await self.owned_snapshot(name)
+        body = self.body(IMAGE_FIELDS if snapshot is None else SNAPSHOT_OWNER_FIELDS)
+        if snapshot is not None:
+            await self.check_sharing(caller, body)
         if "accelerator_types" in body:
             body["accelerator_types"] = tuple(body["accelerator_types"] or ())
         await self.check_owner(body)
@@ -80,11 +102,22 @@ class ImageHandler(CatalogBase):
         )
         self.reply(core.image_json(image))
 
-    def delete(self, name):
-        caller = self.require("custom:atelier:images:admin")
+    async def check_sharing(self, caller: Caller, body: dict) -> None:
+        """An owner keeps a snapshot private or shares it with a workspace they are in."""
+        if body.get("visibility", "private") not in ("private", "shared"):
+            raise APIError(403, "forbidden", "only an admin publishes an image", "visibility")
+        workspace = body.get("workspace")
+        if workspace is not None and workspace not in await self.workspaces_of(caller):
+            raise APIError(404, "not_found", f"no workspace {workspace!r} of yours", "workspace")
+
+    async def delete(self, name):
+        caller, _ = await self.owned_snapshot(name)
+        image = {i.name: i for i in self.catalog_images()}.get(name)
         self.catalog_change(
             caller, Action.DELETE_IMAGE, name, lambda: self.context.store.delete_image(name)
         )
+        if image is not None and image.base is not None:  # its content goes with it
+            await asyncio.to_thread(self.context.backend.delete_saved_image, image)
         self.set_status(204)
         self.finish()
 
@@ -183,7 +216,7 @@ class AuditHandler(BaseHandler):
 
 ROUTES = [
     ("/images", ImagesHandler),
-    (f"/images/{NAME}", ImageHandler),
+    (r"/images/([^/]+(?:/[^/]+)?)", ImageHandler),  # a snapshot's: <owner>/<name>
     ("/specs", SpecsHandler),
     (f"/specs/{NAME}", SpecHandler),
     ("/audit", AuditHandler),

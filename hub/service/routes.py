@@ -81,9 +81,14 @@ class InstanceBase(BaseHandler):
         record = self.instance_records(owner).get(name)
         return {
             **instance_json(owner, name, servers[name], record),
+            "saving": self.saving().get(f"{owner}/{name}"),
             "volume": self.volume(owner, name),
             "ssh": self.ssh(owner, name),
         }
+
+    def saving(self) -> dict[str, dict]:
+        """The save in progress of each instance being saved (its operation)."""
+        return self.recent.get("saving", self.context.store.running_operations)
 
     def ssh(self, owner: str, name: str) -> dict | None:
         """The instance's SSH settings and how to connect; None where the gateway is off."""
@@ -140,10 +145,13 @@ class InstancesHandler(InstanceBase):
         else:
             owner = owner or caller.name
             servers_by_owner = {owner: await self.owned_servers(caller, owner)}
-        instances = []
+        instances, saving = [], self.saving()
         for owner, servers in servers_by_owner.items():
             records = self.instance_records(owner)
-            instances += [instance_json(owner, n, s, records.get(n)) for n, s in servers.items()]
+            instances += [
+                {**instance_json(owner, n, s, records.get(n)), "saving": saving.get(f"{owner}/{n}")}
+                for n, s in servers.items()
+            ]
         self.reply({"instances": sorted(instances, key=lambda i: (i["owner"], i["name"]))})
 
     async def post(self):

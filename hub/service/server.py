@@ -14,7 +14,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
 
 from atelier.hub.context import Context
-from atelier.hub.service import catalog
+from atelier.hub.service import catalog, snapshots
 from atelier.hub.service.base import (
     AUTH_CACHE_SECONDS,
     READ_LIMIT_BYTES,
@@ -40,6 +40,7 @@ def all_routes() -> list[tuple[str, type]]:
     return [
         *ROUTES,
         *catalog.ROUTES,
+        *snapshots.ROUTES,
         ("/workspaces", WorkspacesHandler),
         (f"/workspaces/{NAME}", WorkspaceHandler),
         ("/keypairs", KeyPairsHandler),
@@ -47,7 +48,7 @@ def all_routes() -> list[tuple[str, type]]:
     ]
 
 
-def make_app(context: Context, hub: HubClient) -> web.Application:
+def make_app(context: Context, hub: HubClient, saves: snapshots.Saves) -> web.Application:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE}/").rstrip("/")
     handlers = [(prefix + "/api/v1" + path, handler) for path, handler in all_routes()]
     handlers += [
@@ -60,6 +61,7 @@ def make_app(context: Context, hub: HubClient) -> web.Application:
         handlers,
         context=context,
         hub=hub,
+        saves=saves,
         prefix=prefix,
         recent=Recent(1.0),
         cookie_secret=os.urandom(32),
@@ -72,7 +74,9 @@ def main() -> None:
         hub = HubClient(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
         url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
         HubOAuth.instance(cache_max_age=AUTH_CACHE_SECONDS)  # JupyterHub's default: 5 minutes
-        make_app(context, hub).listen(url.port, url.hostname, max_body_size=READ_LIMIT_BYTES)
+        saves = snapshots.Saves(context)
+        await asyncio.to_thread(saves.recover)
+        make_app(context, hub, saves).listen(url.port, url.hostname, max_body_size=READ_LIMIT_BYTES)
         gc.freeze()  # start-up's objects live as long as the service: keep them out of GC scans
         retention = timedelta(days=context.settings.audit_retention_days)
         while True:

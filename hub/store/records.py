@@ -7,11 +7,12 @@ from pathlib import Path
 
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from atelier.hub import ssh
 from atelier.spawner import core
+from atelier.spawner.core.snapshots import percent
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -41,6 +42,7 @@ class ImageRecord(Base):
     workspace: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     digest: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    base: Mapped[str | None] = mapped_column(String(255), nullable=True)  # a snapshot's
 
     def to_image(self) -> core.Image:
         return core.Image(
@@ -54,6 +56,7 @@ class ImageRecord(Base):
             self.workspace,
             self.owner,
             self.digest,
+            self.base,
         )
 
 
@@ -145,6 +148,41 @@ class WorkspaceRecord(Base):
             "name": self.name,
             "max_instances": self.max_instances,
             "created": as_utc(self.created).isoformat(),
+        }
+
+
+class OperationRecord(Base):
+    """A long action a caller follows (saving an image): its phase, progress and result."""
+
+    __tablename__ = "operations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # the audit action: saveImage
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    resource: Mapped[str] = mapped_column(String(512), index=True)  # what it acts on: alice/lab
+    target: Mapped[str] = mapped_column(String(512))  # what it makes: alice/my-env
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    phase: Mapped[str] = mapped_column(String(32), default="measuring")
+    done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "owner": self.owner,
+            "resource": self.resource,
+            "target": self.target,
+            "status": self.status,
+            "phase": self.phase,
+            "done_bytes": self.done_bytes,
+            "total_bytes": self.total_bytes,
+            "percent": percent(self.done_bytes, self.total_bytes, self.status),
+            "reason": self.reason,
+            "created": as_utc(self.created).isoformat(),
+            "updated": as_utc(self.updated).isoformat(),
         }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from atelier.hub import ssh
 from atelier.hub.store.auditlog import AuditLog
 from atelier.hub.store.lookup import CatalogError, get_named
+from atelier.hub.store.operations import OperationQueries
 from atelier.hub.store.people import PeopleQueries
 from atelier.hub.store.records import (
     AccountRecord,
@@ -54,7 +55,7 @@ IMAGE_FIELDS = (
 SPEC_FIELDS = ("display_name", "disabled")
 
 
-class Store(PeopleQueries, AuditLog):
+class Store(PeopleQueries, OperationQueries, AuditLog):
     def __init__(self, url: str):
         self.engine = create_engine(url)
         if url.startswith("sqlite"):
@@ -351,7 +352,7 @@ def _image_dict(image: core.Image) -> dict:
     """An image's fields; its digest is recorded by builds (`record_digest`), never set by
     a request (not in IMAGE_FIELDS)."""
     fields = {key: getattr(image, key) for key in IMAGE_FIELDS}
-    return {"name": image.name, **fields, "digest": image.digest}
+    return {"name": image.name, **fields, "digest": image.digest, "base": image.base}
 
 
 def _image_record(image: core.Image) -> ImageRecord:
@@ -360,7 +361,8 @@ def _image_record(image: core.Image) -> ImageRecord:
 
 def _check_image(image: core.Image, existing: list[core.Image], workspaces: set[str]) -> None:
     try:
-        core.validate_image_name(image.name)
+        if image.base is None:  # a snapshot's name is its owner's and theirs (plan_snapshot)
+            core.validate_image_name(image.name)
     except core.OptionsError as error:
         raise CatalogError("name", error.message) from None
     if image.status not in core.IMAGE_STATUSES:
@@ -369,8 +371,8 @@ def _check_image(image: core.Image, existing: list[core.Image], workspaces: set[
         raise CatalogError("visibility", f"must be one of {', '.join(core.IMAGE_VISIBILITIES)}")
     if (image.visibility == "shared") != (image.workspace is not None):
         raise CatalogError("workspace", "a shared image names its workspace; others none")
-    if (image.visibility == "private") != (image.owner is not None):
-        raise CatalogError("owner", "a private image names its owner; others none")
+    if (image.visibility == "private" or image.base is not None) != (image.owner is not None):
+        raise CatalogError("owner", "a private image or a snapshot names its owner; others none")
     if image.workspace is not None and image.workspace not in workspaces:
         raise CatalogError("workspace", f"no workspace named {image.workspace!r}")
     names = {other.name for other in existing}

@@ -1,5 +1,5 @@
 """The backend-neutral core: catalog words, option validation, volume rules, the instance
-plan, refusals and audit actions.
+plan, snapshots, refusals and audit actions.
 
 Everything here is pure: values in, values (or an `OptionsError`) out, no I/O and no
 JupyterHub import. Backends realise an `InstancePlan`; the hub's API and form call the same
@@ -52,6 +52,15 @@ from atelier.spawner.core.instances import (
 from atelier.spawner.core.limits import (
     Limits,
 )
+from atelier.spawner.core.snapshots import (
+    OPERATION_STATUSES,
+    SNAPSHOT_FIELDS,
+    SNAPSHOT_NAME,
+    SnapshotPlan,
+    check_snapshot_size,
+    plan_snapshot,
+    snapshot_name,
+)
 from atelier.spawner.core.volumes import (
     VolumeUnavailable,
     check_expand,
@@ -102,4 +111,11 @@ __all__ = [
     "check_change",
     "plan_instance",
     "autostop_at",
+    "OPERATION_STATUSES",
+    "SNAPSHOT_FIELDS",
+    "SNAPSHOT_NAME",
+    "SnapshotPlan",
+    "check_snapshot_size",
+    "plan_snapshot",
+    "snapshot_name",
 ]

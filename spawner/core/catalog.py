@@ -42,12 +42,15 @@ class Image:
     workspace: str | None = None
     owner: str | None = None  # of a private image
     digest: str | None = None  # what the backend built it as (an OCI image's), recorded
+    base: str | None = None  # a snapshot's: the catalog image it was saved from, at the root
 
     @functools.cached_property
     def parts(self) -> dict[str, str]:
-        match = IMAGE_NAME.match(self.name)
+        """From the name, or a snapshot's base: it keeps its base's flavor, engine and arch."""
+        named = self.base or self.name
+        match = IMAGE_NAME.match(named)
         if match is None:
-            raise OptionsError("name", f"{self.name!r} does not follow {IMAGE_NAME_FORMAT}")
+            raise OptionsError("name", f"{named!r} does not follow {IMAGE_NAME_FORMAT}")
         return match.groupdict()
 
     @property
@@ -68,10 +71,12 @@ class Image:
         return self.display_name or self.name
 
     def visible_to(self, user: str, workspaces: frozenset[str]) -> bool:
-        """Public images; shared images to members of their workspace; private ones to
-        their owner."""
+        """Public images; shared images to members of their workspace; private ones (and
+        snapshots, wherever they are shared) to their owner."""
+        if self.owner == user:
+            return True
         if self.visibility == "private":
-            return self.owner == user
+            return False
         return self.visibility == "public" or self.workspace in workspaces
 
 
@@ -134,6 +139,7 @@ def image_json(image: Image) -> dict:
         "workspace": image.workspace,
         "owner": image.owner,
         "digest": image.digest,
+        "base": image.base,
     }
 
 
@@ -212,9 +218,11 @@ class Catalog:
         ]
 
     def offered_images(self) -> list[Image]:
-        """Images the create form offers: active and runnable here, realised already."""
+        """Images the create form offers: active and runnable here, realised already (a
+        snapshot: its base; its own content is checked against its digest when it starts)."""
         return [
             image
             for image in self.runnable_images()
-            if image.status == "active" and (self.realised is None or image.name in self.realised)
+            if image.status == "active"
+            and (self.realised is None or (image.base or image.name) in self.realised)
         ]

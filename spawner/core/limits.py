@@ -20,3 +20,5 @@ class Limits:
     volume_quota_gb: int = 200  # all of one user's volumes together
     ephemeral_storage_gb: int = 10  # each instance's disk outside work/, reset at every start
     keypairs_per_user: int = 20
+    snapshot_size_gb: float = 35  # the largest image "save as image" makes (ModelArts' limit)
+    snapshot_layers: int = 125  # the most layers it may have (OCI engines' practical limit)
