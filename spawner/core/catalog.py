@@ -218,11 +218,14 @@ class Catalog:
         ]
 
     def offered_images(self) -> list[Image]:
-        """Images the create form offers: active and runnable here, realised already (a
-        snapshot: its base; its own content is checked against its digest when it starts)."""
+        """Images the create form offers: active and runnable here, realised already."""
         return [
             image
             for image in self.runnable_images()
-            if image.status == "active"
-            and (self.realised is None or (image.base or image.name) in self.realised)
+            if image.status == "active" and self.is_realised(image)
         ]
+
+    def is_realised(self, image: Image) -> bool:
+        """Ready to start here; a snapshot when its base is (its own content is checked
+        against its digest as it starts)."""
+        return self.realised is None or (image.base or image.name) in self.realised

@@ -176,7 +176,7 @@ def choose(
         )
     if catalog.arch is not None and image.arch != catalog.arch:
         raise OptionsError("image", f"image {image.name} is built for {image.arch}, not here")
-    if catalog.realised is not None and image.name not in catalog.realised:
+    if not catalog.is_realised(image):
         raise OptionsError(
             "image",
             f"image {image.name} is not available on this hub yet; ask the admin to build it",

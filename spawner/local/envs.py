@@ -129,6 +129,18 @@ def install_extension(env: Path) -> None:
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
+    see_user_site(env)
     config_dir = env / "etc" / "jupyter" / "jupyter_server_config.d"
     config_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(EXTENSION_DIR / "atelier.json", config_dir / "atelier.json")
+
+
+def see_user_site(env: Path) -> None:
+    """The environment is root's: what a user installs goes to ~/.local (`pip install`
+    falls back to it, `pip install --user` asks for it), which pip and Python use only in an
+    environment that includes the system's site-packages. Those are the machine's Python
+    packages, after the image's own on the path, as an OS image's would be."""
+    config = env / "pyvenv.cfg"
+    lines = config.read_text().splitlines()
+    kept = [line for line in lines if not line.startswith("include-system-site-packages")]
+    config.write_text("\n".join([*kept, "include-system-site-packages = true"]) + "\n")

@@ -15,13 +15,13 @@ import platform
 import shutil
 from pathlib import Path
 
-from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
 from traitlets import Bool, Unicode, default
 
-from atelier.spawner import core
+from atelier.spawner import checks, core
 from atelier.spawner.base import InstanceSpawnerMixin, to_the_end
 from atelier.spawner.devices import Device, visible_devices_environment
-from atelier.spawner.local import accounts, cgroups, seccomp, sshendpoint
+from atelier.spawner.local import accounts, cgroups, seccomp, snapshots, sshendpoint
 from atelier.spawner.local.envs import env_python_bin
 from atelier.spawner.local.homes import InstanceHome
 from atelier.spawner.local.volumes import LocalVolume
@@ -86,6 +86,8 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         size_gb = self.context.limits.ephemeral_storage_gb
         with self.host_filesystem("home"):
             await to_the_end(self.instance_home.reset, size_gb, owner)
+        if plan.image.base is not None:
+            await self._restore_snapshot(plan.image, owner)
         self._report(55, "Attaching the work volume")
         with self.host_filesystem("work volume"):
             await self.make_volume(self.volume.create)
@@ -93,19 +95,35 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
         await to_the_end(self._create_cgroups, plan, self.held_devices)
 
         self._report(70, f"Starting JupyterLab on {plan.image.name}")
-        bin_dir = env_python_bin(Path(self.envs_dir), plan.image.name)
+        bin_dir = env_python_bin(Path(self.envs_dir), plan.image.base or plan.image.name)
         self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
         self.notebook_dir = str(self.home)
         with sshendpoint.passed_to(self, self.ssh_socket, owner) as ssh_environment:
             self.instance_environment = {
                 **plan.environment,
                 **visible_devices_environment(self.held_devices),
-                "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                "PATH": f"{self.home}/.local/bin:{bin_dir}:/usr/local/bin:/usr/bin:/bin",
                 "VIRTUAL_ENV": str(bin_dir.parent),
                 "SHELL": "/bin/bash",
                 **ssh_environment,
             }
             return await LocalProcessSpawner.start(self)
+
+    async def _restore_snapshot(self, image: core.Image, owner: str | None) -> None:
+        """A snapshot's home, checked against its digest before it is unpacked."""
+        self._report(50, f"Restoring what {image.name} keeps")
+        try:
+            directory = snapshots.snapshots_dir(Path(self.data_dir))
+            await to_the_end(snapshots.restore, image, directory, self.home, owner)
+        except core.OptionsError as error:
+            raise checks.Refused(error, reason="image") from None
+        except (OSError, RuntimeError) as error:
+            self.log.error("%s: restoring %s failed: %s", self._log_name, image.name, error)
+            raise SpawnException(
+                f"the content of {image.name} could not be restored; ask the hub's operator",
+                reason="image",
+                status_code=503,
+            ) from None
 
     async def delete_instance(self) -> bool:
         made = self.volume.exists()
