@@ -5,6 +5,7 @@ work, and a hub killed mid-save leaves no half image and no data behind."""
 
 import base64
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -32,16 +33,20 @@ plugin.write_text('{"name": "test"}')
 with open(home / ".bashrc", "a") as rc:
     rc.write("export SAVED_SETTING=kept\\n")
 (home / "work" / "data.txt").write_text("the volume's")
+(home / "shadow").symlink_to("/etc/shadow")  # saved as a link: never read as root
 print("installed")
 """
 LOOK = """
-import pathlib, importlib.util
+import os, pathlib
 home = pathlib.Path.home()
+plugin_owner = (home / ".vscode-server/extensions/atelier.test/package.json").stat().st_uid
 import tinyplain, tinyuser
 print(tinyplain.VALUE, tinyuser.VALUE)
 print((home / ".vscode-server/extensions/atelier.test/package.json").read_text())
 print("SAVED_SETTING=kept" in (home / ".bashrc").read_text())
 print((home / "work" / "data.txt").exists())
+shadow = home / "shadow"
+print(os.readlink(shadow), os.access(shadow, os.R_OK), plugin_owner == os.getuid())
 """
 
 
@@ -119,7 +124,10 @@ def test_a_new_instance_from_the_snapshot_has_what_the_user_installed_not_their_
         '{"name": "test"}',
         "True",
         "False",  # the work volume stays the first instance's
+        "/etc/shadow False True",  # unpacked as alice: a link she cannot follow
     ]
+    secret = Path("/etc/shadow").read_bytes().splitlines()[0]
+    assert secret not in layer.read_bytes()  # tar ran as alice: /etc/shadow was never read
     events = hub.atelier("GET", "/audit?action=saveImage", alice).json()["events"]
     assert [(e["resource"], e["result"]) for e in events] == [("alice/my-env", "success")]
 
