@@ -39,8 +39,8 @@ class Refused(SpawnException):
     beside it. JupyterHub's exception for refused options, so a refusal by the spawner
     (its last check) reaches the hub's handlers in the same shape as theirs."""
 
-    def __init__(self, error: core.OptionsError, reason: str = "options"):
-        super().__init__(str(error), reason=reason, status_code=400)
+    def __init__(self, error: core.OptionsError, reason: str = "options", status_code: int = 400):
+        super().__init__(str(error), reason=reason, status_code=status_code)
         self.error = error
 
 

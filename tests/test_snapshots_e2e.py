@@ -189,7 +189,9 @@ def test_a_changed_or_missing_layer_is_refused_at_start_and_nothing_starts(hub, 
     assert hash_file(layer) == digest
 
 
-def test_limits_are_checked_before_any_work_and_a_killed_hub_leaves_nothing(hub, alice, saved):
+def test_a_hub_killed_mid_save_leaves_nothing_and_limits_are_checked_before_any_work(
+    hub, alice, saved
+):
     before = layers(hub)
     big = "import os; f = open(os.path.expanduser('~/big'), 'wb'); f.truncate(3 << 30)"
     run_in(hub, "alice", "src", alice, big)  # 3 GB of zeros, read in full by the save
@@ -200,6 +202,9 @@ def test_limits_are_checked_before_any_work_and_a_killed_hub_leaves_nothing(hub,
         return now["done_bytes"] > 0 or now["status"] != "running"
 
     hub.wait_for(saving, 30, "the save to start copying")
+    stop = hub.atelier("POST", "/instances/alice/src/stop", alice)
+    assert stop.status_code == 409, stop.text  # not while its home is being saved
+    assert "is being saved" in stop.json()["error"]["message"]
     hub.restart(kill=True)
     operation = hub.atelier("GET", f"/operations/{started['id']}", alice).json()
     assert operation["status"] == "failed"
@@ -233,5 +238,9 @@ def test_its_owner_deletes_it_and_its_layer_goes_with_it(hub, alice, saved):
     assert hub.atelier("DELETE", "/images/alice/my-env", alice).status_code == 204
     assert not layer_path(snapshots_dir(hub.dir / "data"), digest).exists()
     assert hub.atelier("GET", "/instances/alice/copy", alice).json()["status"] == "running"
+    assert hub.atelier("POST", "/instances/alice/copy/stop", alice).ok
+    restart = hub.atelier("POST", "/instances/alice/copy/start", alice)
+    assert restart.status_code == 400  # until its owner gives it another image
+    assert restart.json()["error"]["field"] == "image"
     events = hub.atelier("GET", "/audit?action=deleteImage", alice).json()["events"]
     assert [(e["resource"], e["result"]) for e in events] == [("alice/my-env", "success")]

@@ -237,11 +237,20 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
             )
             raise Refused(core.OptionsError("confirm", message, "confirmation_required"))
         action = audit.Action.DELETE_NOTEBOOK if remove else audit.Action.STOP_NOTEBOOK
+        if f"{user_name}/{server_name}" in self.context.store.running_operations():
+            message = f"{server_name} is being saved as an image; stop it when the save has ended"
+            error = core.OptionsError("name", message, "conflict")
+            await self.audited(action, user_name, server_name, _refuse(error))
         await self.audited(action, user_name, server_name, super().delete(user_name, server_name))
         if remove:
             self.context.store.forget_instance(user_name, server_name)
         else:  # stopped on purpose: no longer failed
             self.context.store.set_failure(user_name, server_name, None)
+
+
+async def _refuse(error: core.OptionsError) -> None:
+    """A refusal as an awaitable, so that it is audited as the action it refuses."""
+    raise Refused(error, status_code=409)
 
 
 class VolumeExpandAPIHandler(InstanceChecks, APIHandler):
