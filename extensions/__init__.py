@@ -1,8 +1,9 @@
 """Atelier's single-user side: a jupyter-server extension loaded in every instance.
 
 It keeps an instance from looking idle while one of its kernels is busy running a cell, so
-the idle culler never stops running work (jupyterhub/jupyterhub#1498), and it starts the
-instance's SSH endpoint (atelier.extensions.ssh) when the spawner asks for one.
+the idle culler never stops running work (jupyterhub/jupyterhub#1498), it starts the
+instance's SSH endpoint (atelier.extensions.ssh) when the spawner asks for one, and it serves
+"save as image" of this instance at `<base_url>atelier/images` (atelier.extensions.images).
 """
 
 import os
@@ -43,6 +44,10 @@ def _load_jupyter_server_extension(server_app):
     every = float(os.environ.get("ATELIER_BUSY_CHECK_SECONDS", "30"))
     PeriodicCallback(mark_busy_kernels_active, every * 1000).start()
     server_app.log.info("Atelier: busy kernels count as activity")
+
+    from atelier.extensions import images
+
+    images.load(server_app)
 
     # the endpoint's settings are no business of kernels and terminals
     fd, path = os.environ.pop("ATELIER_SSH_FD", None), os.environ.pop("ATELIER_SSH_SOCKET", None)

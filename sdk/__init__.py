@@ -5,6 +5,7 @@
     client.create_instance("exp-2", image="pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64",
                            spec="cpu.2u8g", tags={"project": "vision"})
     [i["name"] for i in client.instances()]
+    client.save_image(name="my-env", wait=True)  # save this instance as the image <you>/my-env
 
 Outside an instance pass `url` (".../services/atelier/api/v1") and `token`, or set
 ATELIER_API_URL (or JUPYTERHUB_API_URL) and JUPYTERHUB_API_TOKEN. Only the standard library
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,11 +25,29 @@ __all__ = ["AtelierError", "Client"]
 
 
 class AtelierError(Exception):
-    """A refused request: HTTP status, error code, message and the field at fault."""
+    """A refused request: HTTP status, error code, message and the field at fault. A save
+    that failed or did not end in time has status 0 and its `operation`."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        operation: dict | None = None,
+    ):
         super().__init__(f"{status} {code}: {field + ': ' if field else ''}{message}")
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.operation = operation
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _image_path(name: str) -> str:
+    """/images/<name>, or a snapshot's /images/<owner>/<name>: the one '/' stays a '/'."""
+    return "/images/" + "/".join(_quote(part) for part in name.split("/", 1))
 
 
 def api_url_from_environment() -> str:
@@ -76,7 +96,7 @@ class Client:
         return self._user
 
     def _instance_path(self, name: str, owner: str | None) -> str:
-        return f"/instances/{urllib.parse.quote(owner or self.user)}/{urllib.parse.quote(name)}"
+        return f"/instances/{_quote(owner or self.user)}/{_quote(name)}"
 
     # instances
     def instances(self, owner: str | None = None) -> list[dict]:
@@ -117,16 +137,20 @@ class Client:
         return self.request("GET", "/images")["images"]
 
     def image(self, name: str) -> dict:
-        return self.request("GET", f"/images/{urllib.parse.quote(name)}")
+        """A catalog image, or a snapshot by its full name `<owner>/<name>`."""
+        return self.request("GET", _image_path(name))
 
     def add_image(self, name: str, **fields) -> dict:
         return self.request("POST", "/images", {"name": name, **fields})
 
     def update_image(self, name: str, **changes) -> dict:
-        return self.request("PATCH", f"/images/{urllib.parse.quote(name)}", changes)
+        """Admins: any field. A snapshot's owner: display_name, description, visibility
+        ("private" or "shared") and workspace (one of theirs)."""
+        return self.request("PATCH", _image_path(name), changes)
 
     def delete_image(self, name: str) -> None:
-        self.request("DELETE", f"/images/{urllib.parse.quote(name)}")
+        """Admins: any image. A snapshot's owner: their snapshot, and its content with it."""
+        self.request("DELETE", _image_path(name))
 
     def specs(self) -> list[dict]:
         return self.request("GET", "/specs")["specs"]
@@ -135,10 +159,82 @@ class Client:
         return self.request("POST", "/specs", {"name": name, **fields})
 
     def update_spec(self, name: str, **changes) -> dict:
-        return self.request("PATCH", f"/specs/{urllib.parse.quote(name)}", changes)
+        return self.request("PATCH", f"/specs/{_quote(name)}", changes)
 
     def delete_spec(self, name: str) -> None:
-        self.request("DELETE", f"/specs/{urllib.parse.quote(name)}")
+        self.request("DELETE", f"/specs/{_quote(name)}")
+
+    # save as image, and the operations that follow it
+    def save_image(
+        self,
+        instance: str | None = None,
+        name: str | None = None,
+        *,
+        owner: str | None = None,
+        display_name: str | None = None,
+        description: str | None = None,
+        wait: bool = False,
+        timeout: float = 3600,
+    ) -> dict:
+        """Save a running instance as the private image `<owner>/<name>`; `instance=None`
+        (inside an instance): this one. Answers its operation at once (`status` running,
+        `phase`, `percent`); with `wait=True`, the operation once it succeeded, or raises
+        AtelierError naming why it failed. Refusals (a stopped instance, a name taken, a
+        save already running, an image over limits.snapshot_size_gb) raise AtelierError."""
+        if not name:
+            raise AtelierError(0, "invalid", "name the image to make: name=...", "name")
+        instance = instance or os.environ.get("JUPYTERHUB_SERVER_NAME")
+        if not instance:
+            raise AtelierError(
+                0, "invalid", "name the instance to save (outside an instance)", "instance"
+            )
+        body = {"name": name, "display_name": display_name, "description": description}
+        body = {key: value for key, value in body.items() if value is not None}
+        operation = self.request("POST", self._instance_path(instance, owner) + "/images", body)
+        return self.wait_for_operation(operation["id"], timeout) if wait else operation
+
+    def operations(self) -> list[dict]:
+        """Your operations (saves), newest first."""
+        return self.request("GET", "/operations")["operations"]
+
+    def operation(self, id: str) -> dict:
+        """One operation: status (running, succeeded, failed), phase (measuring, saving,
+        verifying, done), done_bytes, total_bytes, percent, reason, target (the image)."""
+        return self.request("GET", f"/operations/{_quote(id)}")
+
+    def wait_for_operation(
+        self, id: str, timeout: float = 3600, every: float = 1.0, progress=None
+    ) -> dict:
+        """The operation once it succeeded; AtelierError when it failed (its reason) or is
+        still running after `timeout` seconds. `progress(operation)` sees every poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            operation = self.operation(id)
+            if progress is not None:
+                progress(operation)
+            if operation["status"] == "succeeded":
+                return operation
+            if operation["status"] == "failed":
+                reason = operation.get("reason") or "no reason given"
+                raise AtelierError(0, "failed", reason, None, operation)
+            if time.monotonic() >= deadline:
+                message = (
+                    f"operation {id} is still running ({operation['phase']}, "
+                    f"{operation['percent']}%) after {timeout:g} s"
+                )
+                raise AtelierError(0, "timeout", message, None, operation)
+            time.sleep(min(every, max(0.0, deadline - time.monotonic())))
+
+    def share_image(self, name: str, workspace: str) -> dict:
+        """Share your snapshot (`name` or `<you>/name`) with a workspace you are in."""
+        return self.update_image(self._snapshot(name), visibility="shared", workspace=workspace)
+
+    def unshare_image(self, name: str) -> dict:
+        """Make your snapshot private again."""
+        return self.update_image(self._snapshot(name), visibility="private", workspace=None)
+
+    def _snapshot(self, name: str) -> str:
+        return name if "/" in name else f"{self.user}/{name}"
 
     # SSH key pairs
     def keypairs(self) -> list[dict]:
@@ -152,7 +248,7 @@ class Client:
         return self.request("POST", "/keypairs", {"name": name, "generate": True})
 
     def delete_keypair(self, key_id: str) -> None:
-        self.request("DELETE", f"/keypairs/{urllib.parse.quote(key_id)}")
+        self.request("DELETE", f"/keypairs/{_quote(key_id)}")
 
     # usage and history
     def quotas(self) -> dict:

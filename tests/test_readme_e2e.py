@@ -26,6 +26,7 @@ from readme_blocks import README, Place, Where, alternatives, blocks, classify, 
 VENV_BIN = Path(sys.executable).parent
 API = "The Atelier API, SDK and CLI"
 SSH = "SSH access (VS Code, PyCharm, ssh, scp)"
+SAVE = "Save as image"
 
 # What bash runs before each block: the harness's shims, then the reader's shell state.
 PRELUDE = r"""
@@ -236,6 +237,13 @@ STEPS = [
         Where("Work volumes", "volume/expand"),
         before=start("exp-1", {"image": TORCH, "spec": "cpu.2u8g"}),
     ),
+    PythonInInstance(Where(SAVE, "client.save_image(")),
+    Step(
+        Where(SAVE, "$API/instances/alice/exp-2/images"),
+        fill={"<operation id>": '$(jq -r .id "$ANSWER")'},
+    ),
+    Step(Where(SAVE, "atelier images save")),
+    Step(Where(SAVE, "/atelier/images")),
     Step(Where(SSH, '"ssh": {"enabled"'), fill={"<key pair id>": "{keypair}"}),
     Step(
         Where(SSH, "scp -i"),

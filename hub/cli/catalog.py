@@ -1,8 +1,10 @@
 """The admin's catalog commands (`atelier images|specs`), and what every command shares: the
-configuration as `atelier run` reads it, one-line refusals and tables."""
+configuration as `atelier run` reads it, the Atelier API (the SDK), one-line refusals and
+tables."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pwd
@@ -11,6 +13,7 @@ from pathlib import Path
 from atelier.hub.context import Context, store_url
 from atelier.hub.settings import PROJECT_ROOT, Settings, load_settings
 from atelier.hub.store.store import CatalogError, Store
+from atelier.sdk import AtelierError, Client
 from atelier.spawner import core
 from atelier.spawner.backend import Backend, load_backend
 from atelier.spawner.core.audit import Action
@@ -43,6 +46,44 @@ def open_store(args) -> Store:
         os.umask(previous)
     store.seed(*settings.initial_catalog())
     return store
+
+
+# the Atelier API ----------------------------------------------------------------------------
+def local_api_url(settings: Settings) -> str:
+    """The Atelier API of the hub this machine's atelier.yaml describes."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.ip, settings.ip)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}/services/atelier/api/v1"
+
+
+def call_api(args, work):
+    """Run `work(client)` against the Atelier API: --url, else $ATELIER_API_URL, else the hub
+    of this machine's atelier.yaml; the token from --token, else $JUPYTERHUB_API_TOKEN.
+    Refusals and an unreachable hub become one-line errors."""
+    url = args.url or os.environ.get("ATELIER_API_URL") or local_api_url(settings_for(args))
+    token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        raise UsageError(
+            "no API token: pass --token or set JUPYTERHUB_API_TOKEN (a token from the hub's "
+            "/hub/token page, or on the hub's machine `atelier token USER`)"
+        )
+    try:
+        return work(Client(url, token))
+    except AtelierError as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        reason = getattr(error, "reason", None) or error
+        raise UsageError(
+            f"cannot reach the Atelier API at {url} ({reason}): is the hub running?"
+        ) from None
+
+
+def api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", help="the Atelier API (default: $ATELIER_API_URL, else this machine's hub)"
+    )
+    parser.add_argument("--token", help="an API token (default: $JUPYTERHUB_API_TOKEN)")
+    parser.add_argument("--json", action="store_true")
 
 
 def print_rows(rows: list[dict], as_json: bool) -> None:

@@ -1,5 +1,5 @@
 """The `atelier` command: run the hub, mint API tokens, curate images and specs, and reach
-instances and the audit log through the Atelier API."""
+instances, saves (save as image, operations) and the audit log through the Atelier API."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ import json
 import os
 import sys
 
+from atelier.hub.cli import snapshots
 from atelier.hub.cli.catalog import (
     UsageError,
+    api_options,
     build_images,
     buildable_images,
+    call_api,
     cmd_images,
     cmd_specs,
     print_rows,
     settings_for,
 )
-from atelier.hub.settings import PROJECT_ROOT, ConfigError, Settings
+from atelier.hub.settings import PROJECT_ROOT, ConfigError
 from atelier.hub.store.store import CatalogError
-from atelier.sdk import AtelierError, Client
 from atelier.spawner import core
 
 CONFIG_FILE = PROJECT_ROOT / "config" / "jupyterhub_config.py"
@@ -72,37 +74,6 @@ def cmd_token(args) -> None:
 
 
 # instances and audit, through the Atelier API (the SDK) ---------------------------------------
-
-
-def local_api_url(settings: Settings) -> str:
-    """The Atelier API of the hub this machine's atelier.yaml describes."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.ip, settings.ip)
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.port}/services/atelier/api/v1"
-
-
-def call_api(args, work):
-    """Run `work(client)` against the Atelier API: --url, else $ATELIER_API_URL, else the hub
-    of this machine's atelier.yaml; the token from --token, else $JUPYTERHUB_API_TOKEN.
-    Refusals and an unreachable hub become one-line errors."""
-    url = args.url or os.environ.get("ATELIER_API_URL") or local_api_url(settings_for(args))
-    token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
-    if not token:
-        raise UsageError(
-            "no API token: pass --token or set JUPYTERHUB_API_TOKEN (a token from the hub's "
-            "/hub/token page, or on the hub's machine `atelier token USER`)"
-        )
-    try:
-        return work(Client(url, token))
-    except AtelierError as error:
-        raise UsageError(str(error)) from None
-    except OSError as error:
-        reason = getattr(error, "reason", None) or error
-        raise UsageError(
-            f"cannot reach the Atelier API at {url} ({reason}): is the hub running?"
-        ) from None
-
-
 # reason: why a failed instance failed
 INSTANCE_COLUMNS = (
     "owner",
@@ -210,12 +181,9 @@ def cmd_audit(args) -> None:
     print_rows(page["events"], args.json)
 
 
-def api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url", help="the Atelier API (default: $ATELIER_API_URL, else this machine's hub)"
-    )
-    parser.add_argument("--token", help="an API token (default: $JUPYTERHUB_API_TOKEN)")
-    parser.add_argument("--json", action="store_true")
+def images_or_save(args) -> None:
+    """`atelier images save` goes through the API as the user; the rest are the admin's."""
+    (snapshots.cmd_save if args.action == "save" else cmd_images)(args)
 
 
 # the parser ---------------------------------------------------------------------------------
@@ -269,7 +237,9 @@ def parser() -> argparse.ArgumentParser:
     api_options(audit)
     audit.set_defaults(func=cmd_audit)
 
-    for noun, func in (("images", cmd_images), ("specs", cmd_specs)):
+    snapshots.add_operations_parser(commands)
+
+    for noun, func in (("images", images_or_save), ("specs", cmd_specs)):
         group = commands.add_parser(noun, help=f"list and curate {noun}")
         group.add_argument("--data-dir")
         actions = group.add_subparsers(dest="action", required=True)
@@ -292,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
         if noun == "images":
             build = actions.add_parser("build", help="build local environments of images")
             build.add_argument("names", nargs="*")
+            snapshots.add_save_parser(actions)
         group.set_defaults(func=func)
     return top
 

@@ -12,6 +12,13 @@ from atelier.spawner import core
 DEFAULT_LIMITS = core.Limits()  # frozen: safe to share as a default
 OWNER = {"name": "owner", "in": "path", "required": True, "schema": ARGUMENT}
 NAME = {"name": "name", "in": "path", "required": True, "schema": ARGUMENT}
+OPERATION_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": ARGUMENT,
+    "description": "the operation's id (`id` in the answer that started it)",
+}
 KEY_PAIR_ID = {
     "name": "id",
     "in": "path",
@@ -115,6 +122,35 @@ OPERATIONS = {
         200,
         "Instance",
     ),
+    ("/instances/{owner}/{name}/images", "post"): (
+        "Save a running instance as your private image `<owner>/<name>` (save as image): "
+        "answers 202 at once with the save's operation; refused with 400 `too_large` past "
+        "`limits.snapshot_size_gb` ({snapshot_size_gb} GB) or `limits.snapshot_layers` "
+        "({snapshot_layers}), 409 while the instance is not running, is being saved already, "
+        "or the name is taken",
+        "images:save",
+        [OWNER, NAME],
+        "SnapshotCreate",
+        202,
+        "Operation",
+    ),
+    ("/operations", "get"): (
+        "Your operations (saves), newest first (an admin's token with admin:users: "
+        "everyone's, or ?owner=)",
+        "instances:read",
+        [query("owner", ARGUMENT, "only this owner's (admins)")],
+        None,
+        200,
+        "OperationList",
+    ),
+    ("/operations/{id}", "get"): (
+        "Follow one operation: status, phase, percent; `reason` once failed (404: not yours)",
+        "instances:read",
+        [OPERATION_ID],
+        None,
+        200,
+        "Operation",
+    ),
     ("/images", "get"): ("List the image catalog", "images:read", [], None, 200, "ImageList"),
     ("/images", "post"): ("Add an image (admin)", "images:admin", [], "ImageCreate", 201, "Image"),
     ("/images/{name}", "get"): ("Show an image", "images:read", [NAME], None, 200, "Image"),
@@ -130,6 +166,31 @@ OPERATIONS = {
         "Delete an image (admin)",
         "images:admin",
         [NAME],
+        None,
+        204,
+        None,
+    ),
+    ("/images/{owner}/{name}", "get"): (
+        "Show a snapshot (a saved image; yours, or shared with your workspace)",
+        "images:read",
+        [OWNER, NAME],
+        None,
+        200,
+        "Image",
+    ),
+    ("/images/{owner}/{name}", "patch"): (
+        "Describe or share your snapshot: display_name, description, visibility (private, "
+        "or shared with one of your workspaces); only an admin makes it public",
+        "images:save",
+        [OWNER, NAME],
+        "SnapshotChange",
+        200,
+        "Image",
+    ),
+    ("/images/{owner}/{name}", "delete"): (
+        "Delete your snapshot and its content (instances running from it keep running)",
+        "images:save",
+        [OWNER, NAME],
         None,
         204,
         None,
@@ -279,7 +340,8 @@ def document(limits: core.Limits = DEFAULT_LIMITS) -> dict:
         "info": {
             "title": "Atelier API",
             "version": "1",
-            "description": "Instances, image catalog, specs, quotas and audit. Scopes (every "
+            "description": "Instances, image catalog, specs, save as image and its "
+            "operations, quotas and audit. Scopes (every "
             "user's default role has all but the two `:admin` ones): "
             + "; ".join(f"`{s}`: {d}" for s, d in SCOPES.items()),
         },

@@ -6,6 +6,7 @@ from __future__ import annotations
 from atelier.hub.keypairs import KEY_NAME
 from atelier.hub.ssh import MAX_CIDRS
 from atelier.spawner import core
+from atelier.spawner.core.snapshots import PHASES
 
 STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -102,6 +103,10 @@ def schemas(limits: core.Limits) -> dict:
                 "started": NULLABLE_STRING,
                 "last_activity": NULLABLE_STRING,
                 "url": NULLABLE_STRING,
+                "saving": {
+                    "oneOf": [{"type": "null"}, ref("Operation")],
+                    "description": "the save of this instance in progress, if any",
+                },
             }
         ),
         "InstanceCreate": obj(
@@ -148,11 +153,53 @@ def schemas(limits: core.Limits) -> dict:
                 "workspace": NULLABLE_STRING,
                 "owner": NULLABLE_STRING,
                 "digest": NULLABLE_STRING,
+                "base": {
+                    "type": ["string", "null"],
+                    "description": "a snapshot's: the catalog image it was saved from, at the root",
+                },
             }
         ),
         "ImageCreate": obj({"name": STRING, **IMAGE_CHANGE}, ("name",)),
         "ImageChange": obj(IMAGE_CHANGE),
         "ImageList": listing("images", "Image"),
+        "SnapshotCreate": obj(
+            {
+                "name": {
+                    "type": "string",
+                    "pattern": core.SNAPSHOT_NAME.pattern,
+                    "description": "the image is named <owner>/<name>",
+                },
+                "display_name": STRING,
+                "description": STRING,
+            },
+            ("name",),
+        ),
+        "SnapshotChange": obj(
+            {
+                "display_name": STRING,
+                "description": STRING,
+                "visibility": {"enum": ["private", "shared"]},
+                "workspace": NULLABLE_STRING,
+            }
+        ),
+        "Operation": obj(
+            {
+                "id": STRING,
+                "kind": {"type": "string", "description": "the audit action: saveImage"},
+                "owner": STRING,
+                "resource": {"type": "string", "description": "what it acts on: alice/lab"},
+                "target": {"type": "string", "description": "what it makes: alice/my-env"},
+                "status": {"enum": list(core.OPERATION_STATUSES)},
+                "phase": {"enum": list(PHASES)},
+                "done_bytes": INTEGER,
+                "total_bytes": INTEGER,
+                "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                "reason": NULLABLE_STRING,
+                "created": {"type": "string", "format": "date-time"},
+                "updated": {"type": "string", "format": "date-time"},
+            }
+        ),
+        "OperationList": listing("operations", "Operation"),
         "Spec": obj(
             {
                 "name": STRING,

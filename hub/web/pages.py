@@ -10,11 +10,20 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from atelier.hub.service.base import ACCESS_SCOPE, API_PREFIX
+from atelier.hub.service.snapshots import SAVE_SCOPE
 from atelier.spawner import core
 
 TEMPLATES = Path(__file__).parent / "templates"
 _jinja = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
 FLAVOR_TITLES = {"cpu": "CPU", "gpu": "GPU (CUDA)", "ascend": "Ascend (CANN)"}
+SAVED_TITLE = "Saved images"  # snapshots (save as image), whatever their flavor
+# what the home page's "Save as image" asks the hub for: a token that only saves, for minutes
+SAVE_TOKEN = {
+    "note": "home page: save as image",
+    "expires_in": 300,
+    "scopes": [ACCESS_SCOPE, SAVE_SCOPE],
+}
 
 
 def render(template: str, **values) -> str:
@@ -66,12 +75,13 @@ def form_context(catalog: core.Catalog, limits: core.Limits) -> dict:
     the inputs' bounds come from (the hub's, so the browser refuses what the hub would)."""
     groups: dict[str, list[dict]] = {}
     for image in catalog.offered_images():
-        groups.setdefault(image.flavor, []).append(
+        groups.setdefault(SAVED_TITLE if image.base else image.flavor, []).append(
             {"image": image, "specs": [s.name for s in catalog.available_specs(image)]}
         )
     specs = [s for s in catalog.specs.values() if not s.disabled and catalog.can_satisfy(s)]
+    titles = [(FLAVOR_TITLES[f], f) for f in core.FLAVORS] + [(SAVED_TITLE, SAVED_TITLE)]
     return {
-        "groups": [(FLAVOR_TITLES[f], groups[f]) for f in core.FLAVORS if f in groups],
+        "groups": [(title, groups[key]) for title, key in titles if key in groups],
         "specs": specs,
         "limits": limits,
         "max_autostop_hours": core.MAX_AUTOSTOP_HOURS,
@@ -111,6 +121,8 @@ class InstanceRow:
     reason: str | None  # why it failed
     volume_gb: int | None
     volume_used_bytes: int | None
+    saving: dict | None = None  # the operation of its save in progress (save as image)
+    last_save: dict | None = None  # its newest save that ended: succeeded, or failed and why
 
 
 def image_notice(images: dict[str, core.Image], name: str | None) -> str:
@@ -129,6 +141,11 @@ def image_notice(images: dict[str, core.Image], name: str | None) -> str:
 def instance_rows(user, images: dict[str, core.Image], context):
     store = context.store
     records = store.instance_records(user.name)
+    saving = store.running_operations()  # by resource: "<owner>/<instance>"
+    ended: dict[str, dict] = {}
+    for operation in store.operations(user.name):  # newest first
+        if operation["status"] != "running":
+            ended.setdefault(operation["resource"], operation)
     rows = []
     for spawner in user.all_spawners(include_default=False):
         created, _, failure = records.get(spawner.name, (None, None, None))
@@ -151,6 +168,8 @@ def instance_rows(user, images: dict[str, core.Image], context):
                 reason=failure if status == "failed" else None,
                 volume_gb=store.volume_size(user.name, spawner.name),
                 volume_used_bytes=context.backend.volume_used_bytes(user.name, spawner.name),
+                saving=saving.get(f"{user.name}/{spawner.name}"),
+                last_save=ended.get(f"{user.name}/{spawner.name}"),
             )
         )
     return sorted(rows, key=lambda row: row.name)
@@ -162,8 +181,16 @@ def home_view(context, user) -> dict:
         return {}
     catalog = context.catalog_for(user)
     can = context.capabilities()
+    offered = {image.name for image in catalog.offered_images()}
     return {
         "instances": instance_rows(user, catalog.images, context),
+        "snapshots": [
+            {"image": image, "offered": image.name in offered}
+            for image in sorted(catalog.images.values(), key=lambda i: i.name)
+            if image.base is not None and image.owner == user.name
+        ],
+        "api": API_PREFIX,
+        "save_token": SAVE_TOKEN,
         "form": options_form(catalog, context.limits, None),
         "isolated": can.users_isolated,
         "volumes_enforced": can.volumes_enforced,
