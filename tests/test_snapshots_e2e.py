@@ -189,6 +189,18 @@ def test_a_changed_or_missing_layer_is_refused_at_start_and_nothing_starts(hub, 
     assert hash_file(layer) == digest
 
 
+def test_an_admin_deleting_a_snapshot_with_the_cli_removes_its_content_too(hub, alice, saved):
+    run_in(hub, "alice", "src", alice, "open('again.txt', 'w').write('a change')")
+    again = follow(hub, alice, save(hub, alice, "src", "again").json())
+    other = hub.atelier("GET", "/images/alice/again", alice).json()["digest"]
+    assert (
+        again["status"] == "succeeded"
+        and layer_path(snapshots_dir(hub.dir / "data"), other).exists()
+    )
+    hub.cli("images", "delete", "alice/again")
+    assert not layer_path(snapshots_dir(hub.dir / "data"), other).exists()
+
+
 def test_a_hub_killed_mid_save_leaves_nothing_and_limits_are_checked_before_any_work(
     hub, alice, saved
 ):

@@ -232,7 +232,9 @@ def cmd_images(args) -> None:
         )
         print(f"disabled image {name}: it can no longer start instances")
     elif args.action == "delete":
-        audited(store, Action.DELETE_IMAGE, name, lambda: store.delete_image(name))
+        image = audited(store, Action.DELETE_IMAGE, name, lambda: store.delete_image(name))
+        if image.base is not None:  # a snapshot: its content goes too, as through the API
+            load_backend(settings_for(args), store).delete_saved_image(image)
         print(f"deleted image {name}")
 
 

@@ -112,11 +112,10 @@ class ImageHandler(CatalogBase):
 
     async def delete(self, name):
         caller, _ = await self.owned_snapshot(name)
-        image = {i.name: i for i in self.catalog_images()}.get(name)
-        self.catalog_change(
+        image = self.catalog_change(
             caller, Action.DELETE_IMAGE, name, lambda: self.context.store.delete_image(name)
         )
-        if image is not None and image.base is not None:  # its content goes with it
+        if image.base is not None:  # a snapshot: its content goes with it
             await asyncio.to_thread(self.context.backend.delete_saved_image, image)
         self.set_status(204)
         self.finish()

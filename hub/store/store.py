@@ -117,9 +117,13 @@ class Store(PeopleQueries, OperationQueries, AuditLog):
             if record is not None:
                 record.digest = digest
 
-    def delete_image(self, name: str) -> None:
+    def delete_image(self, name: str) -> core.Image:
+        """Remove it from the catalog; what it was (a snapshot's content is the backend's
+        to remove)."""
         with self.session() as db, db.begin():
-            db.delete(get_named(db, ImageRecord, name, "image"))
+            record = get_named(db, ImageRecord, name, "image")
+            db.delete(record)
+            return record.to_image()
 
     def add_spec(self, spec: core.Spec) -> core.Spec:
         try:
