@@ -27,14 +27,16 @@ install: system $(BIN)/.installed node_modules/.installed
 # sshd behind the SSH gateway (openssh-server; policy-rc.d keeps Debian from starting the
 # system's own sshd on port 22); the tests use the real ssh, scp and sftp, and drive pages in
 # a headless Chromium. The Docker backend (and its tests) use Debian's docker.io; its base image
-# is made with debootstrap (no Docker Hub).
+# is made with debootstrap (no Docker Hub); its saved images go to Debian's docker-registry,
+# which the hub runs itself.
 SYSTEM_PACKAGES := python3-venv xfsprogs openssh-server openssh-client chromium chromium-driver \
-	docker.io debootstrap
+	docker.io debootstrap docker-registry
 
 system:
 	@/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null && command -v mkfs.xfs >/dev/null \
 		&& test -x /usr/sbin/sshd && command -v scp >/dev/null && command -v chromedriver >/dev/null \
-		&& test -x /usr/sbin/dockerd && test -x /usr/sbin/debootstrap || \
+		&& test -x /usr/sbin/dockerd && test -x /usr/sbin/debootstrap \
+		&& test -x /usr/bin/docker-registry || \
 		(apt-get update -qq && printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
 		&& chmod +x /usr/sbin/policy-rc.d \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \

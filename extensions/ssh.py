@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import hmac
+import os
 import shutil
 import signal
 import socket
@@ -133,11 +134,14 @@ def start(
     listener: socket.socket, gateway_key: str, credential: str, environment: dict[str, str]
 ) -> bool:
     """Listen on the bound socket for the gateway; False where this machine has no sshd.
-    sshd's files live in a private temporary directory, removed when the server exits."""
+    sshd's files live in a private temporary directory (in the server's runtime dir where it
+    names one: never in a saved image), removed when the server exits."""
     if not Path(SSHD).exists():
         listener.close()
         return False
-    runtime = Path(tempfile.mkdtemp(prefix="atelier-ssh-"))
+    runtime = Path(
+        tempfile.mkdtemp(prefix="atelier-ssh-", dir=os.environ.get("JUPYTER_RUNTIME_DIR"))
+    )
     atexit.register(shutil.rmtree, runtime, ignore_errors=True)
     host_key = runtime / "host_key"
     subprocess.run(

@@ -94,6 +94,12 @@ class Backend(ABC):
         environment to reach what the hub's backend reaches (an engine's address)."""
         return {}
 
+    def services(self, data_dir: Path) -> list[dict]:
+        """More processes the backend needs beside the hub (an image registry, say), as
+        JupyterHub services {"name", "command": a module and its arguments, "environment"?};
+        the hub runs each so that it ends with the hub."""
+        return []
+
     def strays(self, known: set[tuple[str, str]]) -> list[str]:
         """What runs on this machine for an instance the hub does not know (owner, name):
         deleted while the hub was down. `atelier run` reports them. Blocking."""

@@ -5,6 +5,9 @@ and Bob's instances, each reachable over SSH."""
 from __future__ import annotations
 
 import contextlib
+import random
+import socket
+from pathlib import Path
 
 import pytest
 from conftest import Hub
@@ -20,11 +23,23 @@ class DockerHub(Hub):
             return client.api.inspect_container(container)["State"]["Pid"]
 
 
+def registry_port() -> int:
+    """A free port below the ephemeral range, so that no connection takes it as its own
+    before the hub starts (the hub refuses to start when its registry's port is taken)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10000, low)
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.bind(("127.0.0.1", port))
+            return port
+
+
 def docker_hub(envs_dir, engine, **overrides) -> DockerHub:
-    """A hub on `engine`, whose images `docker_images` built."""
+    """A hub on `engine`, whose images `docker_images` built, its registry on a free port."""
     DockerHub.engine = engine
     DockerHub.environment = {"DOCKER_HOST": engine.url}
-    return DockerHub(envs_dir, backend="docker", **overrides)
+    options = {"registry_port": registry_port(), **overrides.pop("backend_options", {})}
+    return DockerHub(envs_dir, backend="docker", backend_options=options, **overrides)
 
 
 def container_of(hub, client, user: str, name: str) -> dict:

@@ -224,7 +224,8 @@ for port in sorted(ports):
             answer = s.recv(4096)
     except OSError:
         continue
-    if b"Api-Version" in answer or b"Docker" in answer:
+    # the engine's own headers (the registry's Docker-Distribution-Api-Version is not one)
+    if b"\r\nApi-Version:" in answer or b"\r\nServer: Docker/" in answer:
         found.append(f"tcp {port}")
 abstract = []
 for line in open("/proc/net/unix").read().splitlines()[1:]:

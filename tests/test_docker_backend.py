@@ -68,6 +68,10 @@ def test_a_cpu_instance_is_a_confined_non_root_container_with_the_specs_limits()
     environment = spec.environment
     assert environment["MEM_LIMIT"] == str(8 * 1024**3) and environment["CPU_LIMIT"] == "2"
     assert not {"CUDA_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES"} & set(environment)
+    # the image's environment first, then what `pip install --user` puts in ~/.local
+    assert (
+        environment["PATH"] == "/opt/env/bin:/usr/local/bin:/usr/bin:/bin:/home/jovyan/.local/bin"
+    )
 
 
 def test_the_work_volume_is_work_and_the_endpoint_directory_only_with_ssh():

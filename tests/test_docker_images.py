@@ -190,6 +190,7 @@ def test_the_torch_context_holds_its_lists_atelier_the_ca_bundle_and_its_wheel(t
         included,
         "atelier/extensions/__init__.py",
         "atelier/extensions/ssh.py",
+        "atelier/extensions/images.py",
         "atelier/extensions/atelier.json",
         "atelier/sdk/__init__.py",
         "ca-certificates.crt",

@@ -276,6 +276,8 @@ NOT_RUN = {
     "runs (every backend)",
     Where("Running on Docker", "config/docker.yaml make run"): "tests/test_newcomer_e2e.py "
     "runs it as written, on the tests' own engine (DOCKER_HOST); there is no systemd here",
+    Where("Save as image on Docker", "registry.example.org"): "settings for an external "
+    "registry (tests/test_docker_snapshots.py checks how they are read)",
     Where("Layout", "hub/"): "the source tree, not a command",
 }
 

@@ -88,7 +88,7 @@ def configure(c, settings: Settings | None = None) -> None:
 
     c.JupyterHub.custom_scopes = {scope: {"description": text} for scope, text in SCOPES.items()}
     c.JupyterHub.services, c.JupyterHub.load_roles = services_and_roles(
-        settings, data_dir, backend.environment()
+        settings, data_dir, backend.environment(), backend.services(data_dir)
     )
 
 
@@ -144,7 +144,10 @@ def service(name: str, command: list[str], scopes: list[str], **more) -> tuple[d
 
 
 def services_and_roles(
-    settings: Settings, data_dir: Path, backend_environment: dict[str, str]
+    settings: Settings,
+    data_dir: Path,
+    backend_environment: dict[str, str],
+    backend_services: list[dict],
 ) -> tuple[list[dict], list[dict]]:
     # the services read atelier.yaml as the hub does, with the same overrides
     environment = {
@@ -183,6 +186,12 @@ def services_and_roles(
                 ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             )
         )
+    # the backend's own (a registry), with no hub scopes, first: JupyterHub starts services
+    # one after the other, waiting for each with a URL, and the Atelier service's start
+    # waits for them
+    for extra in reversed(backend_services):
+        more = {key: value for key, value in extra.items() if key not in ("name", "command")}
+        pairs.insert(0, service(extra["name"], extra["command"], [], **more))
     # every user may reach the Atelier service and use its API on their own resources
     user_role = {
         "name": "user",

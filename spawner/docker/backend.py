@@ -6,7 +6,9 @@ digest; a container runs as the images' non-root user with no capabilities, no n
 privileges, a pids limit and the spec's CPU and memory enforced by the engine
 (containers.py). Its work volume is the local backend's XFS volume, mounted into it; its SSH
 endpoint is a socket in a directory of its own, verified by who listens (endpoint.py). The
-spawner is spawner.py's `DockerInstanceSpawner`.
+spawner is spawner.py's `DockerInstanceSpawner`. Saved images are commits of containers in an
+OCI registry, started by digest (snapshots.py); unless `backend_options.registry` names one,
+the hub runs its own (registry.py).
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ import time
 from pathlib import Path
 
 import docker
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from atelier.spawner import core
 from atelier.spawner.backend import Capabilities, EndpointUnavailable
 from atelier.spawner.devices import Device, count_by_type
-from atelier.spawner.docker import containers, endpoint, images
+from atelier.spawner.docker import containers, endpoint, images, registry, snapshots
 from atelier.spawner.local import accounts
 from atelier.spawner.local.machine import MachineBackend
 from atelier.spawner.local.volumes import LocalVolume
 
 IMAGES_FRESH_S = 2.0  # how long the engine's list of images is taken as it is
+PORT_FREE_S = 10.0  # how long a start waits for the last hub's registry to let go of its port
 
 
 class DockerOptions(BaseModel):
@@ -38,6 +41,19 @@ class DockerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     pids_limit: int = Field(4096, ge=64, description="Processes per instance")
+    registry: str | None = Field(
+        None,
+        description="host[:port][/path] of the OCI registry that keeps saved images (it must "
+        "allow deletes); none: Atelier runs its own on 127.0.0.1:registry_port",
+    )
+    registry_port: int = Field(5000, ge=1, le=65535, description="Atelier's own registry's port")
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if value is not None:
+            registry.parse_location(value)
+        return value
 
 
 class DockerBackend(MachineBackend):
@@ -58,9 +74,33 @@ class DockerBackend(MachineBackend):
     def cache_dir(self) -> Path:
         return self.settings.data_dir.absolute() / "cache"
 
+    @functools.cached_property
+    def image_registry(self) -> registry.Registry:
+        if self.options.registry is not None:
+            return registry.Registry(*registry.parse_location(self.options.registry))
+        files = registry.Files(self.settings.data_dir.absolute() / "registry")
+        return registry.Registry(f"127.0.0.1:{self.options.registry_port}", "", files.password)
+
+    @functools.cached_property
+    def snapshotter(self) -> snapshots.Snapshots:
+        slow = docker.from_env(timeout=snapshots.SAVE_TIMEOUT_S)
+        return snapshots.Snapshots(self.engine, slow, self.hub_id, self.image_registry)
+
     def configure_hub(self, c, data_dir: Path) -> None:
         super().configure_hub(c, data_dir)
         c.DockerInstanceSpawner.pids_limit = self.options.pids_limit
+
+    def services(self, data_dir: Path) -> list[dict]:
+        """Atelier's own registry, unless the options name another."""
+        if self.options.registry is not None:
+            return []
+        module = "atelier.spawner.docker.registry"
+        return [
+            {
+                "name": "registry",
+                "command": [module, str(data_dir / "registry"), self.image_registry.host],
+            }
+        ]
 
     def prepare(self) -> None:
         super().prepare()
@@ -78,6 +118,26 @@ class DockerBackend(MachineBackend):
                 f"backend: docker: no Docker engine answers at DOCKER_HOST "
                 f"({error}); start dockerd or set DOCKER_HOST"
             ) from None
+        if self.options.registry is None:
+            self.check_own_registry()
+
+    def check_own_registry(self) -> None:
+        """Its program is installed, and its port is free (the last hub's registry, which
+        ends with that hub, may take a moment)."""
+        if not os.access(registry.REGISTRY, os.X_OK):
+            raise ValueError(
+                f"backend: docker: saved images need an OCI registry: install Debian's "
+                f"docker-registry ({registry.REGISTRY}) or set backend_options.registry"
+            )
+        deadline = time.monotonic() + PORT_FREE_S
+        while not registry.port_is_free(self.image_registry.host):
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"backend_options.registry_port: {self.image_registry.host} is in use (by "
+                    "Debian's own docker-registry service? `systemctl disable --now "
+                    "docker-registry`); free it or choose another port for Atelier's registry"
+                )
+            time.sleep(0.2)
 
     def environment(self) -> dict[str, str]:
         """The hub's services (the SSH gateway) reach the engine the hub reaches."""
@@ -104,7 +164,10 @@ class DockerBackend(MachineBackend):
     def image_to_run(self, image: core.Image) -> str:
         """The digest an instance of `image` starts from: the one the catalog recorded at
         its build, which the engine must still have (a tag moved since is not followed);
-        else the engine's `atelier/<name>`. Raises `core.OptionsError`. Blocking."""
+        else the engine's `atelier/<name>`; a snapshot's `<repository>@<digest>`, pulled
+        when the engine lacks it. Raises `core.OptionsError`. Blocking."""
+        if image.base is not None:
+            return self.snapshotter.to_run(image)
         digest = image.digest or self.image_digests().get(image.name)
         if digest is None:
             raise core.OptionsError("image", f"{image.name} is not built on this machine")
@@ -131,6 +194,30 @@ class DockerBackend(MachineBackend):
         digest = images.build(self.engine, image, self.cache_dir, log)
         self._images = (0.0, {})
         return digest
+
+    # snapshots ----------------------------------------------------------------------------
+    def running_container(self, plan: core.SnapshotPlan) -> dict:
+        found = self.container_of(plan.owner, plan.instance)
+        if found is None:
+            message = f"{plan.owner}/{plan.instance} has no running container"
+            raise core.OptionsError("instance", message, "conflict")
+        return found
+
+    def measure_snapshot(self, plan: core.SnapshotPlan) -> tuple[int, int]:
+        return self.snapshotter.measure(plan, self.running_container(plan))
+
+    def save_image(self, plan: core.SnapshotPlan, progress) -> str:
+        try:
+            container = self.running_container(plan)
+        except core.OptionsError as error:
+            raise RuntimeError(error.message) from None
+        return self.snapshotter.save(plan, container, progress)
+
+    def delete_saved_image(self, image: core.Image) -> None:
+        self.snapshotter.delete(image)
+
+    def sweep_saved_images(self, known: set[str]) -> None:
+        self.snapshotter.sweep(known)
 
     # containers ---------------------------------------------------------------------------
     def container_of(self, owner: str, instance: str) -> dict | None:

@@ -20,6 +20,9 @@ from atelier.spawner.manifests import WORK_PATH
 USER, UID, GID = "jovyan", 1000, 1000  # the images' one non-root user (images/*/Dockerfile)
 HOME = "/home/jovyan"
 ENDPOINT_DIR = "/run/atelier-ssh"  # the instance's own directory for its SSH endpoint
+# the server's runtime files (cookie secret, kernel keys, sshd's host key) on a tmpfs: never
+# in a commit of the container, so never in a saved image another user may run
+RUNTIME_DIR = "/run/atelier-runtime"
 ENV_PREFIX = "/opt/env"  # the images' Python environment
 PREFIX = "atelier"
 LABEL_OWNER, LABEL_INSTANCE, LABEL_IMAGE = "atelier.owner", "atelier.instance", "atelier.image"
@@ -99,7 +102,8 @@ def container(
     """The container of `plan`: not root (the images' user), no new privileges, no
     capabilities (sshd -i as the user needs none), at most `pids_limit` processes, the
     spec's CPU (nano_cpus) and memory enforced by the engine, the held devices only, the
-    work volume at work/ and, with SSH, the endpoint's directory."""
+    work volume at work/, the runtime files on a tmpfs and, with SSH, the endpoint's
+    directory."""
     access = device_access(held)
     volumes = {volume: {"bind": WORK_PATH, "mode": "rw"}}
     environment = {
@@ -109,7 +113,8 @@ def container(
         "USER": USER,
         "SHELL": "/bin/bash",
         "VIRTUAL_ENV": ENV_PREFIX,
-        "PATH": f"{ENV_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{ENV_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:{HOME}/.local/bin",  # pip --user's
+        "JUPYTER_RUNTIME_DIR": RUNTIME_DIR,
     }
     if endpoint_dir is not None:
         volumes[endpoint_dir] = {"bind": ENDPOINT_DIR, "mode": "rw"}
@@ -120,6 +125,7 @@ def container(
         "cap_drop": ["ALL"],
         "pids_limit": pids_limit,
         "init": True,  # reaps the zombies of kernels and terminals
+        "tmpfs": {RUNTIME_DIR: f"rw,nosuid,nodev,size=64m,uid={UID},gid={GID},mode=0700"},
         "nano_cpus": int(plan.spec.cpu * 1e9),
         "device_requests": access.device_requests,
         "devices": access.devices,
