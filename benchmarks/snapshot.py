@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import BASE, WORK, Hub, build_env  # noqa: E402 - the e2e harness
@@ -106,6 +108,63 @@ def run_local(args) -> dict:
     }
 
 
+def run_docker(args) -> dict:
+    """Atelier's save against `docker commit` + `docker push` of the same container."""
+    import contextlib
+    import tempfile
+
+    from dockerengine import Engine
+    from dockerhub import container_of, docker_hub
+
+    from atelier.spawner.docker import images
+    from atelier.spawner.docker.registry import USER, Files
+
+    envs = WORK / "envs"
+    build_env(envs, BASE)
+    engine = Engine()
+    hub = None
+    try:
+        with contextlib.closing(engine.client()) as client:
+            images.build(client, BASE, WORK / "docker-cache", lambda line: None)
+            hub = docker_hub(envs, engine)
+            token = hub.add_user("bench")
+            hub.start("bench", "box", token, {"image": BASE, "spec": "cpu.2u4g"})
+            container = container_of(hub, client, "bench", "box")["Id"]
+            port = yaml.safe_load(hub.config.read_text())["backend_options"]["registry_port"]
+            password = Files(hub.dir / "data" / "registry").password.read_text().strip()
+            with tempfile.TemporaryDirectory() as config:  # the bare CLI's login, not root's
+                docker = f"DOCKER_HOST={engine.url} docker --config {config}"
+                login = f"{docker} login -u {USER} --password-stdin 127.0.0.1:{port}"
+                subprocess.run(login, shell=True, input=password.encode(), check=True)
+                atelier, bare = [], []
+                for turn in range(args.rounds):
+                    change = CHANGE.format(round=turn, megabytes=args.megabytes)
+                    assert run_in(hub, "bench", "box", token, change) == "written\n"
+                    tag = f"127.0.0.1:{port}/bench/bare:{turn}"
+                    sides = [
+                        (atelier, save_seconds, (hub, token, "box", f"round-{turn}")),
+                        (
+                            bare,
+                            timed,
+                            (f"{docker} commit {container} {tag} && {docker} push {tag}",),
+                        ),
+                    ]
+                    for samples, measure, arguments in sides if turn % 2 == 0 else sides[::-1]:
+                        samples.append(measure(*arguments))
+    finally:
+        if hub is not None:
+            hub.stop()
+        engine.stop()
+    return {
+        "machine": machine(),
+        "megabytes": args.megabytes,
+        "atelier_s": [round(x, 2) for x in atelier],
+        "bare_commit_push_s": [round(x, 2) for x in bare],
+        "ratio": round(statistics.median(atelier) / statistics.median(bare), 3),
+        "goal": "ratio <= 1.2 (Atelier's save time / docker commit + docker push's)",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", choices=("local", "docker", "all"), default="local")
@@ -114,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for backend in ("local", "docker") if args.backend == "all" else (args.backend,):
-        results[backend] = {"local": run_local}[backend](args)
+        results[backend] = {"local": run_local, "docker": run_docker}[backend](args)
         print(json.dumps({backend: results[backend]}, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,7 +9,6 @@ and two instance starts for the whole module."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
@@ -18,7 +17,7 @@ import yaml
 from conftest import BASE
 from dockerhub import container_of, docker_hub
 from kernels import run_in
-from wheels import tiny_wheel
+from saving import follow, install_and_save, save
 
 from atelier.spawner.docker import snapshots
 from atelier.spawner.docker.registry import Files, Registry
@@ -26,23 +25,6 @@ from atelier.spawner.docker.registry import Files, Registry
 pytestmark = pytest.mark.e2e
 ON_BASE = {"image": BASE, "spec": "cpu.2u4g"}
 
-INSTALL = """
-import base64, pathlib, subprocess, sys
-home = pathlib.Path.home()
-for name, data, user in WHEELS:
-    wheel = home / name
-    wheel.write_bytes(base64.b64decode(data))
-    command = ["pip", "install", "--no-index", "--quiet", str(wheel)]
-    subprocess.run(command + (["--user"] if user else []), check=True)
-    wheel.unlink()
-plugin = home / ".vscode-server" / "extensions" / "atelier.test" / "package.json"
-plugin.parent.mkdir(parents=True)
-plugin.write_text('{"name": "test"}')
-with open(home / ".bashrc", "a") as rc:
-    rc.write("export SAVED_SETTING=kept\\n")
-(home / "work" / "data.txt").write_text("the volume's")
-print("installed")
-"""
 LOOK = """
 import pathlib, subprocess
 import tinyplain, tinyuser
@@ -80,18 +62,6 @@ def bob(hub):
     return hub.add_user("bob")
 
 
-def save(hub, token, instance, name):
-    return hub.atelier("POST", f"/instances/alice/{instance}/images", token, json={"name": name})
-
-
-def follow(hub, token, operation: dict) -> dict:
-    def ended():
-        now = hub.atelier("GET", f"/operations/{operation['id']}", token).json()
-        return now if now["status"] != "running" else None
-
-    return hub.wait_for(ended, 180, "the save to end")
-
-
 def saved_image(hub, token, name: str) -> dict:
     image = hub.atelier("GET", f"/images/alice/{name}", token)
     assert image.status_code == 200, image.text
@@ -108,22 +78,7 @@ def reference(registry: Registry, image: dict) -> str:
 
 @pytest.fixture(scope="module")
 def saved(hub, alice, tmp_path_factory):
-    """alice's instance `src`, with two packages, a plugin and a setting installed, saved as
-    `alice/my-env`: the saving operation as it ended."""
-    hub.start("alice", "src", alice, ON_BASE)
-    wheels = tmp_path_factory.mktemp("wheels")
-    given = [
-        (path.name, base64.b64encode(path.read_bytes()).decode(), user)
-        for path, user in (
-            (tiny_wheel(wheels, "tinyplain", "from pip install"), False),
-            (tiny_wheel(wheels, "tinyuser", "from pip install --user"), True),
-        )
-    ]
-    assert run_in(hub, "alice", "src", alice, f"WHEELS = {given!r}\n{INSTALL}") == "installed\n"
-    response = save(hub, alice, "src", "my-env")
-    assert response.status_code == 202, response.text
-    assert (response.json()["status"], response.json()["target"]) == ("running", "alice/my-env")
-    return follow(hub, alice, response.json())
+    return install_and_save(hub, alice, ON_BASE, tmp_path_factory.mktemp("wheels"))
 
 
 def test_a_new_instance_from_the_snapshot_has_what_the_user_installed_not_their_volume(

@@ -3,7 +3,6 @@ is there in a new instance made from the snapshot, and nothing else of theirs; t
 is theirs alone, its content is checked at every start, its limits are checked before any
 work, and a hub killed mid-save leaves no half image and no data behind."""
 
-import base64
 import time
 from pathlib import Path
 
@@ -11,31 +10,13 @@ import pytest
 import yaml
 from conftest import BASE, Hub
 from kernels import run_in
-from wheels import tiny_wheel
+from saving import follow, install_and_save, save
 
 from atelier.spawner.local.snapshots import hash_file, layer_path, snapshots_dir
 
 pytestmark = pytest.mark.e2e
 ON_BASE = {"image": BASE, "spec": "cpu.2u8g"}
 
-INSTALL = """
-import base64, pathlib, subprocess, sys
-home = pathlib.Path.home()
-for name, data, user in WHEELS:
-    wheel = home / name
-    wheel.write_bytes(base64.b64decode(data))
-    command = [sys.executable, "-m", "pip", "install", "--no-index", "--quiet", str(wheel)]
-    subprocess.run(command + (["--user"] if user else []), check=True)
-    wheel.unlink()
-plugin = home / ".vscode-server" / "extensions" / "atelier.test" / "package.json"
-plugin.parent.mkdir(parents=True)
-plugin.write_text('{"name": "test"}')
-with open(home / ".bashrc", "a") as rc:
-    rc.write("export SAVED_SETTING=kept\\n")
-(home / "work" / "data.txt").write_text("the volume's")
-(home / "shadow").symlink_to("/etc/shadow")  # saved as a link: never read as root
-print("installed")
-"""
 LOOK = """
 import os, pathlib
 home = pathlib.Path.home()
@@ -67,18 +48,6 @@ def bob(hub):
     return hub.add_user("bob")
 
 
-def save(hub, token, instance, name, owner="alice"):
-    return hub.atelier("POST", f"/instances/{owner}/{instance}/images", token, json={"name": name})
-
-
-def follow(hub, token, operation: dict) -> dict:
-    def ended():
-        now = hub.atelier("GET", f"/operations/{operation['id']}", token).json()
-        return now if now["status"] != "running" else None
-
-    return hub.wait_for(ended, 120, "the save to end")
-
-
 def layers(hub) -> set[str]:
     directory = snapshots_dir(hub.dir / "data")
     return {path.name for path in directory.iterdir()} if directory.exists() else set()
@@ -86,25 +55,7 @@ def layers(hub) -> set[str]:
 
 @pytest.fixture(scope="module")
 def saved(hub, alice, tmp_path_factory):
-    """alice's instance `src`, with two packages, a plugin and a setting installed, saved as
-    `alice/my-env`: the saving operation as it ended."""
-    hub.start("alice", "src", alice, ON_BASE)
-    wheels = tmp_path_factory.mktemp("wheels")
-    given = [
-        (path.name, base64.b64encode(path.read_bytes()).decode(), user)
-        for path, user in (
-            (tiny_wheel(wheels, "tinyplain", "from pip install"), False),
-            (tiny_wheel(wheels, "tinyuser", "from pip install --user"), True),
-        )
-    ]
-    assert run_in(hub, "alice", "src", alice, f"WHEELS = {given!r}\n{INSTALL}") == "installed\n"
-    response = save(hub, alice, "src", "my-env")
-    assert response.status_code == 202, response.text
-    started = response.json()
-    assert (started["status"], started["target"]) == ("running", "alice/my-env")
-    saving = hub.atelier("GET", "/instances/alice/src", alice).json()["saving"]
-    assert saving is None or saving["id"] == started["id"]  # a small home saves at once
-    return follow(hub, alice, started)
+    return install_and_save(hub, alice, ON_BASE, tmp_path_factory.mktemp("wheels"))
 
 
 def test_a_new_instance_from_the_snapshot_has_what_the_user_installed_not_their_volume(
