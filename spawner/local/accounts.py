@@ -126,6 +126,20 @@ def ensure_account(name: str) -> None:
         )
 
 
+HELPER = "atelier-helper"  # the real and saved ids of the hub's tools run for an account
+
+
+def ensure_helper_account() -> None:
+    """The locked account no instance runs as, whose ids the hub's tools keep while they act
+    as an instance's account (atelier.spawner.local.snapshots.as_account)."""
+    with _ACCOUNTS_LOCK:
+        try:
+            pwd.getpwnam(HELPER)
+        except KeyError:
+            command = [USERADD, "--system", "--user-group", "--no-create-home", "--home-dir", "/"]
+            run(*command, "--shell", "/usr/sbin/nologin", HELPER)
+
+
 def prepare_private_dir(home: Path, account: str | None) -> None:
     """Create a directory private to an account (0700); its parents only traversable."""
     home.parent.mkdir(parents=True, exist_ok=True)

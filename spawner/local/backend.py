@@ -38,6 +38,11 @@ class LocalBackend(MachineBackend):
         super().configure_hub(c, data_dir)
         c.LocalInstanceSpawner.envs_dir = str(self.settings.resolved_envs_dir)
 
+    def prepare(self) -> None:
+        super().prepare()
+        if os.geteuid() == 0:
+            accounts.ensure_helper_account()
+
     def capabilities(self, inventory: list[Device]) -> Capabilities:
         return Capabilities(
             accelerators=count_by_type(inventory),
