@@ -101,6 +101,13 @@ class InstanceChecks:
         known = user is not None and name in user.orm_spawners
         return audit.Action.START_NOTEBOOK if known else audit.Action.CREATE_NOTEBOOK
 
+    async def not_saving(self, user_name: str, name: str) -> None:
+        """Refused (409) while the instance is being saved as an image: a stop or restart
+        would cut the save off."""
+        if f"{user_name}/{name}" in self.context.store.running_operations():
+            message = f"{name} is being saved as an image; stop it when the save has ended"
+            raise Refused(core.OptionsError("name", message, "conflict"), status_code=409)
+
     def check_name(self, name: str) -> None:
         try:
             core.validate_instance_name(name, self.context.limits)
@@ -214,6 +221,7 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
         """Tags and auto-stop change in place; a new spec restarts the instance, and the
         answer shows it restarted."""
         if self.check_options(user.name, spawner.name, options):
+            await self.not_saving(user.name, spawner.name)
             checks.checked.set(None)  # checked before the stop: the restart checks afresh
             self.log.info("Restarting %s on spec %s", spawner._log_name, options["spec"])
             await self.stop_single_user(user, spawner.name)
@@ -237,20 +245,15 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
             )
             raise Refused(core.OptionsError("confirm", message, "confirmation_required"))
         action = audit.Action.DELETE_NOTEBOOK if remove else audit.Action.STOP_NOTEBOOK
-        if f"{user_name}/{server_name}" in self.context.store.running_operations():
-            message = f"{server_name} is being saved as an image; stop it when the save has ended"
-            error = core.OptionsError("name", message, "conflict")
-            await self.audited(action, user_name, server_name, _refuse(error))
-        await self.audited(action, user_name, server_name, super().delete(user_name, server_name))
+        await self.audited(action, user_name, server_name, self._delete(user_name, server_name))
         if remove:
             self.context.store.forget_instance(user_name, server_name)
         else:  # stopped on purpose: no longer failed
             self.context.store.set_failure(user_name, server_name, None)
 
-
-async def _refuse(error: core.OptionsError) -> None:
-    """A refusal as an awaitable, so that it is audited as the action it refuses."""
-    raise Refused(error, status_code=409)
+    async def _delete(self, user_name, server_name):
+        await self.not_saving(user_name, server_name)
+        await super().delete(user_name, server_name)
 
 
 class VolumeExpandAPIHandler(InstanceChecks, APIHandler):

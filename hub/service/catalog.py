@@ -72,13 +72,12 @@ class ImageHandler(CatalogBase):
         """The caller, and the snapshot of theirs named `name` when they act as its owner
         (None: they act as an admin)."""
         caller = self.caller
-        if caller.may("custom:atelier:images:admin"):
-            return caller, None
-        caller = self.require(SAVE_SCOPE)
         image = {i.name: i for i in self.catalog_images()}.get(name)
-        if image is None or image.base is None or image.owner != caller.name:
-            raise not_found(f"image {name!r} of yours")
-        return caller, image
+        if caller.may("custom:atelier:images:admin") or "/" not in name:
+            return self.require("custom:atelier:images:admin"), None
+        if image is None or image.owner != caller.name:  # another's is not there for them
+            raise not_found(f"image {name!r}")
+        return self.require(SAVE_SCOPE), image
 
     async def get(self, name):
         caller = self.require("custom:atelier:images:read")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from atelier.hub.context import Context
 from atelier.hub.service.base import APIError, BaseHandler, Caller, not_found
@@ -19,11 +20,12 @@ from atelier.hub.service.routes import NAME, InstanceBase
 from atelier.spawner import core
 from atelier.spawner.core import audit
 from atelier.spawner.core.audit import Action
-from atelier.spawner.core.snapshots import saved
+from atelier.spawner.core.snapshots import GB, saved
 
 log = logging.getLogger(__name__)
 SAVE_SCOPE = "custom:atelier:images:save"
 PROGRESS_SECONDS = 0.5  # how often a save writes its progress to the store
+SAVE_THREADS = 4  # saves and measures at once; more wait their turn
 STATUS_OF_CODE = {"conflict": 409, "exists": 409, "not_found": 404}
 
 
@@ -50,6 +52,30 @@ class Saves:
     def __init__(self, context: Context):
         self.context = context
         self.tasks: set[asyncio.Task] = set()
+        self.measuring: set[str] = set()  # instances being measured: one request each
+        # their own threads: slow homes never hold up the API's other work
+        self.threads = ThreadPoolExecutor(SAVE_THREADS, thread_name_prefix="atelier-save")
+
+    async def measure(self, plan: core.SnapshotPlan) -> int:
+        """The image's size, once it is known to be within the limits (raises OptionsError)."""
+        instance = f"{plan.owner}/{plan.instance}"
+        if instance in self.measuring:
+            raise core.OptionsError("instance", f"{instance} is being saved already", "conflict")
+        self.measuring.add(instance)
+        try:
+            size, layers = await self.in_thread(self.context.backend.measure_snapshot, plan)
+        except (OSError, RuntimeError) as error:
+            log.error("measuring %s failed: %r", instance, error)
+            raise core.OptionsError(
+                "instance", "it could not be measured; ask the hub's operator", "unavailable"
+            ) from None
+        finally:
+            self.measuring.discard(instance)
+        core.check_snapshot_size(size, layers, self.context.limits)
+        return size
+
+    async def in_thread(self, work, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.threads, work, *args)
 
     def recover(self) -> None:
         """At start: saves cut off by the last stop are failed, audited, and what they left
@@ -75,16 +101,24 @@ class Saves:
 
     async def _save(self, id: str, plan: core.SnapshotPlan, caller: Caller) -> None:
         store, last = self.context.store, [0.0]
+        limit = self.context.limits.snapshot_size_gb
 
         def progress(phase: str, done: int, total: int) -> None:
+            if done > limit * GB:  # it grew after it was measured: the copy stops here
+                raise core.OptionsError(
+                    "instance",
+                    f"it grew past the limit of {limit:g} GB (limits.snapshot_size_gb) while "
+                    "it was saved",
+                    "too_large",
+                )
             now = time.monotonic()
             if now - last[0] >= PROGRESS_SECONDS or phase != "saving":
                 last[0] = now
                 store.progress_operation(id, phase, done, total)
 
         try:
-            digest = await asyncio.to_thread(self.context.backend.save_image, plan, progress)
-            await asyncio.to_thread(store.finish_snapshot, id, saved(plan, digest))
+            digest = await self.in_thread(self.context.backend.save_image, plan, progress)
+            await self.in_thread(store.finish_snapshot, id, saved(plan, digest))
         except Exception as error:  # noqa: BLE001 - any failure ends the operation as failed
             log.error("saving %s/%s failed: %r", plan.owner, plan.instance, error)
             reason = error.message if isinstance(error, core.OptionsError) else str(error)
@@ -110,8 +144,7 @@ class SaveImageHandler(InstanceBase):
         except core.OptionsError as error:
             raise refusal(error) from None
         try:
-            size, layers = await asyncio.to_thread(self.context.backend.measure_snapshot, plan)
-            core.check_snapshot_size(size, layers, self.context.limits)
+            size = await self.settings["saves"].measure(plan)
             operation = self.context.store.begin_operation(
                 Action.SAVE_IMAGE, owner, f"{owner}/{name}", plan.image.name
             )

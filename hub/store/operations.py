@@ -17,15 +17,17 @@ CUT_OFF = "cut off: the hub stopped while it ran; nothing of it was kept, start 
 
 class OperationQueries:
     def begin_operation(self, kind: str, owner: str, resource: str, target: str) -> dict:
-        """A new running operation; refused while another one runs on the same resource."""
+        """A new running operation; refused while another one runs on the same resource or
+        makes the same target."""
         with self.session() as db, db.begin():
-            running = select(OperationRecord.id).where(
-                OperationRecord.resource == resource, OperationRecord.status == "running"
-            )
-            if db.scalar(running) is not None:
-                raise CatalogError(
-                    "instance", f"{resource} is being saved already; wait for it", "conflict"
-                )
+            running = select(OperationRecord).where(OperationRecord.status == "running")
+            for other in db.scalars(running.where(OperationRecord.owner == owner)):
+                if other.resource == resource:
+                    raise CatalogError(
+                        "instance", f"{resource} is being saved already; wait for it", "conflict"
+                    )
+                if other.target == target:
+                    raise CatalogError("name", f"{target} is being saved already", "conflict")
             record = OperationRecord(
                 id=uuid.uuid4().hex, kind=kind, owner=owner, resource=resource, target=target
             )

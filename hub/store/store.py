@@ -37,6 +37,7 @@ from atelier.hub.store.records import (
     utcnow,
 )
 from atelier.spawner import core
+from atelier.spawner.core.snapshots import check_text_fields
 from atelier.spawner.identity import account_candidates, system_account_exists
 
 AUDIT_FILTERS = ("actor", "owner", "action", "resource_type", "resource")
@@ -367,8 +368,9 @@ def _check_image(image: core.Image, existing: list[core.Image], workspaces: set[
     try:
         if image.base is None:  # a snapshot's name is its owner's and theirs (plan_snapshot)
             core.validate_image_name(image.name)
+        check_text_fields({"display_name": image.display_name, "description": image.description})
     except core.OptionsError as error:
-        raise CatalogError("name", error.message) from None
+        raise CatalogError(error.field, error.message) from None
     if image.status not in core.IMAGE_STATUSES:
         raise CatalogError("status", f"must be one of {', '.join(core.IMAGE_STATUSES)}")
     if image.visibility not in core.IMAGE_VISIBILITIES:

@@ -17,6 +17,7 @@ from atelier.spawner.core.limits import Limits
 
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 SNAPSHOT_FIELDS = ("name", "display_name", "description")
+TEXT_FIELDS = {"display_name": 255, "description": 2000}  # the most characters of each
 PHASES = ("measuring", "saving", "verifying", "done")  # an operation's phase, in order
 OPERATION_STATUSES = ("running", "succeeded", "failed")
 GB = 1024**3
@@ -46,13 +47,11 @@ def plan_snapshot(
     """The snapshot `fields` (name, display_name, description) ask for, of an instance in
     `status` running `source`; `taken` holds the catalog's image names."""
     name = fields.get("name")
-    if not isinstance(name, str) or not SNAPSHOT_NAME.match(name):
+    if not isinstance(name, str) or not SNAPSHOT_NAME.fullmatch(name):
         raise OptionsError(
             "name", "must be 1 to 63 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
         )
-    for field in ("display_name", "description"):
-        if not isinstance(fields.get(field, ""), str):
-            raise OptionsError(field, "must be a string")
+    check_text_fields(fields)
     if status != "running":
         raise OptionsError(
             "instance", f"{owner}/{instance} is {status}; only a running one is saved", "conflict"
@@ -70,6 +69,14 @@ def plan_snapshot(
         base=source.base or source.name,
     )
     return SnapshotPlan(owner, instance, source, image)
+
+
+def check_text_fields(fields: dict) -> None:
+    """An image's display name and description, as the catalog keeps them."""
+    for field, most in TEXT_FIELDS.items():
+        value = fields.get(field, "")
+        if not isinstance(value, str) or len(value) > most:
+            raise OptionsError(field, f"must be a string of at most {most} characters")
 
 
 def check_snapshot_size(size_bytes: int, layers: int, limits: Limits) -> None:
