@@ -35,6 +35,7 @@ import yaml
 
 REGISTRY = "/usr/bin/docker-registry"
 USER = "atelier"
+LISTEN = "0A"  # a listening socket's state in /proc/net/tcp
 # The password is 256 random bits: its hash need not be slow, and every request checks it.
 BCRYPT_ROUNDS = 4
 MANIFEST_TYPES = (
@@ -85,6 +86,20 @@ def port_is_free(address: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def listened_by_root(port: int) -> bool:
+    """Whether what listens on `port` (any address, IPv4 or IPv6) is root's alone: instances
+    share the host's network, and one that took the port of Atelier's registry while it was
+    down would be sent its password."""
+    owners = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    owners.add(int(fields[7]))
+    return owners == {0}
 
 
 # Atelier's own registry.
@@ -202,6 +217,11 @@ class Registry:
 
     def credentials(self) -> tuple[str, str] | None:
         if self.password_file is not None:
+            if not listened_by_root(int(self.host.rpartition(":")[2])):
+                raise RegistryError(
+                    f"what listens on {self.host}, if anything, is not Atelier's registry "
+                    "(root's): its password is not sent; restart the hub"
+                )
             with contextlib.suppress(FileNotFoundError):  # the registry has not started yet
                 return USER, self.password_file.read_text().strip()
             return None
