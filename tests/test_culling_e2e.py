@@ -18,7 +18,7 @@ OPTIONS = {"image": BASE, "spec": "cpu.2u4g"}
 @pytest.fixture(scope="module")
 def culling_hub(envs_dir):
     hub = Hub(
-        envs_dir, culling={"idle_minutes": 0.33, "every_seconds": 3, "activity_interval_seconds": 3}
+        envs_dir, culling={"idle_minutes": 0.2, "every_seconds": 3, "activity_interval_seconds": 3}
     )
     yield hub
     hub.stop()
@@ -76,5 +76,5 @@ def test_idle_instance_is_culled_and_busy_kernel_is_not(culling_hub):
     query = "/audit?resource=ivy/idle&action=stopNotebook"  # written once the stop completes
     culled = hub.wait_for(lambda: hub.atelier("GET", query).json()["events"], what="audit")
     assert [(e["actor"], e["result"]) for e in culled] == [("service:idle-culler", "success")]
-    time.sleep(30)  # well past the idle timeout, while the cell still runs
+    time.sleep(18)  # well past the idle timeout (12 s), while the cell still runs
     assert hub.servers("ivy")["busy"]["ready"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import threading
 import time
 from pathlib import Path
@@ -123,10 +122,15 @@ def test_the_cli_saves_and_follows_the_operation(hub, alice):
     )
 
 
+HOLD = Path("/sys/fs/cgroup/freezer/atelier-test-hold")  # cgroup v1, as on these machines
+
+
 def catch_the_save(home: Path, caught: list, stop: threading.Event) -> None:
-    """Stop (SIGSTOP) the save's tar, which runs in the instance's home as its account, as soon
-    as it starts: the save then stays in its `saving` phase until the test lets it go on."""
+    """Freeze the save's tar, which runs in the instance's home as its account, as soon as it
+    starts (a freezer cgroup: a tar stopped by a signal is killed, one frozen is only slow):
+    the save then stays in its `saving` phase until the test thaws it (`release`)."""
     uid = os.stat(home).st_uid
+    HOLD.mkdir(exist_ok=True)
     while not stop.is_set():
         for entry in Path("/proc").iterdir():
             try:
@@ -136,12 +140,20 @@ def catch_the_save(home: Path, caught: list, stop: threading.Event) -> None:
                     and entry.stat().st_uid == uid
                     and os.readlink(entry / "cwd") == str(home)
                 ):
-                    os.kill(int(entry.name), signal.SIGSTOP)
+                    (HOLD / "tasks").write_text(entry.name)
+                    (HOLD / "freezer.state").write_text("FROZEN")
                     caught.append(int(entry.name))
                     return
             except OSError:
                 continue  # it ended meanwhile
         time.sleep(0.005)
+
+
+def release() -> None:
+    (HOLD / "freezer.state").write_text("THAWED")
+    while (HOLD / "tasks").read_text().strip():  # until the save's tar has ended
+        time.sleep(0.1)
+    HOLD.rmdir()
 
 
 def test_the_home_page_shows_the_save_then_offers_the_image(hub, alice, browser):
@@ -183,9 +195,8 @@ def test_the_home_page_shows_the_save_then_offers_the_image(hub, alice, browser)
         assert not lab_row.find_element(By.CSS_SELECTOR, "button[data-action=stop]").is_enabled()
     finally:
         stop.set()
-        for pid in caught:
-            os.kill(pid, signal.SIGCONT)
         catcher.join(5)
+        release()
 
     # the page saved with a token the hub gave the session for it: for minutes, saves alone
     tokens = hub.api("GET", "/users/alice/tokens").json()["api_tokens"]

@@ -258,7 +258,9 @@ def test_an_ssh_terminal_has_the_environment_of_a_jupyterlab_terminal(hub, setup
     assert over_ssh == in_lab
     lab = environ_of(pid_of(hub, USER, "lab"))
     assert (
-        over_ssh["PATH"] == lab["PATH"] == f"{lab['VIRTUAL_ENV']}/bin:/usr/local/bin:/usr/bin:/bin"
+        over_ssh["PATH"]
+        == lab["PATH"]
+        == f"{lab['HOME']}/.local/bin:{lab['VIRTUAL_ENV']}/bin:/usr/local/bin:/usr/bin:/bin"
     )
     for name in ("VIRTUAL_ENV", "MEM_LIMIT", "CPU_LIMIT", "JUPYTERHUB_API_TOKEN", "HOME"):
         assert over_ssh[name] == lab[name]
