@@ -12,8 +12,8 @@ engine, the registry Atelier starts); Atelier's save (commit, push, verify) agai
 `docker commit` + `docker push` of the same container to the same registry. Goal: <= 1.2x
 the bare time.
 
-Each round writes a new change (so no layer is already in the registry) and alternates which
-side goes first. `--backend all` runs both.
+Each round writes a new change (on Docker one for each side, so that neither finds its layer
+in the registry already) and alternates which side goes first. `--backend all` runs both.
 
     .venv/bin/python benchmarks/snapshot.py [--backend local|docker|all] [--megabytes 500]
                                             [--rounds 3]
@@ -138,18 +138,18 @@ def run_docker(args) -> dict:
                 subprocess.run(login, shell=True, input=password.encode(), check=True)
                 atelier, bare = [], []
                 for turn in range(args.rounds):
-                    change = CHANGE.format(round=turn, megabytes=args.megabytes)
-                    assert run_in(hub, "bench", "box", token, change) == "written\n"
                     tag = f"127.0.0.1:{port}/bench/bare:{turn}"
+                    bare_save = f"{docker} commit {container} {tag} && {docker} push {tag}"
                     sides = [
                         (atelier, save_seconds, (hub, token, "box", f"round-{turn}")),
-                        (
-                            bare,
-                            timed,
-                            (f"{docker} commit {container} {tag} && {docker} push {tag}",),
-                        ),
+                        (bare, timed, (bare_save,)),
                     ]
-                    for samples, measure, arguments in sides if turn % 2 == 0 else sides[::-1]:
+                    if turn % 2:
+                        sides.reverse()
+                    for number, (samples, measure, arguments) in enumerate(sides):
+                        # a change of its own: the registry has none of its layers yet
+                        change = CHANGE.format(round=f"{turn}-{number}", megabytes=args.megabytes)
+                        assert run_in(hub, "bench", "box", token, change) == "written\n"
                         samples.append(measure(*arguments))
     finally:
         if hub is not None:
