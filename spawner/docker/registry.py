@@ -88,10 +88,8 @@ def port_is_free(address: str) -> bool:
     return True
 
 
-def listened_by_root(port: int) -> bool:
-    """Whether what listens on `port` (any address, IPv4 or IPv6) is root's alone: instances
-    share the host's network, and one that took the port of Atelier's registry while it was
-    down would be sent its password."""
+def listeners(port: int) -> set[int]:
+    """The accounts (uids) listening on `port`, on any address, IPv4 or IPv6."""
     owners = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
@@ -99,7 +97,7 @@ def listened_by_root(port: int) -> bool:
                 fields = line.split()
                 if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     owners.add(int(fields[7]))
-    return owners == {0}
+    return owners
 
 
 # Atelier's own registry.
@@ -205,6 +203,10 @@ class RegistryError(RuntimeError):
     """The registry did not answer, or refused: the message names the call and why."""
 
 
+class RegistryTaken(RegistryError):
+    """Another account's process listens on the port of Atelier's registry."""
+
+
 @dataclass(frozen=True)
 class Registry:
     """Where snapshots go: `host` as engine references name it, `path` the repositories'
@@ -217,11 +219,16 @@ class Registry:
 
     def credentials(self) -> tuple[str, str] | None:
         if self.password_file is not None:
-            if not listened_by_root(int(self.host.rpartition(":")[2])):
-                raise RegistryError(
-                    f"what listens on {self.host}, if anything, is not Atelier's registry "
-                    "(root's): its password is not sent; restart the hub"
+            # instances share the host's network: one that took the port while the registry
+            # was down would be sent its password
+            owners = listeners(int(self.host.rpartition(":")[2]))
+            if owners - {0}:
+                raise RegistryTaken(
+                    f"what listens on {self.host} is not Atelier's registry (not root's): its "
+                    "password is not sent; end that process and restart the hub"
                 )
+            if not owners:
+                raise RegistryError(f"nothing listens on {self.host} yet")
             with contextlib.suppress(FileNotFoundError):  # the registry has not started yet
                 return USER, self.password_file.read_text().strip()
             return None
@@ -269,6 +276,8 @@ class Registry:
             try:
                 self.call("GET", "")
                 return
+            except RegistryTaken:
+                raise  # waiting would not make it Atelier's
             except RegistryError:
                 if time.monotonic() > deadline:
                     raise
