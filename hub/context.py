@@ -23,13 +23,13 @@ class Context:
     settings: Settings
     store: Store
     backend: Backend
-    allocator: Allocator  # the process's single view of held devices
+    allocator: Allocator  # held devices, shared by the hub and the service through the store
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
         store = Store(store_url(settings))
         backend = load_backend(settings, store)
-        return cls(settings, store, backend, Allocator(backend.inventory()))
+        return cls(settings, store, backend, Allocator(backend.inventory(), store))
 
     @property
     def limits(self) -> core.Limits:

@@ -99,6 +99,14 @@ class LimitsConfig(Strict):
         35, gt=0, le=100_000, description="the largest image 'save as image' makes"
     )
     snapshot_layers: int = Field(125, ge=1, le=1000, description="the most layers it may have")
+    jobs_per_user: int = Field(4, ge=1, le=1000, description="pending or running training jobs")
+    job_nodes: int = Field(8, ge=1, le=1024)
+    job_processes: int = Field(8, ge=1, le=256, description="processes (ranks) per node")
+    job_retries: int = Field(10, ge=0, le=100, description="restarts a job may ask for")
+    job_time_limit_minutes: int = Field(7 * 24 * 60, ge=1, le=365 * 24 * 60)
+    job_log_retention_days: int = Field(
+        30, ge=1, le=3650, description="how long a finished job's logs and metrics are kept"
+    )
 
     def to_limits(self) -> core.Limits:
         return core.Limits(**self.model_dump())

@@ -26,7 +26,7 @@ from jupyterhub.spawner import SpawnException
 
 from atelier.spawner import checks, core
 from atelier.spawner.core import audit
-from atelier.spawner.devices import Device, DevicesUnavailable
+from atelier.spawner.devices import INSTANCE_HOLDER, Device, DevicesUnavailable
 
 
 async def to_the_end(work: Callable, *args):
@@ -69,6 +69,11 @@ class InstanceSpawnerMixin:
     @property
     def holder(self) -> str:
         return f"{self.user.name}:{self.name}"
+
+    @property
+    def device_holder(self) -> str:
+        """Its name among the holders of devices (jobs hold them too)."""
+        return INSTANCE_HOLDER + self.holder
 
     def check(self) -> core.InstancePlan:
         """The plan the door that asked for this start made, when it made it for exactly these
@@ -144,7 +149,10 @@ class InstanceSpawnerMixin:
             self._report(25, f"Allocating devices for {plan.spec.name}")
             try:
                 self.held_devices = self.allocator.acquire(
-                    self.holder, plan.spec.name, plan.accelerator_type, plan.accelerator_count
+                    self.device_holder,
+                    plan.spec.name,
+                    plan.accelerator_type,
+                    plan.accelerator_count,
                 )
             except DevicesUnavailable as error:
                 raise checks.Refused(error, reason="devices") from None
@@ -242,7 +250,7 @@ class InstanceSpawnerMixin:
         if self.volume_to_make is not None:
             self.store.release_volume(self.user.name, self.name)
             self.volume_to_make = None
-        self.allocator.release(self.holder)
+        self.allocator.release(self.device_holder)
         self.held_devices = []
         await self.release_plan()
 
@@ -267,7 +275,7 @@ class InstanceSpawnerMixin:
         super().load_state(state)
         self.held_devices = [Device(**d) for d in state.get("devices", [])]
         if self.realised() and self.held_devices:
-            self.allocator.restore(self.holder, self.held_devices)
+            self.allocator.restore(self.device_holder, self.held_devices)
 
     def clear_state(self):
         super().clear_state()

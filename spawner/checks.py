@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from jupyterhub.spawner import SpawnException
 
 from atelier.spawner import core
+from atelier.spawner.devices import INSTANCE_HOLDER
 
 # who asked for what a spawner does now, and from where (actor, source address): each door
 # sets it for its request, and the tasks the request starts (a spawn, a delete) inherit it
@@ -75,6 +76,9 @@ def check_instance(
         total = store.volume_total_gb(user.name) + plan.volume_gb
         core.check_volume_quota(total, limits, "volume_gb")
     allocator.available(
-        f"{user.name}:{name}", plan.spec.name, plan.accelerator_type, plan.accelerator_count
+        f"{INSTANCE_HOLDER}{user.name}:{name}",
+        plan.spec.name,
+        plan.accelerator_type,
+        plan.accelerator_count,
     )
     return plan

@@ -1,7 +1,8 @@
 """Accelerator inventory and exclusive allocation.
 
 Parsing and choosing are pure; `detect_devices` is the one place that runs `nvidia-smi`
-and `npu-smi`. One `Allocator` per hub process hands each device to one instance at a time.
+and `npu-smi`. An `Allocator` hands each device to one instance or job at a time; the hub
+and the service share its holds through the store.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from atelier.spawner.core import OptionsError
 
 VISIBLE_DEVICES_VARIABLE = {"gpu": "CUDA_VISIBLE_DEVICES", "ascend": "ASCEND_RT_VISIBLE_DEVICES"}
 KIND_WORDS = {"gpu": "GPU", "ascend": "NPU"}
+INSTANCE_HOLDER, JOB_HOLDER = "instance:", "job:"  # how holders' names begin
 
 
 @dataclass(frozen=True, order=True)
@@ -38,6 +40,7 @@ class DevicesUnavailable(OptionsError):
             f"{'is' if free == 1 else 'are'} free. Stop another instance or choose a smaller spec."
         )
         super().__init__("spec", message, code="unavailable")
+        self.needed, self.free = needed, free
 
     def __str__(self) -> str:
         return self.message  # it names the spec already
@@ -120,30 +123,55 @@ def visible_devices_environment(devices: list[Device]) -> dict[str, str]:
     return environment
 
 
-class Allocator:
-    """Which instance holds which device, for the whole hub process."""
+class ProcessHolds:
+    """Device holds kept in this process alone (a store keeps them for several processes:
+    the hub's spawners and the service's jobs; see hub.store.jobs)."""
 
-    def __init__(self, inventory: list[Device]):
-        self.inventory = list(inventory)
+    def __init__(self):
         self.holders: dict[Device, str] = {}
+
+    def device_holds(self) -> dict[Device, str]:
+        return dict(self.holders)
+
+    def hold_devices(self, holder: str, choose) -> list[Device]:
+        chosen = choose({d for d, other in self.holders.items() if other != holder})
+        self.release_devices(holder)
+        self.holders.update(dict.fromkeys(chosen, holder))
+        return chosen
+
+    def restore_devices(self, holder: str, devices: list[Device]) -> None:
+        self.holders.update(dict.fromkeys(devices, holder))
+
+    def release_devices(self, holder: str) -> None:
+        for device in [d for d, h in self.holders.items() if h == holder]:
+            del self.holders[device]
+
+
+class Allocator:
+    """Which instance or job holds which device: each device goes to one holder at a time."""
+
+    def __init__(self, inventory: list[Device], holds=None):
+        self.inventory = list(inventory)
+        self.holds = holds or ProcessHolds()
 
     def available(self, holder: str, spec: str, type_: str | None, count: int) -> list[Device]:
         """The devices `holder` would get now (its own count as free), or DevicesUnavailable."""
         if not type_ or not count:
             return []
-        held = {device for device, other in self.holders.items() if other != holder}
+        held = {device for device, other in self.holds.device_holds().items() if other != holder}
         return choose_devices(self.inventory, held, spec, type_, count)
 
     def acquire(self, holder: str, spec: str, type_: str | None, count: int) -> list[Device]:
-        devices = self.available(holder, spec, type_, count)
-        self.release(holder)
-        self.holders.update(dict.fromkeys(devices, holder))
-        return devices
+        if not type_ or not count:
+            self.release(holder)
+            return []
+        return self.holds.hold_devices(
+            holder, lambda held: choose_devices(self.inventory, held, spec, type_, count)
+        )
 
     def restore(self, holder: str, devices: list[Device]) -> None:
         """Re-register devices of an instance found running after a hub restart."""
-        self.holders.update(dict.fromkeys(devices, holder))
+        self.holds.restore_devices(holder, devices)
 
     def release(self, holder: str) -> None:
-        for device in [d for d, h in self.holders.items() if h == holder]:
-            del self.holders[device]
+        self.holds.release_devices(holder)

@@ -9,7 +9,8 @@ from atelier.spawner.core import audit
 from atelier.spawner.core.audit import Action
 
 ROOT = Path(__file__).parent.parent
-PURE_STDLIB = {"__future__", "enum", "functools", "re", "dataclasses", "datetime"}
+PURE_STDLIB = {"__future__", "enum", "functools", "re", "dataclasses", "datetime", "json"}
+PURE_STDLIB |= {"posixpath", "signal"}  # paths as text, signals' names: no I/O
 
 
 def test_an_event_is_built_whole_with_the_resource_type_of_its_action():
@@ -45,6 +46,8 @@ def test_an_event_is_built_whole_with_the_resource_type_of_its_action():
         ("createWorkspace", "workspace"),
         ("deleteKeyPair", "keypair"),
         ("createTrainJob", "trainjob"),
+        ("stopTrainJob", "trainjob"),
+        ("deleteTrainJob", "trainjob"),
         ("login", "user"),
     ],
 )
@@ -110,6 +113,9 @@ def test_the_names_keep_the_spelling_operators_filter_on():
         "createKeyPair",
         "deleteKeyPair",
         "createTrainJob",
+        "stopTrainJob",
+        "resumeTrainJob",
+        "deleteTrainJob",
         "login",
         "accessDenied",
     }

@@ -66,7 +66,7 @@ def test_a_refused_request_holds_nothing():
     allocator.acquire("alice:a", "gpu.1xa100.8u64g", "a100", 1)
     with pytest.raises(DevicesUnavailable, match="needs 2 A100 GPUs; 1 is free"):
         allocator.acquire("bob:b", "gpu.2xa100.16u128g", "a100", 2)
-    assert set(allocator.holders.values()) == {"alice:a"}
+    assert set(allocator.holds.device_holds().values()) == {"alice:a"}
 
 
 def test_cpu_specs_take_no_devices():

@@ -21,6 +21,7 @@ from atelier.hub.app.users import OpenNotebookHandler, UserRecordsAPIHandler
 from atelier.hub.context import Context
 from atelier.hub.settings import settings_from_environment
 from atelier.hub.web.pages import home_view
+from atelier.spawner.devices import INSTANCE_HOLDER
 
 PASSWORD_FILE = "admin-password"
 
@@ -67,6 +68,8 @@ class AtelierHub(JupyterHub):
         """Share one Context (store, backend, devices) with handlers, pages and spawners."""
         self.atelier = Context.from_settings(settings_from_environment())
         self.atelier.store.seed(*self.atelier.settings.initial_catalog())
+        # the spawners restore the holds of the instances still running as they load
+        self.atelier.store.release_device_holds(INSTANCE_HOLDER)
         self.tornado_settings["atelier"] = self.atelier
         self.template_vars["atelier"] = partial(home_view, self.atelier)
         super().init_tornado_settings()

@@ -186,6 +186,77 @@ class OperationRecord(Base):
         }
 
 
+class JobRecord(Base):
+    """A training job: what was asked (`plan`, core.JobPlan's JSON), where it is, and the
+    backend's handle on what runs (`run`), so a restarted service picks it up."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    plan: Mapped[dict] = mapped_column(JSON)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # starts so far
+    restarts: Mapped[int] = mapped_column(Integer, default=0)  # of them, after a failure
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer, nullable=True)  # newest saved
+    devices: Mapped[list] = mapped_column(JSON, default=list)
+    run: Mapped[dict] = mapped_column(JSON, default=dict)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def to_json(self) -> dict:
+        moment = {  # fmt: skip
+            key: None if value is None else as_utc(value).isoformat()
+            for key, value in (
+                ("created", self.created),
+                ("started", self.started),
+                ("ended", self.ended),
+            )
+        }
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            **self.plan,
+            "world_size": self.plan["nodes"] * self.plan["processes_per_node"],
+            "attempt": self.attempt,
+            "restarts": self.restarts,
+            "checkpoint_step": self.checkpoint_step,
+            "devices": list(self.devices),
+            **moment,
+        }
+
+
+class JobEventRecord(Base):
+    """One line of a job's event list (queued, started, rank 3 exited 137, ...)."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(32), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    message: Mapped[str] = mapped_column(String(2000))
+
+    def to_json(self) -> dict:
+        return {"time": as_utc(self.time).isoformat(), "message": self.message}
+
+
+class DeviceHoldRecord(Base):
+    """Which instance or job holds an accelerator: the hub's spawners and the service's
+    jobs allocate from this one table, so neither gives away what the other holds."""
+
+    __tablename__ = "device_holds"
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str] = mapped_column(String(600), index=True)
+
+
 class AuditEvent(Base):
     """Who did what to which resource, when, from where, with what result. Append-only."""
 

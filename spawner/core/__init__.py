@@ -49,6 +49,7 @@ from atelier.spawner.core.instances import (
     validate_instance_name,
     whole_number,
 )
+from atelier.spawner.core.jobs import JobPlan, check_job_count, plan_job
 from atelier.spawner.core.limits import (
     Limits,
 )
@@ -118,4 +119,7 @@ __all__ = [
     "check_snapshot_size",
     "plan_snapshot",
     "snapshot_name",
+    "JobPlan",
+    "check_job_count",
+    "plan_job",
 ]

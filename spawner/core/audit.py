@@ -37,6 +37,9 @@ class Action(StrEnum):
     CREATE_KEY_PAIR = "createKeyPair"
     DELETE_KEY_PAIR = "deleteKeyPair"
     CREATE_TRAIN_JOB = "createTrainJob"
+    STOP_TRAIN_JOB = "stopTrainJob"
+    RESUME_TRAIN_JOB = "resumeTrainJob"
+    DELETE_TRAIN_JOB = "deleteTrainJob"
     LOGIN = "login"
     ACCESS_DENIED = "accessDenied"
 
@@ -65,7 +68,15 @@ RESOURCE_TYPES: dict[Action, str | None] = {
         (Action.CREATE_WORKSPACE, Action.UPDATE_WORKSPACE, Action.DELETE_WORKSPACE), "workspace"
     ),
     **dict.fromkeys((Action.CREATE_KEY_PAIR, Action.DELETE_KEY_PAIR), "keypair"),
-    Action.CREATE_TRAIN_JOB: "trainjob",
+    **dict.fromkeys(
+        (
+            Action.CREATE_TRAIN_JOB,
+            Action.STOP_TRAIN_JOB,
+            Action.RESUME_TRAIN_JOB,
+            Action.DELETE_TRAIN_JOB,
+        ),
+        "trainjob",
+    ),
     Action.LOGIN: "user",
     Action.ACCESS_DENIED: None,
 }

@@ -22,3 +22,9 @@ class Limits:
     keypairs_per_user: int = 20
     snapshot_size_gb: float = 35  # the largest image "save as image" makes (ModelArts' limit)
     snapshot_layers: int = 125  # the most layers it may have (OCI engines' practical limit)
+    jobs_per_user: int = 4  # pending or running training jobs
+    job_nodes: int = 8
+    job_processes: int = 8  # processes (ranks) per node
+    job_retries: int = 10  # restarts from a checkpoint a job may ask for
+    job_time_limit_minutes: int = 7 * 24 * 60
+    job_log_retention_days: int = 30  # a finished job's logs and metrics (ModelArts': 30)
