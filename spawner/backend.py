@@ -13,8 +13,11 @@ its `Options` model. Its spawner subclasses `InstanceSpawnerMixin` (atelier.spaw
 which holds what every backend's spawner shares.
 
 "Save as image" is the snapshot seat (`measure_snapshot`, `save_image`, `delete_saved_image`,
-`sweep_saved_images`); a backend without it refuses saves. Planned seats (next issues):
-`run_job(plan)` for training jobs, `run_model_server(plan)` for deployments.
+`sweep_saved_images`); a backend without it refuses saves. Training jobs are the job seat
+(`start_job`, `stop_job`, `job_nodes`, `job_usage`): the service decides when an attempt
+starts, fails or restarts; the backend starts each node's `torchrun` where it runs (through
+atelier.spawner.jobnode, which keeps the logs). Planned: `run_model_server(plan)` for
+deployments.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from atelier.spawner import core
+from atelier.spawner import core, jobnode
 from atelier.spawner.devices import Device, detect_devices
 
 if TYPE_CHECKING:
@@ -58,6 +61,22 @@ class Capabilities:
     users_isolated: bool  # each user's instances run apart from other users' (own account)
     volumes_enforced: bool  # a volume's size is a hard limit (ENOSPC), not only measured
     limits_unenforced: tuple[str, ...] = ()  # spec limits this machine cannot enforce
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One attempt of a job, as the service hands it to a backend: every node starts at
+    once; node k gets the k-th share of `devices`."""
+
+    id: str  # the job's id: its directory's name and its rendezvous id
+    plan: core.JobPlan
+    attempt: int  # 1 for the first start
+    directory: Path  # root's own: the nodes' launches and states, the logs and metrics
+    devices: tuple[Device, ...] = ()
+
+    def node_devices(self, node: int) -> list[Device]:
+        share = self.plan.spec.accelerator_count
+        return list(self.devices[node * share : (node + 1) * share])
 
 
 class NoOptions(BaseModel):
@@ -163,6 +182,32 @@ class Backend(ABC):
         """Remove snapshot content whose digest the catalog does not know (`known`): what a
         save cut off by a crash left. Called as the service starts, before any save. Blocking."""
         return
+
+    # training jobs ------------------------------------------------------------------------
+    def start_job(self, run: JobRun) -> None:
+        """Start every node of the attempt (each node's monitor through `jobnode.start`),
+        detached: they outlive the service. Raises `core.OptionsError` for what the user can
+        act on (a missing volume), RuntimeError or OSError when the machine failed. Blocking."""
+        raise core.OptionsError(
+            "image", f"the {self.name} backend cannot run training jobs", "unavailable"
+        )
+
+    def job_nodes(self, run: JobRun) -> list[jobnode.NodeState]:
+        """How each node of the attempt stands, from what its monitor recorded."""
+        return [
+            jobnode.read_state(run.directory, run.attempt, node) for node in range(run.plan.nodes)
+        ]
+
+    def stop_job(self, run: JobRun) -> None:
+        """Stop what still runs of the attempt, wait until it has ended, and give back what
+        the backend made for it; also what an ended attempt leaves. Blocking."""
+        for node in range(run.plan.nodes):
+            jobnode.stop(run.directory, run.attempt, node)
+        jobnode.wait_ended(run.directory, run.attempt, run.plan.nodes)
+
+    def job_usage(self, run: JobRun) -> dict[str, float]:
+        """What the running attempt uses now (cpu_seconds, memory_bytes), where known."""
+        return {}
 
     # volumes ----------------------------------------------------------------------------
     @abstractmethod

@@ -171,7 +171,8 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
             with contextlib.suppress(docker.errors.APIError):
                 await self.docker("remove_container", self.object_id, force=True)
             self.object_id = ""
-        await asyncio.to_thread(self.volume.detach)
+        if not self.store.jobs_on_volume(self.user.name, self.name):  # else it stays for them
+            await asyncio.to_thread(self.volume.detach)
         await asyncio.to_thread(endpoint.remove, self.endpoint_dir)
 
     async def delete_instance(self) -> bool:

@@ -20,6 +20,7 @@ from atelier.spawner.backend import Capabilities
 from atelier.spawner.devices import Device, count_by_type
 from atelier.spawner.identity import system_account_exists
 from atelier.spawner.local import accounts, cgroups, envs, snapshots, sshendpoint
+from atelier.spawner.local.jobs import LocalJobs
 from atelier.spawner.local.machine import MachineBackend
 from atelier.spawner.local.volumes import LocalVolume
 
@@ -30,7 +31,7 @@ def env_bytes(env: Path) -> int:
     return int(accounts.run("/usr/bin/du", "--summarize", "--bytes", str(env)).split()[0])
 
 
-class LocalBackend(MachineBackend):
+class LocalBackend(LocalJobs, MachineBackend):
     name = "local"
     spawner_class = "LocalInstanceSpawner"
 

@@ -164,3 +164,22 @@ def remove(groups: list[Path]) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+def usage(hierarchy: Hierarchy, name: str) -> list[tuple[str, float]]:
+    """What the group's processes use now: memory (the group's count) and CPU seconds (of
+    the processes alive in it, from /proc: v1 here has no cpuacct)."""
+    found: list[tuple[str, float]] = []
+    pids: set[str] = set()
+    for group in hierarchy.groups(name):
+        with contextlib.suppress(OSError):
+            pids.update((group / "cgroup.procs").read_text().split())
+        for memory in ("memory.usage_in_bytes", "memory.current"):
+            with contextlib.suppress(OSError, ValueError):
+                found.append(("memory_bytes", float((group / memory).read_text())))
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            found.append(("cpu_seconds", (int(fields[11]) + int(fields[12])) / ticks))
+    return found

@@ -1,0 +1,249 @@
+"""One node of a training job: the root-owned process that runs the node's `torchrun` (or the
+engine client that runs it in a container) and outlives the service that started it.
+
+    python -m atelier.spawner.jobnode <job directory> <attempt> <node>
+
+It reads the launch (`attempt-<a>/node-<k>.json`: argv, env, cwd, and for the local backend
+the account, cgroups and seccomp), splits the node's output by rank into the job's root-owned
+logs (`rank-<r>.log`, `node-<k>.log`) and metrics (`metrics.jsonl`), and records how the node
+ended (`attempt-<a>/node-<k>.state`). Nothing the job can write is ever opened by it: the
+job's processes only hold the write end of a pipe. SIGTERM stops the node (SIGTERM to its
+process group, SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from atelier.spawner.core import jobs
+
+GRACE_S = 10  # between SIGTERM and SIGKILL when a node is stopped
+LOG_LIMIT = 256 * 1024**2  # the most a rank's log keeps; what comes after is dropped, said once
+LINE_LIMIT = 64 * 1024
+PRIVATE = 0o600
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """How one node of an attempt stands: running (pid), or ended with an exit status and
+    the first failed rank torchrun reported; `lost` when it ended without saying so."""
+
+    node: int
+    running: bool
+    exit_status: int | None = None
+    failure: tuple[int, int] | None = None  # (rank, exit status)
+    ended: float | None = None
+    stopped: bool = False
+    lost: bool = False
+
+
+def launch_path(directory: Path, attempt: int, node: int) -> Path:
+    return directory / f"attempt-{attempt}" / f"node-{node}.json"
+
+
+def state_path(directory: Path, attempt: int, node: int) -> Path:
+    return directory / f"attempt-{attempt}" / f"node-{node}.state"
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Atomically: a reader sees the old state or the new one."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(value))
+    partial.replace(path)
+
+
+def start(directory: Path, attempt: int, node: int, launch: dict) -> int:
+    """Write the launch and start the node's monitor, detached (its own session: a stopping
+    hub does not signal it); returns the monitor's pid once it is running."""
+    path = launch_path(directory, attempt, node)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    write_json(path, launch)
+    command = [sys.executable, "-m", "atelier.spawner.jobnode", str(directory), str(attempt)]
+    with open_log(directory / f"node-{node}.log") as errors:
+        monitor = subprocess.Popen(
+            [*command, str(node)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + 30
+    while not state_path(directory, attempt, node).exists():  # it has started the node
+        if monitor.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"node {node}'s monitor ended at once (see node-{node}.log)")
+        time.sleep(0.05)
+    return monitor.pid
+
+
+def read_state(directory: Path, attempt: int, node: int) -> NodeState:
+    try:
+        state = json.loads(state_path(directory, attempt, node).read_text())
+    except (OSError, ValueError):
+        return NodeState(node, running=False, lost=True)
+    if state.get("exit_status") is None:
+        if alive(state["monitor"], state["monitor_started"]):
+            return NodeState(node, running=True)
+        return NodeState(node, running=False, lost=True)
+    failure = state.get("failure")
+    return NodeState(
+        node,
+        running=False,
+        exit_status=state["exit_status"],
+        failure=tuple(failure) if failure else None,
+        ended=state["ended"],
+        stopped=state.get("stopped", False),
+    )
+
+
+def stop(directory: Path, attempt: int, node: int) -> None:
+    """Ask a running monitor to stop its node (it records `stopped`)."""
+    try:
+        state = json.loads(state_path(directory, attempt, node).read_text())
+    except (OSError, ValueError):
+        return
+    if state.get("exit_status") is None and alive(state["monitor"], state["monitor_started"]):
+        os.kill(state["monitor"], signal.SIGTERM)
+
+
+def wait_ended(directory: Path, attempt: int, nodes: int, patience_s: float = 30) -> None:
+    """Until every node's monitor has ended (a stopped node takes its grace period)."""
+    deadline = time.monotonic() + patience_s
+    while any(read_state(directory, attempt, n).running for n in range(nodes)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the nodes of attempt {attempt} did not end in {patience_s} s")
+        time.sleep(0.2)
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks (field 22 of /proc/<pid>/stat): with the
+    pid, it names one process even after the pid is reused."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended
+
+
+def alive(pid: int, started: int) -> bool:
+    return process_start(pid) == started
+
+
+def open_log(path: Path):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, PRIVATE)
+    return os.fdopen(fd, "a", buffering=1, errors="replace")
+
+
+class Splitter:
+    """The node's output, line by line, into each rank's log, the node's log and metrics."""
+
+    def __init__(self, directory: Path, node: int):
+        self.directory = directory
+        self.node_log = open_log(directory / f"node-{node}.log")
+        self.metrics = open_log(directory / "metrics.jsonl")
+        self.ranks: dict[int, tuple[object, int]] = {}  # rank -> (file, bytes written)
+        self.agent_text: list[str] = []  # what torchrun's agent said (its failure report)
+
+    def line(self, line: str) -> None:
+        rank, text = jobs.split_line(line[:LINE_LIMIT])
+        if rank is None:
+            self.node_log.write(text)
+            self.agent_text.append(text)
+            del self.agent_text[:-200]
+            return
+        record = jobs.metrics_record(rank, text.rstrip("\n"))
+        if record is not None:
+            self.metrics.write(json.dumps({**record, "time": time.time()}) + "\n")
+            return
+        self.rank_log(rank, text if text.endswith("\n") else text + "\n")
+
+    def rank_log(self, rank: int, text: str) -> None:
+        file, written = self.ranks.get(rank) or (open_log(self.directory / f"rank-{rank}.log"), 0)
+        if written < LOG_LIMIT:
+            file.write(text if written + len(text) < LOG_LIMIT else "[log limit reached]\n")
+        self.ranks[rank] = (file, written + len(text))
+
+
+def preexec_for(launch: dict):
+    """Join the node's cgroups, confine and drop to the account (local backend), as the
+    instance spawner does; a new process group so a stop reaches every rank."""
+    account, groups = launch.get("account"), [Path(p) for p in launch.get("cgroups", [])]
+    setuid = confine = None
+    if launch.get("confine"):
+        import platform
+
+        from atelier.spawner.local import seccomp
+
+        confine = seccomp.loader(platform.machine())
+    if account:
+        from jupyterhub.spawner import set_user_setuid
+
+        setuid = set_user_setuid(account, chdir=False)
+
+    def preexec():
+        os.setpgid(0, 0)
+        for procs in groups:
+            procs.write_text(str(os.getpid()))
+        if confine is not None:
+            confine()
+        if setuid is not None:
+            setuid()
+        os.umask(0o022)
+
+    return preexec
+
+
+def monitor(directory: Path, attempt: int, node: int) -> None:
+    launch = json.loads(launch_path(directory, attempt, node).read_text())
+    me = {"monitor": os.getpid(), "monitor_started": process_start(os.getpid())}
+    splitter = Splitter(directory, node)
+    child = subprocess.Popen(
+        launch["argv"],
+        env=launch["env"],
+        cwd=launch["cwd"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=preexec_for(launch),
+        close_fds=True,
+    )
+    write_json(state_path(directory, attempt, node), {**me, "pid": child.pid})
+    stopped = threading.Event()
+
+    def on_term(signum, frame):
+        stopped.set()
+        with_grace(child)
+
+    signal.signal(signal.SIGTERM, on_term)
+    for raw in iter(child.stdout.readline, b""):
+        splitter.line(raw.decode(errors="replace"))
+    code = child.wait()
+    report = "".join(splitter.agent_text)
+    failure = None if code == 0 or stopped.is_set() else jobs.failed_rank(report)
+    state = {"exit_status": jobs.exit_status(code), "failure": failure, "ended": time.time()}
+    write_json(state_path(directory, attempt, node), {**me, **state, "stopped": stopped.is_set()})
+
+
+def with_grace(child: subprocess.Popen) -> None:
+    def kill_later():
+        time.sleep(GRACE_S)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    threading.Thread(target=kill_later, daemon=True).start()
+
+
+if __name__ == "__main__":
+    monitor(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
