@@ -21,6 +21,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from atelier.sdk.jobs import JobsMixin
+
 __all__ = ["AtelierError", "Client"]
 
 
@@ -59,7 +61,7 @@ def api_url_from_environment() -> str:
     return hub.rstrip("/").removesuffix("/hub/api") + "/services/atelier/api/v1"
 
 
-class Client:
+class Client(JobsMixin):
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 120):
         self.url = (url or api_url_from_environment()).rstrip("/")
         self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
@@ -76,9 +78,14 @@ class Client:
             method=method,
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
         )
+        with self._open(request) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def _open(self, request: urllib.request.Request):
+        """The response, or the refusal as an AtelierError."""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+            return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as error:
             try:
                 detail = json.loads(error.read())["error"]
@@ -86,7 +93,6 @@ class Client:
                 detail = {"code": "http_error", "message": error.reason}
             code, message, field = detail["code"], detail["message"], detail.get("field")
             raise AtelierError(error.code, code, message, field) from None
-        return json.loads(raw) if raw else None
 
     @property
     def user(self) -> str:
@@ -133,8 +139,9 @@ class Client:
         )
 
     # catalog
-    def images(self) -> list[dict]:
-        return self.request("GET", "/images")["images"]
+    def images(self, offered: bool = False) -> list[dict]:
+        """The catalog as you see it; `offered`: only what can start here now."""
+        return self.request("GET", "/images", offered=1 if offered else None)["images"]
 
     def image(self, name: str) -> dict:
         """A catalog image, or a snapshot by its full name `<owner>/<name>`."""
@@ -152,8 +159,9 @@ class Client:
         """Admins: any image. A snapshot's owner: their snapshot, and its content with it."""
         self.request("DELETE", _image_path(name))
 
-    def specs(self) -> list[dict]:
-        return self.request("GET", "/specs")["specs"]
+    def specs(self, available: bool = False) -> list[dict]:
+        """Every spec; `available`: only the enabled ones this hub has the devices for."""
+        return self.request("GET", "/specs", available=1 if available else None)["specs"]
 
     def add_spec(self, name: str, **fields) -> dict:
         return self.request("POST", "/specs", {"name": name, **fields})

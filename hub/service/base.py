@@ -39,6 +39,8 @@ SCOPES = {
     "custom:atelier:images:read": "List the image catalog and specs",
     "custom:atelier:images:admin": "Add, change and delete catalog images and specs",
     "custom:atelier:images:save": "Save one's instances as images; share and delete those",
+    "custom:atelier:jobs:read": "List and show one's own training jobs, their logs and metrics",
+    "custom:atelier:jobs:manage": "Submit, stop, resume and delete one's training jobs",
     "custom:atelier:audit:read": "Read audit events about oneself",
     "custom:atelier:keypairs:manage": "Register, generate, list and delete one's SSH key pairs",
     "custom:atelier:workspaces:admin": "Create, list, change and delete workspaces",

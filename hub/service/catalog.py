@@ -45,6 +45,9 @@ class ImagesHandler(CatalogBase):
         caller = self.require("custom:atelier:images:read")
         workspaces = await self.workspaces_of(caller)
         images = visible_images(self.catalog_images(), caller, workspaces)
+        if self.get_argument("offered", None):  # what can start here now, as the form offers
+            offered = {image.name for image in self.context.catalog().offered_images()}
+            images = [image for image in images if image.name in offered]
         self.reply({"images": [core.image_json(i) for i in images]})
 
     async def post(self):
@@ -123,7 +126,11 @@ class ImageHandler(CatalogBase):
 class SpecsHandler(CatalogBase):
     def get(self):
         self.require("custom:atelier:images:read")
-        self.reply({"specs": [core.spec_json(s) for s in self.context.store.specs()]})
+        specs = self.context.store.specs()
+        if self.get_argument("available", None):  # enabled, with the devices this hub has
+            catalog = self.context.catalog()
+            specs = [s for s in specs if not s.disabled and catalog.can_satisfy(s)]
+        self.reply({"specs": [core.spec_json(s) for s in specs]})
 
     def post(self):
         caller = self.require("custom:atelier:images:admin")

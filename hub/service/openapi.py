@@ -6,7 +6,8 @@ from dataclasses import asdict
 
 from atelier.hub.keypairs import MIN_RSA_BITS
 from atelier.hub.service.base import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
-from atelier.hub.service.openapi_schemas import ARGUMENT, ref, schemas
+from atelier.hub.service.openapi_jobs import JOB_OPERATIONS, JOB_RESPONSES, job_schemas
+from atelier.hub.service.openapi_schemas import ARGUMENT, query, ref, schemas
 from atelier.spawner import core
 
 DEFAULT_LIMITS = core.Limits()  # frozen: safe to share as a default
@@ -26,16 +27,6 @@ KEY_PAIR_ID = {
     "schema": ARGUMENT,
     "description": "the key pair's id (`id` in its listing), not its name",
 }
-
-
-def query(name: str, schema: dict, description: str) -> dict:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
 
 
 AUDIT_QUERY = [
@@ -290,6 +281,7 @@ OPERATIONS = {
         200,
         "AuditPage",
     ),
+    **JOB_OPERATIONS,
 }
 ERRORS = {
     "400": "a bad input: the message names the field and the limit",
@@ -335,20 +327,22 @@ def document(limits: core.Limits = DEFAULT_LIMITS) -> dict:
     paths: dict[str, dict] = {}
     for (path, method), (summary, *spec) in OPERATIONS.items():
         paths.setdefault(path, {})[method] = operation(summary.format_map(asdict(limits)), *spec)
+    for (path, method), responses in JOB_RESPONSES.items():  # a log is text, ...
+        paths[path][method]["responses"].update(responses)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Atelier API",
             "version": "1",
             "description": "Instances, image catalog, specs, save as image and its "
-            "operations, quotas and audit. Scopes (every "
+            "operations, training jobs, quotas and audit. Scopes (every "
             "user's default role has all but the two `:admin` ones): "
             + "; ".join(f"`{s}`: {d}" for s, d in SCOPES.items()),
         },
         "servers": [{"url": API_PREFIX}],
         "paths": paths,
         "components": {
-            "schemas": schemas(limits),
+            "schemas": {**schemas(limits), **job_schemas(limits)},
             "securitySchemes": {
                 "token": {
                     "type": "apiKey",

@@ -21,6 +21,17 @@ def obj(properties: dict, required: tuple = (), open_: bool = False) -> dict:
     return schema
 
 
+def query(name: str, schema: dict, description: str) -> dict:
+    """An optional query parameter."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
 def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 

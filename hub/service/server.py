@@ -14,7 +14,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
 
 from atelier.hub.context import Context
-from atelier.hub.service import catalog, snapshots
+from atelier.hub.service import catalog, jobs, snapshots
 from atelier.hub.service.base import (
     AUTH_CACHE_SECONDS,
     READ_LIMIT_BYTES,
@@ -32,6 +32,7 @@ from atelier.hub.service.people import (
     WorkspacesHandler,
 )
 from atelier.hub.service.routes import NAME, ROUTES
+from atelier.hub.service.training import Training
 from atelier.hub.settings import settings_from_environment
 
 
@@ -41,6 +42,7 @@ def all_routes() -> list[tuple[str, type]]:
         *ROUTES,
         *catalog.ROUTES,
         *snapshots.ROUTES,
+        *jobs.ROUTES,
         ("/workspaces", WorkspacesHandler),
         (f"/workspaces/{NAME}", WorkspaceHandler),
         ("/keypairs", KeyPairsHandler),
@@ -48,7 +50,9 @@ def all_routes() -> list[tuple[str, type]]:
     ]
 
 
-def make_app(context: Context, hub: HubClient, saves: snapshots.Saves) -> web.Application:
+def make_app(
+    context: Context, hub: HubClient, saves: snapshots.Saves, training: Training
+) -> web.Application:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE}/").rstrip("/")
     handlers = [(prefix + "/api/v1" + path, handler) for path, handler in all_routes()]
     handlers += [
@@ -62,6 +66,7 @@ def make_app(context: Context, hub: HubClient, saves: snapshots.Saves) -> web.Ap
         context=context,
         hub=hub,
         saves=saves,
+        training=training,
         prefix=prefix,
         recent=Recent(1.0),
         cookie_secret=os.urandom(32),
@@ -76,11 +81,15 @@ def main() -> None:
         HubOAuth.instance(cache_max_age=AUTH_CACHE_SECONDS)  # JupyterHub's default: 5 minutes
         saves = snapshots.Saves(context)
         await asyncio.to_thread(saves.recover)
-        make_app(context, hub, saves).listen(url.port, url.hostname, max_body_size=READ_LIMIT_BYTES)
+        training = Training(context)
+        app = make_app(context, hub, saves, training)
+        app.listen(url.port, url.hostname, max_body_size=READ_LIMIT_BYTES)
+        supervisor = asyncio.ensure_future(training.supervise())  # noqa: F841 - runs for good
         gc.freeze()  # start-up's objects live as long as the service: keep them out of GC scans
         retention = timedelta(days=context.settings.audit_retention_days)
         while True:
             context.store.expire_audit(datetime.now(UTC) - retention)
+            await asyncio.to_thread(training.expire_logs)
             await asyncio.sleep(3600)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
