@@ -37,10 +37,12 @@ def test_built_wheel_installs_and_imports(tmp_path):
         "atelier/images/pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64/requirements.txt",
         "atelier/extensions/__init__.py",
         "atelier/sdk/__init__.py",
+        "atelier/training/__init__.py",
         "atelier/hub/store/migrations/versions/0001_catalog_instances_and_audit_events.py",
     ):
         assert expected in names, expected
     assert not any(name.startswith(("hub/", "spawner/", "tests/")) for name in names)
+    assert not any(name.startswith("atelier/sdk/training/") for name in names)  # its own
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

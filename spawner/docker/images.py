@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -31,10 +32,14 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 import atelier.extensions
 import atelier.images
 import atelier.sdk
+import atelier.training
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
 EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))
 SDK_DIR = Path(next(iter(atelier.sdk.__path__)))
+TRAINING_DIR = Path(next(iter(atelier.training.__path__)))
+# found, not imported: the notebook widgets need ipywidgets, which only instances have
+WIDGETS_DIR = Path(next(iter(find_spec("atelier.widgets").submodule_search_locations)))
 PREFIX = "atelier/"
 BASE = "atelier/debian:12"
 SUITE = "bookworm"  # Debian 12
@@ -319,8 +324,8 @@ def make_context(
 ) -> None:
     """Lay out `name`'s build context in the empty directory `context`: Dockerfile,
     requirements.txt (its includes under requirements.d/, at their paths relative to images/),
-    atelier/ (the extension with its atelier.json, and the SDK), ca-certificates.crt and
-    wheels/."""
+    atelier/ (the extension with its atelier.json, the SDK and the training module),
+    ca-certificates.crt and wheels/."""
     folder = IMAGES_DIR / name
     shutil.copy(folder / "Dockerfile", context / "Dockerfile")
     files = requirement_files(folder / "requirements.txt")
@@ -340,9 +345,18 @@ def make_context(
             line = f"{match.group(1)} requirements.d/{path}"
         lines.append(line)
     (context / "requirements.txt").write_text("\n".join(lines) + "\n")
-    for source, target in ((EXTENSION_DIR, "extensions"), (SDK_DIR, "sdk")):
+    packages = (
+        (EXTENSION_DIR, "extensions"),
+        (SDK_DIR, "sdk"),
+        (TRAINING_DIR, "training"),
+        (WIDGETS_DIR, "widgets"),
+    )
+    for source, target in packages:
         shutil.copytree(
-            source, context / "atelier" / target, ignore=shutil.ignore_patterns("__pycache__")
+            source,
+            context / "atelier" / target,
+            # sdk/training and extensions/widgets: their own
+            ignore=shutil.ignore_patterns("__pycache__", "training", "widgets"),
         )
     shutil.copy(ca_bundle, context / "ca-certificates.crt")
     wheels = context / "wheels"

@@ -16,16 +16,21 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 
 import atelier.extensions
 import atelier.images
 import atelier.sdk
+import atelier.training
 from atelier.spawner.local.accounts import run
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
 EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))
 SDK_DIR = Path(next(iter(atelier.sdk.__path__)))
+TRAINING_DIR = Path(next(iter(atelier.training.__path__)))
+# found, not imported: the notebook widgets need ipywidgets, which only instances have
+WIDGETS_DIR = Path(next(iter(find_spec("atelier.widgets").submodule_search_locations)))
 STAMP = ".atelier-requirements.sha256"
 
 
@@ -120,14 +125,22 @@ def create_env(target: Path, image: str, log: Callable[[str], None]) -> None:
 
 
 def install_extension(env: Path) -> None:
-    """Copy Atelier's jupyter-server extension and SDK into the environment; enable the first."""
+    """Copy Atelier's jupyter-server extension, SDK and training module (what a job's ranks
+    import) into the environment; enable the extension."""
     site = next((env / "lib").glob("python3*/site-packages"))
-    for source, name in ((EXTENSION_DIR, "extensions"), (SDK_DIR, "sdk")):
+    packages = (
+        (EXTENSION_DIR, "extensions"),
+        (SDK_DIR, "sdk"),
+        (TRAINING_DIR, "training"),
+        (WIDGETS_DIR, "widgets"),
+    )
+    for source, name in packages:
         shutil.copytree(
             source,
             site / "atelier" / name,
             dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns("__pycache__"),
+            # sdk/training and extensions/widgets: their own
+            ignore=shutil.ignore_patterns("__pycache__", "training", "widgets"),
         )
     see_user_site(env)
     config_dir = env / "etc" / "jupyter" / "jupyter_server_config.d"
