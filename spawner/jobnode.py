@@ -26,7 +26,7 @@ from pathlib import Path
 from atelier.spawner.core import jobs
 
 GRACE_S = 10  # between SIGTERM and SIGKILL when a node is stopped
-LOG_LIMIT = 256 * 1024**2  # the most a rank's log keeps; what comes after is dropped, said once
+LOG_LIMIT = 256 * 1024**2  # the most a log (a rank's, the node's, the metrics) keeps per node
 LINE_LIMIT = 64 * 1024
 PRIVATE = 0o600
 
@@ -151,19 +151,26 @@ class Splitter:
         self.metrics = open_log(directory / "metrics.jsonl")
         self.ranks: dict[int, tuple[object, int]] = {}  # rank -> (file, bytes written)
         self.agent_text: list[str] = []  # what torchrun's agent said (its failure report)
+        self.node_written = self.metrics_written = 0  # bytes: each is held to LOG_LIMIT
 
     def line(self, line: str) -> None:
-        rank, text = jobs.split_line(line[:LINE_LIMIT])
+        rank, text = jobs.split_line(line)
+        text = text if text.endswith("\n") else text + "\n"
         if rank is None:
-            self.node_log.write(text)
+            self.node_written += len(text)
+            if self.node_written < LOG_LIMIT:
+                self.node_log.write(text)
             self.agent_text.append(text)
             del self.agent_text[:-200]
             return
         record = jobs.metrics_record(rank, text.rstrip("\n"))
         if record is not None:
-            self.metrics.write(json.dumps({**record, "time": time.time()}) + "\n")
+            entry = json.dumps({**record, "time": time.time()}) + "\n"
+            self.metrics_written += len(entry)
+            if self.metrics_written < LOG_LIMIT:
+                self.metrics.write(entry)
             return
-        self.rank_log(rank, text if text.endswith("\n") else text + "\n")
+        self.rank_log(rank, text)
 
     def rank_log(self, rank: int, text: str) -> None:
         file, written = self.ranks.get(rank) or (open_log(self.directory / f"rank-{rank}.log"), 0)
@@ -223,8 +230,11 @@ def monitor(directory: Path, attempt: int, node: int) -> None:
         with_grace(child)
 
     signal.signal(signal.SIGTERM, on_term)
-    for raw in iter(child.stdout.readline, b""):
-        splitter.line(raw.decode(errors="replace"))
+    cut = False  # the rest of a line longer than LINE_LIMIT is dropped, never held
+    for raw in iter(lambda: child.stdout.readline(LINE_LIMIT), b""):
+        if not cut:
+            splitter.line(raw.decode(errors="replace"))
+        cut = not raw.endswith(b"\n")
     code = child.wait()
     report = "".join(splitter.agent_text)
     failure = None if code == 0 or stopped.is_set() else jobs.failed_rank(report)

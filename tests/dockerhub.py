@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import Hub
+from conftest import TORCH, WORK, Hub
 from test_ssh_e2e import reachable_over_ssh
 
 
@@ -45,6 +45,16 @@ def docker_hub(envs_dir, engine, **overrides) -> DockerHub:
 def container_of(hub, client, user: str, name: str) -> dict:
     """The engine's view of the user's instance `name`."""
     return client.api.inspect_container(hub.servers(user)[name]["state"]["object_id"])
+
+
+@pytest.fixture(scope="session")
+def docker_torch_image(docker_engine, docker_images) -> None:
+    """The CPU PyTorch image built in the tests' engine too, on the base `docker_images` built
+    (kept in the engine's data root for later runs)."""
+    from atelier.spawner.docker import images
+
+    with contextlib.closing(docker_engine.client()) as client:
+        images.build(client, TORCH, WORK / "docker-cache", print)
 
 
 @pytest.fixture(scope="module")

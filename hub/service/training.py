@@ -39,6 +39,7 @@ class Training:
     def __init__(self, context: Context):
         self.context = context
         self.busy: set[str] = set()  # jobs a step is working on
+        self.steps: set[asyncio.Task] = set()  # held: the loop keeps only weak references
         self.checkpoints: dict[str, tuple[int, int | None]] = {}  # id -> (read up to, step)
         self.threads = ThreadPoolExecutor(THREADS, thread_name_prefix="atelier-job")
 
@@ -71,7 +72,6 @@ class Training:
 
     async def tick(self) -> None:
         waited: set[str] = set()  # device types an earlier pending job waits for
-        steps = []
         for job in await self.in_thread(self.store.active_jobs):
             if job["id"] in self.busy:
                 continue
@@ -80,9 +80,9 @@ class Training:
                 if plan is None or not self.may_start(job, plan, waited):
                     continue
             self.busy.add(job["id"])
-            steps.append(asyncio.ensure_future(self.step(job)))
-        if steps:
-            await asyncio.wait(steps, timeout=0)  # they go on beside the next ticks
+            step = asyncio.ensure_future(self.step(job))  # it goes on beside the next ticks
+            self.steps.add(step)
+            step.add_done_callback(self.steps.discard)
 
     def plan_or_fail(self, job: dict) -> jobs.JobPlan | None:
         try:
@@ -148,8 +148,10 @@ class Training:
         run = JobRun(job["id"], plan, attempt, directory, tuple(devices))
         try:
             await self.in_thread(self.context.backend.start_job, run)
-        except core.OptionsError as error:
-            await self.in_thread(self.context.backend.stop_job, run)
+        except Exception as error:
+            await self.in_thread(self.context.backend.stop_job, run)  # the nodes that started
+            if not isinstance(error, core.OptionsError):
+                raise
             self.finish(job, "failed", f"it cannot start: {error.message}")
             return
         shape = f"{plan.nodes} node(s) x {plan.processes_per_node} process(es)"
