@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("ATELIER_TEST_DIR", "/var/tmp/atelier-tests"))
 BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
 TORCH = "pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64"
-# A GPU image for the fake-GPU inventory; its local environment is the CPU base one.
+# A GPU image for the fake-GPU inventory; its local environment is the CPU PyTorch one.
 FAKE_GPU = "python_3.11-cuda_12.4-py_3.11-debian_12-x86_64"
 
 
@@ -46,9 +46,10 @@ def envs_dir() -> Path:
     WORK.chmod(0o711)
     for image in (BASE, TORCH):
         build_env(envs, image)
-    fake = envs / FAKE_GPU
-    if not fake.exists():
-        fake.symlink_to(envs / BASE)
+    fake = envs / FAKE_GPU  # torch's CPU build: enough for a job's torchrun without a GPU
+    if not (fake.is_symlink() and fake.readlink() == envs / TORCH):
+        fake.unlink(missing_ok=True)
+        fake.symlink_to(envs / TORCH)
     return envs
 
 

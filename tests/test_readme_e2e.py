@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import TORCH, environ_of, pid_of, sign_in, sign_up
+from conftest import ROOT, TORCH, environ_of, pid_of, sign_in, sign_up
 from readme_blocks import README, Place, Where, alternatives, blocks, classify, unfilled
 
 VENV_BIN = Path(sys.executable).parent
 API = "The Atelier API, SDK and CLI"
 SSH = "SSH access (VS Code, PyCharm, ssh, scp)"
 SAVE = "Save as image"
+TRAIN = "Training jobs"
 
 # What bash runs before each block: the harness's shims, then the reader's shell state.
 PRELUDE = r"""
@@ -204,6 +207,21 @@ def start(instance: str, options: dict | None = None) -> Callable[[Reader], None
     return started
 
 
+def example_in(*instances: str):
+    """The example training script as `train.py` in alice's instances' volumes, as the
+    README asks a reader to copy it."""
+
+    def copied(reader: Reader) -> None:
+        account = reader.hub.account("alice")
+        for instance in instances:
+            target = reader.hub.shared_dir / "mounts" / account / instance / "train.py"
+            shutil.copy(ROOT / "examples" / "train_ddp.py", target)
+            entry = pwd.getpwnam(account)
+            os.chown(target, entry.pw_uid, entry.pw_gid)
+
+    return copied
+
+
 def transfers(reader: Reader) -> None:
     """A file to copy, and the gateway's host key accepted (as answering ssh's prompt)."""
     (reader.home / "work" / "data.tar").write_bytes(os.urandom(1 << 20))
@@ -244,6 +262,12 @@ STEPS = [
     ),
     Step(Where(SAVE, "atelier images save")),
     Step(Where(SAVE, "/atelier/images")),
+    PythonInInstance(Where(TRAIN, "client.create_job("), before=example_in("exp-1", "exp-2")),
+    Step(
+        Where(TRAIN, "$API/jobs -d"),
+        wrap={"-X POST $API/jobs/alice/ddp-2/resume": "expect_http 409 "},
+    ),
+    Step(Where(TRAIN, "atelier jobs submit")),
     Step(Where(SSH, '"ssh": {"enabled"'), fill={"<key pair id>": "{keypair}"}),
     Step(
         Where(SSH, "scp -i"),
@@ -279,6 +303,8 @@ NOT_RUN = {
     Where("Save as image on Docker", "registry.example.org"): "settings for an external "
     "registry (tests/test_docker_snapshots.py checks how they are read)",
     Where("Layout", "hub/"): "the source tree, not a command",
+    Where(TRAIN, "training.init_process_group()"): "a training script's lines, not a whole "
+    "one: examples/train_ddp.py runs them (tests/test_training.py, tests/test_jobs_e2e.py)",
 }
 
 
