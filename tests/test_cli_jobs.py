@@ -4,17 +4,13 @@ save-as-image tests do: what each command sends, what it prints, and its refusal
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from standin import API, FakeAtelier, refusal, serve
 
 from atelier.hub.cli import jobs
 from atelier.hub.cli.main import main
 
-API = "/services/atelier/api/v1"
 TORCH = "pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64"
 
 
@@ -50,36 +46,7 @@ def job(status="pending", name="ddp", owner="alice", **more) -> dict:
     }
 
 
-def refusal(code: str, message: str, field: str | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "field": field}}
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: dict
-    body: object
-
-
-@dataclass
-class FakeAtelier:
-    """Answers (method, path) from `answers`: a list of (status, body) taken in turn, the last
-    one repeated; a str body goes out as text. Records every request in `seen`."""
-
-    url: str = ""
-    answers: dict = field(default_factory=dict)
-    seen: list = field(default_factory=list)
-
-    def answer(self, method: str, path: str, *replies) -> None:
-        self.answers[(method, API + path)] = list(replies)
-
-    def reply(self, method: str, path: str) -> tuple[int, object]:
-        replies = self.answers.get((method, path))
-        if not replies:
-            return 404, refusal("not_found", f"no route {method} {path}")
-        return replies.pop(0) if len(replies) > 1 else replies[0]
-
+class JobsAtelier(FakeAtelier):
     def sent(self) -> list[tuple[str, str, object]]:
         """What the CLI asked, but who it is (GET /quotas)."""
         return [
@@ -91,33 +58,8 @@ class FakeAtelier:
 
 @pytest.fixture(scope="module")
 def stand_in():
-    fake = FakeAtelier()
-
-    class Handler(BaseHTTPRequestHandler):
-        def answer(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            url = urlsplit(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            fake.seen.append(Seen(self.command, url.path, query, json.loads(raw) if raw else None))
-            status, data = fake.reply(self.command, url.path)
-            text = isinstance(data, str)
-            payload = data.encode() if text else json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain" if text else "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_GET = do_POST = do_DELETE = answer
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_port}{API}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    fake = JobsAtelier(prefix=API)
+    server = serve(fake)
     yield fake
     server.shutdown()
     server.server_close()

@@ -11,15 +11,13 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import BASE, ROOT, free_port
+from standin import FakeAtelier, refusal, serve
 
 from atelier.hub.cli.main import main
 from atelier.hub.service.openapi import document
@@ -49,64 +47,10 @@ def operation(status="running", phase="measuring", percent=0, reason=None, **mor
     }
 
 
-def refusal(code: str, message: str, field: str | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "field": field}}
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    authorization: str
-    body: object
-
-
-@dataclass
-class FakeAtelier:
-    """Answers (method, path) from `answers`: a list of (status, body) taken in turn, the last
-    one repeated; a str body goes out as it is. Records every request in `seen`."""
-
-    url: str = ""
-    answers: dict = field(default_factory=dict)
-    seen: list = field(default_factory=list)
-
-    def answer(self, method: str, path: str, *replies) -> None:
-        self.answers[(method, path)] = list(replies)
-
-    def reply(self, method: str, path: str) -> tuple[int, object]:
-        replies = self.answers.get((method, path.partition("?")[0]))
-        if not replies:
-            return 404, refusal("not_found", f"no route {method} {path}")
-        return replies.pop(0) if len(replies) > 1 else replies[0]
-
-
 @pytest.fixture(scope="module")
 def stand_in():
     fake = FakeAtelier()
-
-    class Handler(BaseHTTPRequestHandler):
-        def answer(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            body = json.loads(raw) if raw else None
-            fake.seen.append(Seen(self.command, self.path, self.headers["Authorization"], body))
-            status, data = fake.reply(self.command, self.path)
-            payload = data.encode() if isinstance(data, str) else json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_GET = do_POST = do_PATCH = do_DELETE = answer
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_port}/services/atelier/api/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve(fake)
     yield fake
     server.shutdown()
     server.server_close()
