@@ -26,6 +26,7 @@ from pathlib import Path
 from atelier.spawner.core import jobs
 
 GRACE_S = 10  # between SIGTERM and SIGKILL when a node is stopped
+READ_ON_S = 5  # how long the output is read after the node's torchrun has ended
 LOG_LIMIT = 256 * 1024**2  # the most a log (a rank's, the node's, the metrics) keeps per node
 LINE_LIMIT = 64 * 1024
 PRIVATE = 0o600
@@ -145,8 +146,8 @@ def open_log(path: Path):
 class Splitter:
     """The node's output, line by line, into each rank's log, the node's log and metrics."""
 
-    def __init__(self, directory: Path, node: int):
-        self.directory = directory
+    def __init__(self, directory: Path, node: int, ranks: int):
+        self.directory, self.ranks_in_job = directory, ranks
         self.node_log = open_log(directory / f"node-{node}.log")
         self.metrics = open_log(directory / "metrics.jsonl")
         self.ranks: dict[int, tuple[object, int]] = {}  # rank -> (file, bytes written)
@@ -156,7 +157,7 @@ class Splitter:
     def line(self, line: str) -> None:
         rank, text = jobs.split_line(line)
         text = text if text.endswith("\n") else text + "\n"
-        if rank is None:
+        if rank is None or rank >= self.ranks_in_job:  # a rank the job has not: the agent's
             self.node_written += len(text)
             if self.node_written < LOG_LIMIT:
                 self.node_log.write(text)
@@ -211,7 +212,7 @@ def preexec_for(launch: dict):
 def monitor(directory: Path, attempt: int, node: int) -> None:
     launch = json.loads(launch_path(directory, attempt, node).read_text())
     me = {"monitor": os.getpid(), "monitor_started": process_start(os.getpid())}
-    splitter = Splitter(directory, node)
+    splitter = Splitter(directory, node, launch["ranks"])
     child = subprocess.Popen(
         launch["argv"],
         env=launch["env"],
@@ -230,16 +231,22 @@ def monitor(directory: Path, attempt: int, node: int) -> None:
         with_grace(child)
 
     signal.signal(signal.SIGTERM, on_term)
-    cut = False  # the rest of a line longer than LINE_LIMIT is dropped, never held
-    for raw in iter(lambda: child.stdout.readline(LINE_LIMIT), b""):
-        if not cut:
-            splitter.line(raw.decode(errors="replace"))
-        cut = not raw.endswith(b"\n")
+    reader = threading.Thread(target=split, args=(child.stdout, splitter), daemon=True)
+    reader.start()
     code = child.wait()
+    reader.join(READ_ON_S)  # a process the node left behind may hold the pipe: not for long
     report = "".join(splitter.agent_text)
     failure = None if code == 0 or stopped.is_set() else jobs.failed_rank(report)
     state = {"exit_status": jobs.exit_status(code), "failure": failure, "ended": time.time()}
     write_json(state_path(directory, attempt, node), {**me, **state, "stopped": stopped.is_set()})
+
+
+def split(output, splitter: Splitter) -> None:
+    cut = False  # the rest of a line longer than LINE_LIMIT is dropped, never held
+    for raw in iter(lambda: output.readline(LINE_LIMIT), b""):
+        if not cut:
+            splitter.line(raw.decode(errors="replace"))
+        cut = not raw.endswith(b"\n")
 
 
 def with_grace(child: subprocess.Popen) -> None:

@@ -10,7 +10,7 @@ from atelier.spawner.core.audit import Action
 
 ROOT = Path(__file__).parent.parent
 PURE_STDLIB = {"__future__", "enum", "functools", "re", "dataclasses", "datetime", "json"}
-PURE_STDLIB |= {"posixpath", "signal"}  # paths as text, signals' names: no I/O
+PURE_STDLIB |= {"math", "posixpath", "signal"}  # paths as text, signals' names: no I/O
 
 
 def test_an_event_is_built_whole_with_the_resource_type_of_its_action():

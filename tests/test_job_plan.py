@@ -107,22 +107,26 @@ Root Cause (first observed failure):
 
 
 def test_a_nodes_output_goes_to_each_ranks_log_the_agents_log_and_the_metrics(tmp_path):
-    splitter = Splitter(tmp_path, 0)
+    splitter = Splitter(tmp_path, 0, ranks=2)
     for line in [
         "W1202 agent says\n",
         "[rank1]:hello from 1\n",
+        "[rank7]:a rank the job has not\n",
         "[rank0]:[rank0]: Traceback\n",
         f'[rank0]:{jobs.METRICS_MARK}{{"step": 3, "values": {{"loss": 0.5}}}}\n',
         f'[rank0]:{jobs.METRICS_MARK}{{"step": 5, "checkpoint": true}}\n',
         f"[rank0]:{jobs.METRICS_MARK}not json\n",
+        f'[rank0]:{jobs.METRICS_MARK}{{"step": 6, "values": {{"loss": NaN}}}}\n',
+        f'[rank0]:{jobs.METRICS_MARK}{{"step": {2**40}, "checkpoint": true}}\n',
         "[rank0]:no newline",
     ]:
         splitter.line(line)
     assert (tmp_path / "rank-1.log").read_text() == "hello from 1\n"
-    assert (tmp_path / "rank-0.log").read_text() == (
-        f" Traceback\n{jobs.METRICS_MARK}not json\nno newline\n"
-    )
-    assert (tmp_path / "node-0.log").read_text() == "W1202 agent says\n"
+    refused = (tmp_path / "rank-0.log").read_text().split("\n")[:-1]  # \x1e: no line break
+    assert refused[0] == " Traceback" and refused[-1] == "no newline"
+    assert len(refused) == 5  # not json, NaN, a step no store keeps: lines, not metrics
+    assert (tmp_path / "node-0.log").read_text() == "W1202 agent says\na rank the job has not\n"
+    assert not (tmp_path / "rank-7.log").exists()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [{k: v for k, v in r.items() if k != "time"} for r in records] == [
         {"rank": 0, "step": 3, "values": {"loss": 0.5}},

@@ -123,7 +123,7 @@ class JobStopHandler(JobBase):
 
 
 class JobResumeHandler(JobBase):
-    def post(self, owner, name):
+    async def post(self, owner, name):
         caller = self.require(JOBS_MANAGE)
         job = self.job(caller, owner, name)
         try:
@@ -135,6 +135,9 @@ class JobResumeHandler(JobBase):
                 )
             active = sum(j["status"] in ACTIVE for j in self.context.store.jobs(owner))
             core.check_job_count(active, self.context.limits)
+            workspaces = await self.hub.memberships(owner)
+            catalog = self.context.catalog().for_user(owner, workspaces)
+            jobs.plan_from_json(owner, name, job, catalog)  # the image is still theirs to use
         except core.OptionsError as error:
             self.audit_job(caller, Action.RESUME_TRAIN_JOB, owner, name, "failure", str(error))
             raise refusal(error) from None
@@ -192,7 +195,8 @@ class JobLogsHandler(JobBase):
                     continue
                 if not self.get_argument("follow", None):
                     break
-                if self.context.store.job(owner, name)["status"] not in ACTIVE:
+                now = self.context.store.job(owner, name)
+                if now is None or now["status"] not in ACTIVE:  # ended, or deleted meanwhile
                     if not await asyncio.to_thread(read_from, path, offset):
                         break
                     continue
@@ -249,17 +253,27 @@ class JobMetricsHandler(JobBase):
 
 
 def read_series(path) -> dict[str, list[list[float]]]:
-    """Each metric's [step, value] points, oldest first, thinned to SERIES_POINTS."""
-    series: dict[str, list[list[float]]] = {}
+    """Each metric's [step, value] points, oldest first, thinned as they are read to at most
+    2 x SERIES_POINTS (every other one dropped, the stride doubled): bounded memory, however
+    much a job logged."""
+    series: dict[str, tuple[list[list[float]], list[int]]] = {}  # points, [stride, seen]
     try:
         with open(path, "rb") as file:
             for line in file:
                 record = json.loads(line) if line.endswith(b"\n") else {}
                 for key, value in record.get("values", {}).items():
-                    series.setdefault(key, []).append([record["step"], value])
+                    if key not in series and len(series) >= SERIES_POINTS:
+                        continue  # no more series than points in one
+                    points, counts = series.setdefault(key, ([], [1, 0]))
+                    if counts[1] % counts[0] == 0:
+                        points.append([record["step"], value])
+                    counts[1] += 1
+                    if len(points) > 2 * SERIES_POINTS:
+                        del points[1::2]
+                        counts[0] *= 2
     except FileNotFoundError:
         pass
-    return {key: points[:: -(-len(points) // SERIES_POINTS)] for key, points in series.items()}
+    return {key: points for key, (points, _) in series.items()}
 
 
 ROUTES = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import posixpath
 import re
 import signal
@@ -45,6 +46,7 @@ DISTRIBUTED_BACKEND = {"cpu": "gloo", "gpu": "nccl", "ascend": "hccl"}  # by the
 PREFIX = "[rank{rank}]:"  # how each rank's lines reach the node's log (torchrun's --tee)
 PREFIX_TEMPLATE = PREFIX.format(rank="${rank}")
 METRICS_MARK = "\x1eatelier-metrics "  # a line a rank prints from atelier.training
+MAX_STEP = 2**31 - 1  # a step the store keeps (a checkpoint's) in every database
 
 
 @dataclass(frozen=True)
@@ -313,17 +315,22 @@ def metrics_record(rank: int, text: str) -> dict | None:
         record = json.loads(text[len(METRICS_MARK) :])
     except ValueError:
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+    step = record.get("step") if isinstance(record, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
         return None
     values = record.get("values")
     if isinstance(values, dict) and all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-        for k, v in values.items()
+        isinstance(k, str) and len(k) <= 128 and finite(v) for k, v in values.items()
     ):
         return {"rank": rank, "step": record["step"], "values": values}
     if record.get("checkpoint") is True:
         return {"rank": rank, "checkpoint": record["step"]}
     return None
+
+
+def finite(value: object) -> bool:
+    """A number JSON can carry (no NaN, no infinity; not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def exit_status(code: int) -> int:

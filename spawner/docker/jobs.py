@@ -207,6 +207,7 @@ class DockerJobs:
                 "account": None,  # root: it runs only the client; the container is confined
                 "cgroups": [],
                 "confine": False,
+                "ranks": run.plan.world_size,
             }
             jobnode.start(run.directory, run.attempt, node, launch)
             if node == 0 and plan.nodes > 1:

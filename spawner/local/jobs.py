@@ -15,6 +15,7 @@ from atelier.spawner.core import jobs
 from atelier.spawner.devices import visible_devices_environment
 from atelier.spawner.local import accounts, cgroups, snapshots
 from atelier.spawner.local.envs import env_python_bin
+from atelier.spawner.local.homes import InstanceHome
 from atelier.spawner.local.volumes import account_ids
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -42,7 +43,7 @@ class LocalJobs:
             accounts.ensure_account(account)
         owner = account if isolated else None
         root = self.volume(plan.owner, plan.volume).mounted(account_ids(owner))
-        home = self._job_home(run, account, owner)
+        home = self._job_home(run, owner)
         bin_dir = env_python_bin(
             self.settings.resolved_envs_dir, plan.image.base or plan.image.name
         )
@@ -71,17 +72,23 @@ class LocalJobs:
                 "account": account if isolated else None,
                 "cgroups": [str(group / "cgroup.procs") for group in groups],
                 "confine": True,
+                "ranks": plan.world_size,
             }
             jobnode.start(run.directory, run.attempt, node, launch)
 
-    def _job_home(self, run: JobRun, account: str, owner: str | None) -> Path:
-        """The job's HOME, fresh at each attempt: a snapshot's kept files (~/.local), or
-        empty. Beside the instances' homes; never one of theirs (their names have no '.')."""
-        home = accounts.instance_home(self.shared_dir, account, f"job.{run.plan.name}")
-        accounts.prepare_private_dir(home, owner)
-        if run.plan.image.base is not None and run.attempt == 1:
-            snapshots.restore(run.plan.image, self.snapshots_dir, home, owner)
-        return home
+    def _job_home(self, run: JobRun, owner: str | None) -> Path:
+        """The job's HOME, fresh at each attempt and bounded as an instance's home is
+        (`limits.ephemeral_storage_gb`): empty, or a snapshot's kept files (~/.local)."""
+        home = self._home(run)
+        home.reset(self.settings.limits.ephemeral_storage_gb, owner)
+        if run.plan.image.base is not None:
+            snapshots.restore(run.plan.image, self.snapshots_dir, home.path, owner)
+        return home.path
+
+    def _home(self, run: JobRun) -> InstanceHome:
+        """Beside the instances' homes, never one of theirs (their names have no '.')."""
+        account = self.store.claim_account(run.plan.owner)
+        return InstanceHome(self.shared_dir, account, f"job.{run.plan.name}")
 
     def stop_job(self, run: JobRun) -> None:
         super().stop_job(run)
@@ -89,6 +96,7 @@ class LocalJobs:
         hierarchy = cgroups.Hierarchy.detect()
         for node in range(run.plan.nodes):
             cgroups.remove(hierarchy.groups(node_group(account, run.plan.name, node)))
+        self._home(run).release()
 
     def job_usage(self, run: JobRun) -> dict[str, float]:
         account = self.store.claim_account(run.plan.owner)
