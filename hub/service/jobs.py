@@ -20,7 +20,8 @@ JOBS_READ, JOBS_MANAGE = "custom:atelier:jobs:read", "custom:atelier:jobs:manage
 STATUS_OF_CODE = {"conflict": 409, "exists": 409, "not_found": 404, "quota_exceeded": 403}
 FOLLOW_SECONDS = 0.5  # how often a followed log is read again
 CHUNK = 1 << 16
-SERIES_POINTS = 2000  # the most points a metric's series answers with (evenly thinned)
+SERIES_POINTS = 2000  # about the most points a metric's series answers with (thinned)
+SERIES = 64  # the most series a job's metrics answer with
 
 
 def refusal(error: core.OptionsError) -> APIError:
@@ -262,8 +263,8 @@ def read_series(path) -> dict[str, list[list[float]]]:
             for line in file:
                 record = json.loads(line) if line.endswith(b"\n") else {}
                 for key, value in record.get("values", {}).items():
-                    if key not in series and len(series) >= SERIES_POINTS:
-                        continue  # no more series than points in one
+                    if key not in series and len(series) >= SERIES:
+                        continue
                     points, counts = series.setdefault(key, ([], [1, 0]))
                     if counts[1] % counts[0] == 0:
                         points.append([record["step"], value])

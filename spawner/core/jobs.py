@@ -47,6 +47,7 @@ PREFIX = "[rank{rank}]:"  # how each rank's lines reach the node's log (torchrun
 PREFIX_TEMPLATE = PREFIX.format(rank="${rank}")
 METRICS_MARK = "\x1eatelier-metrics "  # a line a rank prints from atelier.training
 MAX_STEP = 2**31 - 1  # a step the store keeps (a checkpoint's) in every database
+METRIC_VALUES = 32  # the most values one log_metrics call records
 
 
 @dataclass(frozen=True)
@@ -185,12 +186,12 @@ def parse_argv(raw: dict) -> tuple[tuple[str, ...], bool]:
     if (script is None) == (command is None):
         raise OptionsError("script", "give either script (a .py path on the volume) or command")
     if script is not None:
-        if not isinstance(script, str) or not script.endswith(".py"):
+        if not isinstance(script, str) or not script.endswith(".py") or script.startswith("-"):
             raise OptionsError("script", "must be the path of a .py file on the volume")
         head = [volume_path(script, "script")]
     else:
         head = listed(raw, "command", ARGS, ARG_LENGTH)
-        if not head or not head[0]:
+        if not head or not head[0] or head[0].startswith("-"):  # never one of torchrun's options
             raise OptionsError("command", "must name the program to run first")
     hyperparameters = raw.get("hyperparameters") or {}
     if not isinstance(hyperparameters, dict):
@@ -202,6 +203,10 @@ def parse_argv(raw: dict) -> tuple[tuple[str, ...], bool]:
                 "hyperparameters", f"{key!r}: names are a-z, 0-9, '_', '.', '-'; values scalar"
             )
         flags.append(f"--{key}={value}")
+    if any(len(flag) > ARG_LENGTH for flag in flags):
+        raise OptionsError(
+            "hyperparameters", f"each --name=value is at most {ARG_LENGTH} characters"
+        )
     argv = [*head, *listed(raw, "args", ARGS, ARG_LENGTH), *flags]
     if len(argv) > ARGS:
         raise OptionsError("args", f"at most {ARGS} arguments in all, got {len(argv)}")
@@ -319,8 +324,10 @@ def metrics_record(rank: int, text: str) -> dict | None:
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
         return None
     values = record.get("values")
-    if isinstance(values, dict) and all(
-        isinstance(k, str) and len(k) <= 128 and finite(v) for k, v in values.items()
+    if (
+        isinstance(values, dict)
+        and len(values) <= METRIC_VALUES
+        and all(isinstance(k, str) and len(k) <= 128 and finite(v) for k, v in values.items())
     ):
         return {"rank": rank, "step": record["step"], "values": values}
     if record.get("checkpoint") is True:
