@@ -3,7 +3,8 @@ answers with and the JobRequest it takes, bounded by the hub's configured limits
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -12,7 +13,9 @@ from referencing.jsonschema import DRAFT202012
 
 from atelier.hub.service.jobs import JOBS_MANAGE, JOBS_READ, read_series
 from atelier.hub.service.openapi import document
+from atelier.hub.service.training import Training
 from atelier.hub.store.records import JobRecord
+from atelier.hub.store.store import Store
 from atelier.spawner.core import Catalog, Image, Limits, OptionsError, Spec, jobs
 
 IMAGE = Image("python_3.11-cpu-py_3.11-debian_12-x86_64")
@@ -176,3 +179,20 @@ def test_the_events_and_metrics_answers_follow_their_schemas(tmp_path):
         {"series": {}, "usage": {"cpu_seconds": 1.5, "memory_bytes": 2}, "checkpoint_step": 4}
     )
     assert not metrics.is_valid({"series": {"loss": [[1]]}, "usage": {}, "checkpoint_step": None})
+
+
+def test_a_finished_jobs_logs_go_after_their_retention_and_its_record_stays(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
+    limits = Limits(job_log_retention_days=30)
+    settings = SimpleNamespace(data_dir=tmp_path)
+    training = Training(SimpleNamespace(store=store, settings=settings, limits=limits))
+    plan = {"nodes": 1, "processes_per_node": 1}
+    old, recent = (store.create_job("ann", name, plan, limits) for name in ("old", "recent"))
+    for job, days in ((old, 31), (recent, 29)):
+        ended = datetime.now(UTC) - timedelta(days=days)
+        store.update_job(job["id"], status="completed", ended=ended)
+        (training.directory(job["id"]) / "rank-0.log").parent.mkdir(parents=True)
+    training.expire_logs()
+    assert not training.directory(old["id"]).exists()
+    assert training.directory(recent["id"]).exists()
+    assert store.job("ann", "old")["status"] == "completed"

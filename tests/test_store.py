@@ -11,11 +11,14 @@ from sqlalchemy import create_engine, text
 
 from atelier.hub.store.records import Base
 from atelier.hub.store.store import CatalogError, Store
-from atelier.spawner.core import Image, Spec
+from atelier.spawner.core import Image, Limits, OptionsError, Spec
+from atelier.spawner.devices import Allocator, Device, DevicesUnavailable
 
 EVENT = {"source_ip": "10.0.0.1", "resource_type": "instance", "result": "success"}
 TORCH = Image("pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64", "PyTorch")
 BASE = Image("python_3.11-cpu-py_3.11-debian_12-x86_64")
+A100_0, A100_1 = Device("gpu", "a100", 0), Device("gpu", "a100", 1)
+ONE = {"nodes": 1, "processes_per_node": 1}  # a stored plan, as far as the store reads it
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -116,3 +119,32 @@ def test_a_refusal_quoting_nul_is_recorded_with_the_nul_shown(url):
     )
     [event] = store.audit()[1]
     assert (event["actor"], event["reason"]) == ("a\\x00", "\\x00: unknown field")
+
+
+def test_jobs_queue_oldest_first_within_the_owners_limit(url):
+    store, limits = Store(url), Limits(jobs_per_user=2)
+    first = store.create_job("ann", "a", {"nodes": 1, "processes_per_node": 2}, limits)
+    store.create_job("ann", "b", {"nodes": 2, "processes_per_node": 2}, limits)
+    store.create_job("bob", "a", ONE, limits)
+    with pytest.raises(CatalogError) as taken:
+        store.create_job("bob", "a", ONE, limits)
+    assert taken.value.code == "exists"
+    with pytest.raises(OptionsError) as full:
+        store.create_job("ann", "c", ONE, limits)
+    assert full.value.code == "quota_exceeded"
+    assert [job["name"] for job in store.active_jobs()] == ["a", "b", "a"]
+    assert first["world_size"] == 2 and first["status"] == "pending"
+    store.update_job(first["id"], "completed", status="completed", ended=datetime.now(UTC))
+    assert store.create_job("ann", "c", ONE, limits)["name"] == "c"  # a slot again
+    assert [e["message"] for e in store.job_events(first["id"])] == ["queued", "completed"]
+    assert store.jobs_ended_before(datetime.now(UTC) + timedelta(days=1)) == [first["id"]]
+
+
+def test_device_holds_are_one_allocator_for_every_process(url):
+    hub, service = Allocator([A100_0, A100_1], Store(url)), Allocator([A100_0, A100_1], Store(url))
+    assert hub.acquire("instance:ann:lab", "gpu.1xa100.8u64g", "a100", 1) == [A100_0]
+    assert service.acquire("job:j1", "gpu.1xa100.8u64g", "a100", 1) == [A100_1]
+    with pytest.raises(DevicesUnavailable):
+        hub.acquire("instance:bob:lab", "gpu.1xa100.8u64g", "a100", 1)
+    Store(url).release_device_holds("instance:")  # the hub starts again
+    assert service.available("job:j2", "gpu.1xa100.8u64g", "a100", 1) == [A100_0]
