@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import statistics
 import subprocess
@@ -43,13 +42,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import TORCH, WORK, Hub, build_env  # noqa: E402 - the e2e harness
+from conftest import EXAMPLE, TORCH, WORK, Hub, build_env  # noqa: E402 - the e2e harness
 from spawn import machine  # noqa: E402 - beside this script
 
 from atelier.training import METRICS_MARK  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "training.json"
-EXAMPLE = ROOT / "examples" / "train_ddp.py"
 PROCESSES = 2
 SPEC = "cpu.2u8g"
 STEADY_FROM = 10  # the step time is the slope from here to the last step
@@ -99,11 +97,7 @@ def script_args(steps: int, checkpoint_every: int) -> list[str]:
 def with_example(hub: Hub, token: str) -> None:
     """The instance whose work volume holds the script as train.py, owned by its account."""
     hub.start("bench", "lab", token, {"image": TORCH, "spec": SPEC})
-    account = hub.account("bench")
-    volume = hub.shared_dir / "mounts" / account / "lab"
-    shutil.copy(EXAMPLE, volume / "train.py")
-    entry = pwd.getpwnam(account)
-    os.chown(volume / "train.py", entry.pw_uid, entry.pw_gid)
+    hub.upload("bench", "lab", EXAMPLE, "train.py")
 
 
 def atelier_run(hub: Hub, token: str, name: str, argv: list[str]) -> dict:

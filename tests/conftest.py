@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -25,6 +26,7 @@ from atelier.spawner.local.envs import build_env
 
 pytest_plugins = ["dockerhub"]  # the Docker modules' fixtures: engine, alice, bob
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "train_ddp.py"  # the DDP training script the README uses
 # Instances run as per-user accounts: their files must live where those accounts can reach.
 WORK = Path(os.environ.get("ATELIER_TEST_DIR", "/var/tmp/atelier-tests"))
 BASE = "python_3.11-cpu-py_3.11-debian_12-x86_64"
@@ -217,6 +219,18 @@ class Hub:
     def home(self, user: str, instance: str) -> Path:
         """An instance's home (its work/ links to the volume)."""
         return self.shared_dir / "homes" / self.account(user) / instance
+
+    def upload(self, user: str, instance: str, source: Path, name: str) -> None:
+        """Put `source` in the instance's work volume as `name`, owned as a file the user
+        uploads there is."""
+        target = self.shared_dir / "mounts" / self.account(user) / instance / name
+        shutil.copy(source, target)
+        os.chown(target, *self.volume_owner(user))
+
+    def volume_owner(self, user: str) -> tuple[int, int]:
+        """Whose the files in the user's volumes are: their account's."""
+        entry = pwd.getpwnam(self.account(user))
+        return entry.pw_uid, entry.pw_gid
 
     def backing_file(self, user: str, instance: str) -> Path:
         return self.shared_dir / "volumes" / self.account(user) / f"{instance}.xfs"

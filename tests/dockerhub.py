@@ -17,6 +17,9 @@ from test_ssh_e2e import reachable_over_ssh
 class DockerHub(Hub):
     """A hub on the Docker backend, on the tests' own engine (`docker_engine`)."""
 
+    def volume_owner(self, user: str) -> tuple[int, int]:
+        return 1000, 1000  # the images' user, whoever the hub user is
+
     def lab_pid(self, user: str, name: str) -> int:
         container = self.servers(user)[name]["state"]["object_id"]
         with contextlib.closing(self.engine.client()) as client:

@@ -6,17 +6,15 @@ takes them down mid-run. One hub, one instance."""
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
-from conftest import ROOT, TORCH, uid_of
+from conftest import EXAMPLE, TORCH, uid_of
 from dockerhub import docker_hub
 
 from atelier.spawner.docker import jobs as docker_jobs
 
 pytestmark = pytest.mark.e2e
-EXAMPLE = ROOT / "examples" / "train_ddp.py"
 SPEC = "cpu.2u4g"
 
 
@@ -31,9 +29,7 @@ def hub(envs_dir, docker_engine, docker_torch_image):
 def alice(hub):
     token = hub.add_user("alice")
     hub.start("alice", "lab", token, {"image": TORCH, "spec": SPEC})
-    volume = hub.shared_dir / "mounts" / hub.account("alice") / "lab"
-    shutil.copy(EXAMPLE, volume / "train.py")
-    shutil.chown(volume / "train.py", 1000, 1000)  # the images' user, as a notebook writes it
+    hub.upload("alice", "lab", EXAMPLE, "train.py")
     return token
 
 

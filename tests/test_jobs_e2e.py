@@ -5,29 +5,23 @@ refusals."""
 
 import os
 import pwd
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_GPU, ROOT, TORCH, environ_of, uid_of
+from conftest import EXAMPLE, FAKE_GPU, TORCH, environ_of, uid_of
 from notebooks import button, labelled, open_new_notebook, run_cell, wait_for_output
 from selenium.webdriver.common.by import By
 from test_pages_e2e import browser_home
 
 pytestmark = pytest.mark.e2e
-EXAMPLE = ROOT / "examples" / "train_ddp.py"
 
 
 def with_example(hub, user: str, instance: str, token: str) -> str:
     """A running instance on the PyTorch image, the example script in its work volume."""
     hub.start(user, instance, token, {"image": TORCH, "spec": "cpu.2u8g"})
-    account = hub.account(user)
-    volume = hub.shared_dir / "mounts" / account / instance
-    shutil.copy(EXAMPLE, volume / "train.py")
-    entry = pwd.getpwnam(account)
-    os.chown(volume / "train.py", entry.pw_uid, entry.pw_gid)
+    hub.upload(user, instance, EXAMPLE, "train.py")
     return token
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TORCH, environ_of, pid_of, sign_in, sign_up
+from conftest import EXAMPLE, TORCH, environ_of, pid_of, sign_in, sign_up
 from readme_blocks import README, Place, Where, alternatives, blocks, classify, unfilled
 
 VENV_BIN = Path(sys.executable).parent
@@ -212,12 +210,8 @@ def example_in(*instances: str):
     README asks a reader to copy it."""
 
     def copied(reader: Reader) -> None:
-        account = reader.hub.account("alice")
         for instance in instances:
-            target = reader.hub.shared_dir / "mounts" / account / instance / "train.py"
-            shutil.copy(ROOT / "examples" / "train_ddp.py", target)
-            entry = pwd.getpwnam(account)
-            os.chown(target, entry.pw_uid, entry.pw_gid)
+            reader.hub.upload("alice", instance, EXAMPLE, "train.py")
 
     return copied
 

@@ -256,6 +256,16 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 raise APIError(400, "invalid", "may not contain NUL characters", key)
         return data
 
+    def int_argument(self, name: str, default: int | None, low: int, high: int) -> int | None:
+        """A whole-number query argument from `low` to `high` (absent: `default`)."""
+        text = self.get_argument(name, None)
+        if text is None:
+            return default
+        number = core.whole_number(text, high)
+        if number is None or number < low:
+            raise APIError(400, "invalid", f"must be a whole number from {low} to {high}", name)
+        return number
+
     def reply(self, data, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")

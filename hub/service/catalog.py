@@ -212,12 +212,6 @@ class AuditHandler(BaseHandler):
         except (ValueError, OverflowError):
             raise APIError(400, "invalid", "must be an ISO 8601 time", name) from None
 
-    def int_argument(self, name: str, default: int, low: int, high: int) -> int:
-        number = core.whole_number(self.get_argument(name, str(default)), high)
-        if number is None or number < low:
-            raise APIError(400, "invalid", f"must be a whole number from {low} to {high}", name)
-        return number
-
 
 ROUTES = [
     ("/images", ImagesHandler),

@@ -168,8 +168,8 @@ class JobLogsHandler(JobBase):
 
     async def get(self, owner, name):
         job = self.job(self.require(JOBS_READ), owner, name)
-        rank = self.integer("rank", 0, job["world_size"] - 1)
-        tail = self.integer("tail", 1, 100_000, None)
+        rank = self.int_argument("rank", 0, 0, job["world_size"] - 1)
+        tail = self.int_argument("tail", None, 1, 100_000)
         directory = self.training.directory(job["id"])
         if job["status"] not in ACTIVE and not directory.exists() and job["attempt"]:
             days = self.context.limits.job_log_retention_days
@@ -205,15 +205,6 @@ class JobLogsHandler(JobBase):
         except StreamClosedError:
             return
         self.finish()
-
-    def integer(self, key: str, low: int, high: int, default: int | None = 0) -> int | None:
-        text = self.get_argument(key, None)
-        if text is None:
-            return default
-        number = core.whole_number(text, high)
-        if number is None or number < low:
-            raise APIError(400, "invalid", f"must be a whole number from {low} to {high}", key)
-        return number
 
 
 def read_from(path, offset: int) -> bytes:

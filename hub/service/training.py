@@ -53,10 +53,9 @@ class Training:
     def plan(self, job: dict) -> jobs.JobPlan:
         return jobs.plan_from_json(job["owner"], job["name"], job, self.context.catalog())
 
-    def run_of(self, job: dict, plan: jobs.JobPlan | None = None) -> JobRun:
+    def run_of(self, job: dict) -> JobRun:
         devices = tuple(Device(**d) for d in job["devices"])
-        plan = plan or self.plan(job)
-        return JobRun(job["id"], plan, job["attempt"], self.directory(job["id"]), devices)
+        return JobRun(job["id"], self.plan(job), job["attempt"], self.directory(job["id"]), devices)
 
     async def in_thread(self, work, *args):
         return await asyncio.get_running_loop().run_in_executor(self.threads, work, *args)
@@ -75,12 +74,13 @@ class Training:
         for job in await self.in_thread(self.store.active_jobs):
             if job["id"] in self.busy:
                 continue
+            plan = None  # a pending job's, planned once for the queue and its start
             if job["status"] == "pending" and not job["stop_requested"]:
                 plan = self.plan_or_fail(job)
                 if plan is None or not self.may_start(job, plan, waited):
                     continue
             self.busy.add(job["id"])
-            step = asyncio.ensure_future(self.step(job))  # it goes on beside the next ticks
+            step = asyncio.ensure_future(self.step(job, plan))  # it goes on beside the next ticks
             self.steps.add(step)
             step.add_done_callback(self.steps.discard)
 
@@ -113,12 +113,12 @@ class Training:
         if job["reason"] != reason:
             self.store.update_job(job["id"], reason, reason=reason)
 
-    async def step(self, job: dict) -> None:
+    async def step(self, job: dict, plan: jobs.JobPlan | None) -> None:
         try:
             if job["stop_requested"]:
                 await self.stop(job)
-            elif job["status"] == "pending":
-                await self.start(job)
+            elif plan is not None:
+                await self.start(job, plan)
             else:
                 await self.watch(job)
         except Exception as error:  # noqa: BLE001 - the job fails, the service goes on
@@ -128,8 +128,7 @@ class Training:
             self.busy.discard(job["id"])
 
     # an attempt's life --------------------------------------------------------------------
-    async def start(self, job: dict, event: str | None = None) -> None:
-        plan = self.plan(job)
+    async def start(self, job: dict, plan: jobs.JobPlan, event: str | None = None) -> None:
         holder = JOB_HOLDER + job["id"]
         try:
             devices = self.context.allocator.acquire(
@@ -195,7 +194,7 @@ class Training:
         since = f"from checkpoint step {step}" if step is not None else "from the start"
         self.store.update_job(job["id"], restarts=restarts)
         event = f"restarting {restarts}/{job['retries']} {since}"
-        await self.start({**job, "restarts": restarts}, event)
+        await self.start({**job, "restarts": restarts}, run.plan, event)
 
     async def stop(self, job: dict) -> None:
         if job["attempt"]:
