@@ -22,6 +22,7 @@ from sqlalchemy import select
 from atelier.hub.settings import DEFAULT_CONFIG
 from atelier.hub.store.records import AccountRecord
 from atelier.hub.store.store import Store
+from atelier.spawner.local import accounts
 from atelier.spawner.local.envs import build_env
 
 pytest_plugins = ["dockerhub"]  # the Docker modules' fixtures: engine, alice, bob
@@ -218,12 +219,16 @@ class Hub:
 
     def home(self, user: str, instance: str) -> Path:
         """An instance's home (its work/ links to the volume)."""
-        return self.shared_dir / "homes" / self.account(user) / instance
+        return accounts.instance_home(self.shared_dir, self.account(user), instance)
+
+    def volume(self, user: str, instance: str) -> Path:
+        """Where the instance's work volume is mounted on the host."""
+        return accounts.mount_point(self.shared_dir, self.account(user), instance)
 
     def upload(self, user: str, instance: str, source: Path, name: str) -> None:
         """Put `source` in the instance's work volume as `name`, owned as a file the user
         uploads there is."""
-        target = self.shared_dir / "mounts" / self.account(user) / instance / name
+        target = self.volume(user, instance) / name
         shutil.copy(source, target)
         os.chown(target, *self.volume_owner(user))
 
@@ -233,7 +238,7 @@ class Hub:
         return entry.pw_uid, entry.pw_gid
 
     def backing_file(self, user: str, instance: str) -> Path:
-        return self.shared_dir / "volumes" / self.account(user) / f"{instance}.xfs"
+        return accounts.volumes_dir(self.shared_dir, self.account(user)) / f"{instance}.xfs"
 
     def remove_accounts(self) -> None:
         """Remove the system accounts this hub made (which a later hub would never reuse)."""

@@ -104,7 +104,7 @@ def test_two_containers_form_one_group_confined_and_are_gone_after(hub, engine, 
         assert "all_reduce world_size=2 sum=3.0" in log(hub, alice, "ddp", rank)
     metrics = hub.atelier("GET", "/jobs/alice/ddp/metrics", alice).json()
     assert [step for step, _ in metrics["series"]["loss"]][:3] == [1, 2, 3], metrics
-    output = hub.shared_dir / "mounts" / hub.account("alice") / "lab" / "jobs" / "ddp"
+    output = hub.volume("alice", "lab") / "jobs" / "ddp"
     assert any(output.rglob("*")), "the job wrote nothing to its output on the volume"
     assert nodes_of(engine, id) == [] and networks_of(engine, id) == []
     print(f"submitted to completed: {time.monotonic() - started:.1f} s")

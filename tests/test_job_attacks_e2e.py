@@ -94,7 +94,7 @@ def monitor_pid(hub, token, name, timeout=60) -> int:
 
 
 def volume(hub) -> Path:
-    return hub.shared_dir / "mounts" / hub.account("alice") / "lab"
+    return hub.volume("alice", "lab")
 
 
 def alive(pid: int) -> bool:
