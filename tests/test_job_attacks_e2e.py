@@ -165,7 +165,7 @@ attempt("setuid_root", lambda: os.setuid(0))
 out["uid"] = os.getuid()
 out["cgroups"] = open("/proc/self/cgroup").read()
 out["environment"] = sorted(os.environ)
-print("PROBE " + json.dumps(out), flush=True)
+os.write(1, ("PROBE " + json.dumps(out) + "\n").encode())  # one write: torchrun's tee cuts no line
 print("\x1eatelier-metrics " + json.dumps({"step": 1, "values": {"loss": float("nan")}}))
 """
 

@@ -46,6 +46,19 @@ def test_log_metrics_prints_one_marked_json_line(capsys):
     assert out == '\x1eatelier-metrics {"step": 7, "values": {"loss": 0.25, "tokens": 4096}}\n'
 
 
+def test_a_long_metrics_line_reaches_the_rank_log_in_one_write(tmp_path, monkeypatch):
+    """torchrun's tee prefixes whatever part of a line it finds in the rank's output file: a
+    line written in two pieces (print writes its end apart once past 8 KiB) would be cut."""
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(data) or real_write(fd, data))
+    with open(tmp_path / "rank-0.out", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        training.log_metrics(3, **{f"value_{n}": 0.5 for n in range(1000)})
+    assert len(writes) == 1 and writes[0].endswith(b"}}\n") and len(writes[0]) > 16384
+    assert metrics_lines((tmp_path / "rank-0.out").read_text())[0]["values"]["value_999"] == 0.5
+
+
 @pytest.mark.parametrize(
     ("step", "values", "error", "says"),
     [

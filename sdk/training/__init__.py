@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 __all__ = [
@@ -176,5 +177,16 @@ def _check_step(step: int) -> None:
 
 
 def _announce(record: dict) -> None:
-    """One line for the hub, flushed at once so it is seen even if the rank dies next."""
-    print(METRICS_MARK + json.dumps(record), flush=True)
+    """One line for the hub, written at once so it is seen even if the rank dies next, and in
+    one write: torchrun's tee reads the rank's output file a line at a time and prefixes what
+    it finds, so a line that arrives in pieces would be cut by a prefix in its middle."""
+    line = METRICS_MARK + json.dumps(record) + "\n"
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file: a notebook, a test's capture
+        print(line, end="", flush=True)
+        return
+    sys.stdout.flush()
+    data = line.encode()
+    while data:
+        data = data[os.write(fd, data) :]
