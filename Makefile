@@ -46,6 +46,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip uninstall -q -y rfc3987-syntax  # 2 s of every hub start (spawner/local/envs.py)
 	touch $@
 
 node_modules/.installed: package.json

@@ -32,6 +32,20 @@ def test_torch_image_runs_torch(envs_dir):
     assert result.stdout.strip() == "2.0", result.stderr
 
 
+@pytest.mark.parametrize("image", [BASE, TORCH, "the hub's own"])
+def test_servers_start_without_compiling_an_unused_iri_grammar(envs_dir, image):
+    """jsonschema's optional IRI checker (rfc3987-syntax) costs every JupyterLab server and
+    hub 1-2 s of CPU at start for a format no Jupyter schema uses: it is left out."""
+    import subprocess
+    import sys
+
+    python = sys.executable if image == "the hub's own" else envs_dir / image / "bin" / "python"
+    imports = "jupyterhub.app" if image == "the hub's own" else "jupyter_server.serverapp"
+    code = f"import sys, {imports}; print(sorted(m for m in sys.modules if 'rfc3987' in m))"
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", (result.stdout, result.stderr[-2000:])
+
+
 def test_instance_limit_and_changes_of_a_defined_instance(hub):
     token = hub.add_user("carol")
     for n in range(4):

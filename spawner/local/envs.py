@@ -32,6 +32,10 @@ TRAINING_DIR = Path(next(iter(atelier.training.__path__)))
 # found, not imported: the notebook widgets need ipywidgets, which only instances have
 WIDGETS_DIR = Path(next(iter(find_spec("atelier.widgets").submodule_search_locations)))
 STAMP = ".atelier-requirements.sha256"
+# jsonschema's optional IRI checker, which jupyter-events pulls in: it compiles 35 Earley
+# parsers when imported, which is 1-2 s of CPU in every JupyterLab server's start, for a
+# format no Jupyter schema uses (jsonschema skips the format when it is missing).
+SLOW_TO_IMPORT = "rfc3987-syntax"
 
 
 def base_python() -> str:
@@ -96,6 +100,7 @@ def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) ->
     target = envs_dir / image
     if is_built(envs_dir, image):
         log("already built")
+        leave_out_slow_imports(target)
         log("installing Atelier's extension")
         install_extension(target)
     else:
@@ -119,9 +124,17 @@ def create_env(target: Path, image: str, log: Callable[[str], None]) -> None:
     requirements = requirements_file(image)
     pip = str(target / "bin" / "pip")
     run(pip, "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements))
+    leave_out_slow_imports(target)
     log("installing Atelier's extension")
     install_extension(target)
     (target / STAMP).write_text(requirements_digest(requirements))
+
+
+def leave_out_slow_imports(env: Path) -> None:
+    site = next((env / "lib").glob("python3*/site-packages"))
+    if (site / SLOW_TO_IMPORT.replace("-", "_")).is_dir():  # pip installed it, or an older build
+        pip = str(env / "bin" / "pip")
+        run(pip, "uninstall", "--quiet", "--yes", "--disable-pip-version-check", SLOW_TO_IMPORT)
 
 
 def install_extension(env: Path) -> None:
