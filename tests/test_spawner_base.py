@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from atelier.hub.store.store import Store
-from atelier.spawner import checks, core
+from atelier.spawner import base, checks, core
 from atelier.spawner.base import InstanceSpawnerMixin
 from atelier.spawner.devices import Allocator
 
@@ -123,3 +124,29 @@ async def test_a_start_cut_off_while_its_volume_is_made_leaves_no_volume_unknown
     assert store.volume_total_gb("ann") == 1  # its quota stays held by the volume it has
     _, events = store.audit(action="createVolume")
     assert [e["resource"] for e in events] == ["ann/lab"]
+
+
+async def test_a_start_returns_once_the_server_accepts_connections(monkeypatch):
+    """The server listens a moment after its process starts: the start waits for it (so
+    JupyterHub's first check finds it up), and gives up waiting after ANSWER_WAIT_S."""
+    with socket.socket() as probe:  # a port nothing listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    connected = []
+
+    async def listen_later():
+        await asyncio.sleep(0.3)
+        server = await asyncio.start_server(lambda r, w: connected.append(w), "127.0.0.1", port)
+        return server
+
+    later = asyncio.ensure_future(listen_later())
+    await base.answering("127.0.0.1", port)
+    server = await later
+    await asyncio.sleep(0.05)
+    assert connected, "answering returned before the server listened"
+    server.close()
+
+    monkeypatch.setattr(base, "ANSWER_WAIT_S", 0.2)
+    started = time.monotonic()
+    await base.answering("127.0.0.1", port)  # nothing listens any more: it gives up
+    assert time.monotonic() - started < 5
