@@ -19,7 +19,7 @@ import requests
 import yaml
 from sqlalchemy import select
 
-from atelier.hub.settings import DEFAULT_CONFIG
+from atelier.hub.settings import DEFAULT_CONFIG, SHARED_DIR
 from atelier.hub.store.records import AccountRecord
 from atelier.hub.store.store import Store
 from atelier.spawner.local import accounts
@@ -44,16 +44,33 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def envs_dir() -> Path:
+    """The image environments where `make run` builds them on this machine (the newcomer's
+    test, which goes first, builds them from nothing: minutes not spent twice), linked from
+    WORK/envs beside the fake GPU image's, which is torch's CPU build: enough for a job's
+    torchrun without a GPU."""
     envs = WORK / "envs"
-    WORK.mkdir(parents=True, exist_ok=True)
-    WORK.chmod(0o711)
+    envs.mkdir(parents=True, exist_ok=True)
+    for directory in (WORK, envs):
+        directory.chmod(0o711 if directory == WORK else 0o755)
     for image in (BASE, TORCH):
-        build_env(envs, image)
-    fake = envs / FAKE_GPU  # torch's CPU build: enough for a job's torchrun without a GPU
-    if not (fake.is_symlink() and fake.readlink() == envs / TORCH):
-        fake.unlink(missing_ok=True)
-        fake.symlink_to(envs / TORCH)
+        link(envs / image, build_env(SHARED_DIR / "envs", image))
+    link(envs / FAKE_GPU, envs / TORCH)
     return envs
+
+
+def link(path: Path, to: Path) -> None:
+    """`path` a symbolic link to `to`, whatever was there (an environment of an older run)."""
+    if path.is_symlink() and path.readlink() == to:
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    path.unlink(missing_ok=True)
+    path.symlink_to(to)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The newcomer's test first: it starts from nothing, and what it builds the rest reuse."""
+    items.sort(key=lambda item: item.module.__name__ != "test_newcomer_e2e")
 
 
 class Hub:

@@ -428,13 +428,17 @@ BAD = [
 
 
 @pytest.mark.parametrize(("fields", "field"), BAD, ids=[f"{f}-{i}" for i, (_, f) in enumerate(BAD)])
-def test_bad_input_is_a_4xx_naming_the_field(hub, alice, fields, field):
+def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(hub, alice, fields, field):
+    before = hub.atelier("GET", "/jobs", alice).json()["jobs"]
     raw = {k: v for k, v in {**body("bad"), **fields}.items() if v is not None}
     response = hub.atelier("POST", "/jobs", alice, json=raw)
     if response.status_code == 201:  # accepted: it would run; take it back
         hub.atelier("DELETE", "/jobs/alice/bad", alice)
     assert response.status_code == 400, (response.status_code, response.text[:300])
     assert response.json()["error"]["field"] == field, response.text
+    assert [j["name"] for j in hub.atelier("GET", "/jobs", alice).json()["jobs"]] == [
+        j["name"] for j in before
+    ]
 
 
 def test_bodies_that_are_not_objects_or_too_big_are_4xx(hub, alice):

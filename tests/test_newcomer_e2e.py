@@ -3,7 +3,9 @@ project inside a 0700 home directory, sign in with the printed password, create 
 from the home page's form in a browser, and reach its JupyterLab.
 
 Nothing is prepared by the harness: no virtual environment, no node_modules, no image
-environment, no data dir. It takes a few minutes (installs and image builds included).
+environment, no data dir. The local backend goes first, from nothing; Docker follows in the
+same clone, as a newcomer trying both would (its own data dir, its own images). It takes a few
+minutes (installs and image builds included).
 """
 
 from __future__ import annotations
@@ -64,12 +66,9 @@ def sign_in_line(log: Path, process: subprocess.Popen, timeout: float) -> re.Mat
     raise AssertionError(f"no sign-in line after {timeout} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def newcomer():
     """A 0700 home directory holding a copy of the project; removed afterwards."""
-    busy = [port for port in DEFAULT_PORTS if in_use(port)]
-    if busy:
-        pytest.fail(f"ports {busy} are in use: stop the Atelier running here first")
     home = Path(tempfile.mkdtemp(prefix="newcomer-", dir="/var/tmp"))  # mode 0700, like ~
     yield copy_of_the_project(home)
     shutil.rmtree(home, ignore_errors=True)
@@ -79,6 +78,9 @@ def newcomer():
 def started_as_the_readme_says(request, newcomer) -> tuple[dict[str, str], Path]:
     """`make run` (the local backend), or `ATELIER_CONFIG=config/docker.yaml make run` on the
     tests' engine (README, "Running on Docker": DOCKER_HOST names another engine)."""
+    busy = [port for port in DEFAULT_PORTS if in_use(port)]
+    if busy:
+        pytest.fail(f"ports {busy} are in use: stop the Atelier running here first")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER")}
     if request.param == "docker":
         engine = request.getfixturevalue("docker_engine")
