@@ -23,7 +23,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import BASE, WORK, Hub  # noqa: E402 - the e2e harness
+from conftest import BASE, Hub, image_envs  # noqa: E402 - the e2e harness
 
 RESULTS = ROOT / "benchmarks" / "results" / "api.json"
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
 
-    hub = Hub(WORK / "envs", culling={"idle_minutes": 0})
+    hub = Hub(image_envs(), culling={"idle_minutes": 0})
     try:
         options = {"user_options": {"image": BASE, "spec": "cpu.2u4g"}}
         tokens = []

@@ -36,7 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import BASE, WORK, Hub, build_env  # noqa: E402 - the e2e harness
+from conftest import BASE, WORK, Hub, image_envs  # noqa: E402 - the e2e harness
 from kernels import run_in  # noqa: E402
 from spawn import machine  # noqa: E402 - beside this script
 
@@ -76,8 +76,7 @@ def timed(command: str) -> float:
 
 
 def run_local(args) -> dict:
-    envs = WORK / "envs"
-    build_env(envs, BASE)
+    envs = image_envs()
     hub = Hub(envs)
     try:
         token = hub.add_user("bench")
@@ -119,8 +118,7 @@ def run_docker(args) -> dict:
     from atelier.spawner.docker import images
     from atelier.spawner.docker.registry import USER, Files
 
-    envs = WORK / "envs"
-    build_env(envs, BASE)
+    envs = image_envs()
     engine = Engine()
     hub = None
     try:

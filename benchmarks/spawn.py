@@ -40,7 +40,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from barehub import SPAWN_TIMEOUT_S, BareHub  # noqa: E402
-from conftest import BASE, WORK, Hub, build_env  # noqa: E402 - the e2e harness
+from conftest import BASE, WORK, Hub, image_envs  # noqa: E402 - the e2e harness
 from dockerhub import docker_hub  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "spawn.json"
@@ -161,8 +161,7 @@ def machine() -> str:
 
 
 def run_local(args) -> dict:
-    envs = WORK / "envs"
-    build_env(envs, BASE)
+    envs = image_envs()
     atelier = Hub(envs, limits={"instances_per_user": 10})
     try:
         bare = BareHub(envs)
@@ -245,8 +244,7 @@ def run_docker(args) -> dict:
 
     from atelier.spawner.docker import images
 
-    envs = WORK / "envs"
-    build_env(envs, BASE)  # the harness's hub config names it (the docker backend needs none)
+    envs = image_envs()
     image = images.image_tag(BASE)
     started = time.monotonic()
     engine = Engine()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import BASE, WORK, Hub, build_env, free_port  # noqa: E402 - the e2e harness
+from conftest import BASE, Hub, free_port, image_envs  # noqa: E402 - the e2e harness
 
 RESULTS = ROOT / "benchmarks" / "results" / "ssh.json"
 USER = "bench"
@@ -103,8 +103,7 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("run as root: the plain sshd runs as the instance's account")
 
-    build_env(WORK / "envs", BASE)
-    hub = Hub(WORK / "envs")
+    hub = Hub(image_envs())
     sshd = None
     with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch_name:
         scratch = Path(scratch_name)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import EXAMPLE, TORCH, WORK, Hub, build_env  # noqa: E402 - the e2e harness
+from conftest import EXAMPLE, TORCH, WORK, Hub, image_envs  # noqa: E402 - the e2e harness
 from spawn import machine  # noqa: E402 - beside this script
 
 from atelier.training import METRICS_MARK  # noqa: E402
@@ -208,8 +208,7 @@ def side_figures(samples: list[dict]) -> dict:
 
 
 def run(args) -> dict:
-    envs = WORK / "envs"
-    build_env(envs, TORCH)
+    envs = image_envs()
     torchrun = envs / TORCH / "bin" / "torchrun"
     argv = script_args(args.steps, args.checkpoint_every)
     hub = Hub(envs)

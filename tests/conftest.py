@@ -44,6 +44,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def envs_dir() -> Path:
+    return image_envs()
+
+
+def image_envs() -> Path:
     """The image environments where `make run` builds them on this machine (the newcomer's
     test, which goes first, builds them from nothing: minutes not spent twice), linked from
     WORK/envs beside the fake GPU image's, which is torch's CPU build: enough for a job's
