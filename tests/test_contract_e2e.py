@@ -304,7 +304,8 @@ def test_a_deleted_users_name_inherits_nothing(hub):
         timeout=30,
     )
     assert written.status_code == 201, written.text
-    assert hub.api("DELETE", "/users/hana").status_code == 204
+    deleted = hub.api("DELETE", "/users/hana")
+    assert deleted.status_code == 204, deleted.text
     token = hub.add_user("hana")
     hub.start("hana", "notes", token, {**CPU_OPTIONS, "volume_gb": 1})
     work = requests.get(contents, headers={"Authorization": f"token {token}"}, timeout=30)

@@ -184,6 +184,12 @@ def test_a_job_waits_in_the_queue_for_devices_an_instance_holds(hub, alice):
     assert "devices allocated: a100 0" in said, said
     shown = hub.atelier("GET", "/jobs/carol/queued/logs", token).text
     assert shown == "0\n"  # its one device, as the instance that held both had them
+    # the job kept the stopped instance's volume attached; deleting the instance lets it go
+    deleted = hub.api("DELETE", "/users/carol/servers/gpu", token,
+                      json={"remove": True, "confirm": "delete-volume"})  # fmt: skip
+    assert deleted.status_code in (202, 204), deleted.text
+    hub.wait_for(lambda: "gpu" not in hub.servers("carol"), 60, "carol's instance to go")
+    assert not os.path.ismount(hub.volume("carol", "gpu"))
 
 
 def test_the_widget_in_jupyterlab_submits_and_follows_a_real_job(hub, browser):

@@ -42,6 +42,9 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
             self.audit(audit.Action.OPEN_NOTEBOOK, spawner.user.name, spawner.name, result, reason)
 
 
+STOP_WAIT_S = 30  # how long a user's delete waits for their instances to stop
+
+
 class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
     """/hub/api/users/<name>: Atelier's records (account, key pairs, instances, volumes) are
     keyed by the user's name, so they must never pass to another user of that name.
@@ -75,8 +78,13 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
             for name, spawner in list(user.spawners.items()):
                 if spawner.active:
                     await self.stop_single_user(user, name)
-            if any(spawner.active for spawner in user.spawners.values()):
-                raise web.HTTPError(400, f"{user_name}'s instances are still stopping; retry")
+            # JupyterHub answers after slow_stop_timeout (10 s) while a stop goes on: a busy
+            # machine's is let finish, up to the spawner's own escalation to SIGKILL
+            deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+            while any(spawner.active for spawner in user.spawners.values()):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise web.HTTPError(400, f"{user_name}'s instances are still stopping; retry")
+                await asyncio.sleep(0.1)
         await super().delete(user_name)
         account = self.context.store.forget_user(user_name)
         if account is not None:
