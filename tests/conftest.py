@@ -54,8 +54,8 @@ def image_envs() -> Path:
     torchrun without a GPU."""
     envs = WORK / "envs"
     envs.mkdir(parents=True, exist_ok=True)
-    for directory in (WORK, envs):
-        directory.chmod(0o711 if directory == WORK else 0o755)
+    WORK.chmod(0o711)
+    envs.chmod(0o755)
     for image in (BASE, TORCH):
         link(envs / image, build_env(SHARED_DIR / "envs", image))
     link(envs / FAKE_GPU, envs / TORCH)
