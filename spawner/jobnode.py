@@ -166,7 +166,7 @@ class Splitter:
             return
         record = jobs.metrics_record(rank, text.rstrip("\n"))
         if record is not None:
-            entry = json.dumps({**record, "time": time.time()}) + "\n"
+            entry = json.dumps({"time": time.time(), **record}) + "\n"  # the rank's, if said
             self.metrics_written += len(entry)
             if self.metrics_written < LOG_LIMIT:
                 self.metrics.write(entry)

@@ -2,6 +2,7 @@
 monitor's splitting into per-rank logs and metrics."""
 
 import json
+import time
 
 import pytest
 
@@ -113,7 +114,7 @@ def test_a_nodes_output_goes_to_each_ranks_log_the_agents_log_and_the_metrics(tm
         "[rank1]:hello from 1\n",
         "[rank7]:a rank the job has not\n",
         "[rank0]:[rank0]: Traceback\n",
-        f'[rank0]:{jobs.METRICS_MARK}{{"step": 3, "values": {{"loss": 0.5}}}}\n',
+        f'[rank0]:{jobs.METRICS_MARK}{{"step": 3, "values": {{"loss": 0.5}}, "time": 7.5}}\n',
         f'[rank0]:{jobs.METRICS_MARK}{{"step": 5, "checkpoint": true}}\n',
         f"[rank0]:{jobs.METRICS_MARK}not json\n",
         f'[rank0]:{jobs.METRICS_MARK}{{"step": 6, "values": {{"loss": NaN}}}}\n',
@@ -128,7 +129,6 @@ def test_a_nodes_output_goes_to_each_ranks_log_the_agents_log_and_the_metrics(tm
     assert (tmp_path / "node-0.log").read_text() == "W1202 agent says\na rank the job has not\n"
     assert not (tmp_path / "rank-7.log").exists()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [{k: v for k, v in r.items() if k != "time"} for r in records] == [
-        {"rank": 0, "step": 3, "values": {"loss": 0.5}},
-        {"rank": 0, "checkpoint": 5},
-    ]
+    assert records[0] == {"rank": 0, "step": 3, "values": {"loss": 0.5}, "time": 7.5}  # logged
+    assert records[1].pop("time") == pytest.approx(time.time(), abs=60)  # unsaid: when read
+    assert records[1] == {"rank": 0, "checkpoint": 5}

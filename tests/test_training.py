@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -40,10 +41,15 @@ def metrics_lines(text: str) -> list[dict]:
     ]
 
 
-def test_log_metrics_prints_one_marked_json_line(capsys):
+def test_log_metrics_prints_one_marked_json_line_with_when_it_was_logged(capsys):
+    before = time.time()
     training.log_metrics(7, loss=0.25, tokens=4096)
     out = capsys.readouterr().out
-    assert out == '\x1eatelier-metrics {"step": 7, "values": {"loss": 0.25, "tokens": 4096}}\n'
+    assert out.startswith('\x1eatelier-metrics {"step": 7, "values": {"loss": 0.25, "tokens"')
+    assert out.endswith("}\n") and out.count("\n") == 1
+    (record,) = metrics_lines(out)
+    assert record.pop("time") == pytest.approx(before, abs=5)
+    assert record == {"step": 7, "values": {"loss": 0.25, "tokens": 4096}}
 
 
 def test_a_long_metrics_line_reaches_the_rank_log_in_one_write(tmp_path, monkeypatch):
@@ -55,7 +61,7 @@ def test_a_long_metrics_line_reaches_the_rank_log_in_one_write(tmp_path, monkeyp
     with open(tmp_path / "rank-0.out", "w") as stdout:
         monkeypatch.setattr(sys, "stdout", stdout)
         training.log_metrics(3, **{f"value_{n}": 0.5 for n in range(1000)})
-    assert len(writes) == 1 and writes[0].endswith(b"}}\n") and len(writes[0]) > 16384
+    assert len(writes) == 1 and writes[0].endswith(b"}\n") and len(writes[0]) > 16384
     assert metrics_lines((tmp_path / "rank-0.out").read_text())[0]["values"]["value_999"] == 0.5
 
 

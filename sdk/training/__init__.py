@@ -29,6 +29,7 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 __all__ = [
@@ -99,7 +100,9 @@ def init_process_group() -> None:
 
 
 def log_metrics(step: int, **values: float) -> None:
-    """Record metrics for one step, e.g. `log_metrics(step, loss=0.31, accuracy=0.9)`.
+    """Record metrics for one step, e.g. `log_metrics(step, loss=0.31, accuracy=0.9)`, with
+    the time it was logged (a step's wall time, as TensorBoard's scalars have: not when the
+    hub read the line, which torchrun's tee delivers up to 0.1 s late).
 
     Any rank may log (the hub knows each line's rank from torchrun's prefix), but usually
     rank 0 alone does, with values averaged over the ranks, so the chart has one line."""
@@ -114,7 +117,7 @@ def log_metrics(step: int, **values: float) -> None:
             )
         if not math.isfinite(value):
             raise ValueError(f"metric {name!r} is {value}; only finite numbers can be logged")
-    _announce({"step": step, "values": values})
+    _announce({"step": step, "values": values, "time": time.time()})
 
 
 def save_checkpoint(state: dict, step: int, keep: int = 3) -> None:

@@ -313,7 +313,8 @@ def split_line(line: str) -> tuple[int | None, str]:
 
 def metrics_record(rank: int, text: str) -> dict | None:
     """What `atelier.training` printed on a rank's line, or None for an ordinary line:
-    {"rank", "step", "values"} or {"rank", "checkpoint": step}. A malformed one is a line."""
+    {"rank", "step", "values"} (and "time", when the rank said when) or {"rank", "checkpoint":
+    step}. A malformed one is a line."""
     if not text.startswith(METRICS_MARK):
         return None
     try:
@@ -329,7 +330,8 @@ def metrics_record(rank: int, text: str) -> dict | None:
         and len(values) <= METRIC_VALUES
         and all(isinstance(k, str) and len(k) <= 128 and finite(v) for k, v in values.items())
     ):
-        return {"rank": rank, "step": record["step"], "values": values}
+        logged = {"time": record["time"]} if finite(record.get("time")) else {}
+        return {"rank": rank, "step": record["step"], "values": values, **logged}
     if record.get("checkpoint") is True:
         return {"rank": rank, "checkpoint": record["step"]}
     return None
