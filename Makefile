@@ -42,10 +42,11 @@ system:
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 		status=$$?; rm -f /usr/sbin/policy-rc.d; exit $$status)
 
+# uv installs (pip bootstraps it), with pip's configuration carried over (spawner/local/installer.py)
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q uv
+	$(BIN)/python spawner/local/installer.py -e '.[test]'
 	$(BIN)/pip uninstall -q -y rfc3987-syntax  # 2 s of every hub start (spawner/local/envs.py)
 	touch $@
 

@@ -20,9 +20,9 @@ import threading
 from pathlib import Path
 
 
-def run(*command: str) -> str:
+def run(*command: str, env: dict[str, str] | None = None) -> str:
     """Run a host tool (by absolute path); its output, or RuntimeError with what it printed."""
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         output = f"{result.stdout}{result.stderr}".strip()
         raise RuntimeError(f"{' '.join(command)} failed: {output}")

@@ -23,6 +23,7 @@ import atelier.extensions
 import atelier.images
 import atelier.sdk
 import atelier.training
+from atelier.spawner.local import installer
 from atelier.spawner.local.accounts import run
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
@@ -122,8 +123,10 @@ def create_env(target: Path, image: str, log: Callable[[str], None]) -> None:
     run(base_python(), "-m", "venv", str(target))
     log("installing packages (a few minutes the first time)")
     requirements = requirements_file(image)
-    pip = str(target / "bin" / "pip")
-    run(pip, "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements))
+    command, environment = installer.install_command(
+        str(target / "bin" / "python"), ["-r", str(requirements)]
+    )
+    run(*command, env=environment)
     leave_out_slow_imports(target)
     log("installing Atelier's extension")
     install_extension(target)
