@@ -132,3 +132,16 @@ def test_a_nodes_output_goes_to_each_ranks_log_the_agents_log_and_the_metrics(tm
     assert records[0] == {"rank": 0, "step": 3, "values": {"loss": 0.5}, "time": 7.5}  # logged
     assert records[1].pop("time") == pytest.approx(time.time(), abs=60)  # unsaid: when read
     assert records[1] == {"rank": 0, "checkpoint": 5}
+
+
+@pytest.mark.parametrize("said", ['"yesterday"', "true", "NaN", "1e999", "[1]", "null"])
+def test_a_time_a_rank_forges_is_dropped_for_when_the_monitor_read_it(tmp_path, said):
+    """A rank's "time" is kept only as a finite number; anything else the job prints there
+    leaves the monitor's own clock, and the step still counts."""
+    splitter = Splitter(tmp_path, 0, ranks=1)
+    splitter.line(
+        f'[rank0]:{jobs.METRICS_MARK}{{"step": 4, "values": {{"loss": 1}}, "time": {said}}}\n'
+    )
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record.pop("time") == pytest.approx(time.time(), abs=60)
+    assert record == {"rank": 0, "step": 4, "values": {"loss": 1}}
