@@ -209,7 +209,7 @@ class Hub:
             value = predicate()
             if value:
                 return value
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}")
 
     def sign_in(self) -> str | None:

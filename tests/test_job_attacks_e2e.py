@@ -594,8 +594,9 @@ def test_a_huge_checkpoint_step_does_not_wedge_the_job_or_its_devices(hub, launc
 
 def home_of(hub, token) -> dict:
     done = wait_status(hub, token, "home")
-    assert done["status"] == "completed", (done, events(hub, token, "home"))
-    line = next(ln for ln in log_of(hub, token, "home").splitlines() if ln.startswith("HOME "))
+    log = log_of(hub, token, "home")
+    assert done["status"] == "completed", (done, events(hub, token, "home"), log[-2000:])
+    line = next(ln for ln in log.splitlines() if ln.startswith("HOME "))
     return json.loads(line.removeprefix("HOME "))
 
 
