@@ -221,9 +221,6 @@ class Settings(Strict):
     limits: LimitsConfig = LimitsConfig()
     culling: CullingConfig = CullingConfig()
     autostop_every_seconds: int = Field(60, ge=1, le=3600)
-    instance_poll_seconds: int = Field(
-        30, ge=1, le=3600, description="how often the hub checks each instance still runs"
-    )
     service_port: int = Field(8002, ge=1, le=65535, description="the Atelier service, on loopback")
     audit_retention_days: int = Field(7, ge=1, le=3650)
     images: list[ImageConfig] = Field(

@@ -102,7 +102,6 @@ class Hub:
             devices=[{"kind": "gpu", "type": "a100", "index": i} for i in (0, 1)],
             culling={"idle_minutes": 0},
             autostop_every_seconds=1,
-            instance_poll_seconds=2,
         )
         config["ssh"] = {
             "ip": "127.0.0.1",

@@ -71,7 +71,6 @@ def configure(c, settings: Settings | None = None) -> None:
     backend.configure_hub(c, data_dir)
     c.Spawner.options_form = render_options_form
     c.Spawner.default_url = "/lab"
-    c.Spawner.poll_interval = settings.instance_poll_seconds
     interval = str(settings.culling.activity_interval_seconds)
     service_url = f"http://127.0.0.1:{settings.service_port}"
     c.Spawner.environment = {
