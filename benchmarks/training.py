@@ -8,11 +8,12 @@ work volume): its ranks run as the owner's account in their cgroups, their outpu
 through torchrun's tee to the job's monitor (`<data dir>/jobs/<id>/metrics.jsonl`). The bare
 side is `torchrun --standalone --nproc-per-node=2 train.py` with the same environment's
 torchrun, run by this script in a scratch directory, its metrics lines read from its stdout.
-Both run `--steps` steps with no sleep and a checkpoint every `--checkpoint-every`, one side
-after the other, alternating which goes first; a short round of each first warms the caches
-and is dropped. Both must log the same losses at every step: the same work. Each step's time
-is the one rank 0 stamped when it logged the step (`atelier.training.log_metrics`), on both
-sides alike.
+A third side is bare torchrun again, started in a cpu cgroup with the spec's quota as each
+job node is: what that alone costs. All run `--steps` steps with no sleep and a checkpoint
+every `--checkpoint-every`, one side after the other, alternating the order; a short round
+of Atelier and bare first warms the caches and is dropped. All must log the same losses at
+every step: the same work. Each step's time is the one rank 0 stamped when it logged the
+step (`atelier.training.log_metrics`), on every side alike.
 
 Time per step is the median, over windows of 100 steps from step 10 on (start-up left out),
 of each window's time per step: checkpoints count (one every 20 steps), while the seconds
@@ -46,6 +47,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import EXAMPLE, TORCH, WORK, Hub, image_envs  # noqa: E402 - the e2e harness
 from spawn import machine  # noqa: E402 - beside this script
 
+from atelier.spawner.core import Spec  # noqa: E402
+from atelier.spawner.local import cgroups  # noqa: E402
 from atelier.training import METRICS_MARK  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "training.json"
@@ -151,9 +154,10 @@ def atelier_run(hub: Hub, token: str, name: str, argv: list[str]) -> dict:
 # bare torchrun ----------------------------------------------------------------------------
 
 
-def bare_run(torchrun: Path, argv: list[str]) -> dict:
+def bare_run(torchrun: Path, argv: list[str], cpu_group: Path | None = None) -> dict:
     """`torchrun --standalone --nproc-per-node=2 train.py` in a fresh directory (its own
-    ./checkpoints and ./output), rank 0's metrics lines read from its stdout."""
+    ./checkpoints and ./output), rank 0's metrics lines read from its stdout; with
+    `cpu_group`, started in that cgroup."""
     directory = Path(tempfile.mkdtemp(prefix="bare-training-", dir=WORK))
     try:
         shutil.copy(EXAMPLE, directory / "train.py")
@@ -174,6 +178,7 @@ def bare_run(torchrun: Path, argv: list[str]) -> dict:
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},  # as Atelier's ranks have
+                preexec_fn=cpu_group and (lambda: joined(cpu_group)),
             )
             for raw in iter(process.stdout.readline, b""):  # lines end at b"\n" alone
                 point = metric_point(raw.decode(errors="replace").rstrip("\n"))
@@ -196,6 +201,21 @@ def bare_run(torchrun: Path, argv: list[str]) -> dict:
 # the run ----------------------------------------------------------------------------------
 
 
+def joined(group: Path) -> None:
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def bare_cpu_group() -> Path:
+    """A cpu cgroup with the spec's quota, as each job node has: what that alone costs."""
+    found = cgroups.Hierarchy.detect()
+    if "cpu" not in found.controllers:
+        raise SystemExit("no cpu cgroup controller to use here (run as root)")
+    cpu = cgroups.Hierarchy(found.version, frozenset({"cpu"}))
+    limits = cgroups.Limits(memory_bytes=0, cpu=Spec(SPEC).cpu)
+    [group] = cpu.create("benchmark.bare", limits, [])
+    return group
+
+
 def side_figures(samples: list[dict]) -> dict:
     step_ms = [s["step_s"] * 1000 for s in samples]
     first = [s["first_step_s"] for s in samples]
@@ -216,27 +236,37 @@ def run(args) -> dict:
     envs = image_envs()
     torchrun = envs / TORCH / "bin" / "torchrun"
     argv = script_args(args.steps, args.checkpoint_every)
-    hub = Hub(envs)
+    hub, group = Hub(envs), bare_cpu_group()
     try:
         token = hub.add_user("bench")
         with_example(hub, token)
         warmup = script_args(WARMUP_STEPS, args.checkpoint_every)
-        atelier_run(hub, token, "warmup", warmup)  # caches warm for both; dropped
+        atelier_run(hub, token, "warmup", warmup)  # caches warm for all; dropped
         bare_run(torchrun, warmup)
-        atelier, bare = [], []
+        atelier, bare, grouped = [], [], []
         for turn in range(args.repeat):
             sides = [
                 (atelier, lambda turn=turn: atelier_run(hub, token, f"round-{turn}", argv)),
                 (bare, lambda: bare_run(torchrun, argv)),
+                (grouped, lambda: bare_run(torchrun, argv, group)),
             ]
             for samples, measure in sides if turn % 2 == 0 else sides[::-1]:
                 samples.append(measure())
             check_same_work(atelier[-1]["losses"], bare[-1]["losses"], args.steps)
+            check_same_work(grouped[-1]["losses"], bare[-1]["losses"], args.steps)
     finally:
         hub.stop()
-    result = {"atelier": side_figures(atelier), "bare": side_figures(bare)}
+        cgroups.remove([group])
+    result = {
+        "atelier": side_figures(atelier),
+        "bare": side_figures(bare),
+        "bare_in_cpu_group": side_figures(grouped),
+    }
     result["ratio"] = {
         "step": round(result["atelier"]["step_ms_median"] / result["bare"]["step_ms_median"], 3),
+        "bare_in_cpu_group_step": round(
+            result["bare_in_cpu_group"]["step_ms_median"] / result["bare"]["step_ms_median"], 3
+        ),
         "first_step": round(
             result["atelier"]["first_step_s_median"] / result["bare"]["first_step_s_median"], 3
         ),
@@ -269,9 +299,17 @@ def table(result: dict) -> str:
         rows.append(f"  {label:<28}{atelier:>10}{bare:>10}{result['ratio'][ratio]:>8}")
     started = result["atelier"]["submit_to_started_s_median"]
     rows.append(f"  {'  of which submit -> running':<28}{started:>10}")
+    grouped, ratio = result["bare_in_cpu_group"]["step_ms_median"], result["ratio"]
+    rows.append(
+        f"  {'bare in a cpu cgroup (ms)':<28}{'':>10}{grouped:>10}"
+        f"{ratio['bare_in_cpu_group_step']:>8}"
+    )
     for key, unit in (("step_ms_samples", "ms/step"), ("first_step_s_samples", "s")):
         a, b = result["atelier"][key], result["bare"][key]
         rows.append(f"  samples ({unit}): atelier {a}, bare {b}")
+    rows.append(
+        f"  samples in a cpu cgroup (ms/step): {result['bare_in_cpu_group']['step_ms_samples']}"
+    )
     rows.append(f"  {result['steps']} steps, {result['processes']} processes, same losses")
     rows.append(f"  goal: {result['goal']}")
     return "\n".join(rows)
