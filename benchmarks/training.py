@@ -262,14 +262,14 @@ def run(args) -> dict:
         "bare": side_figures(bare),
         "bare_in_cpu_group": side_figures(grouped),
     }
+
+    def to_bare(side: str, key: str) -> float:
+        return round(result[side][key] / result["bare"][key], 3)
+
     result["ratio"] = {
-        "step": round(result["atelier"]["step_ms_median"] / result["bare"]["step_ms_median"], 3),
-        "bare_in_cpu_group_step": round(
-            result["bare_in_cpu_group"]["step_ms_median"] / result["bare"]["step_ms_median"], 3
-        ),
-        "first_step": round(
-            result["atelier"]["first_step_s_median"] / result["bare"]["first_step_s_median"], 3
-        ),
+        "step": to_bare("atelier", "step_ms_median"),
+        "bare_in_cpu_group_step": to_bare("bare_in_cpu_group", "step_ms_median"),
+        "first_step": to_bare("atelier", "first_step_s_median"),
     }
     result.update(
         goal="time per step: atelier / bare <= 1.05",
