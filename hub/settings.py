@@ -107,6 +107,12 @@ class LimitsConfig(Strict):
     job_log_retention_days: int = Field(
         30, ge=1, le=3650, description="how long a finished job's logs and metrics are kept"
     )
+    deployments_per_user: int = Field(4, ge=1, le=1000)
+    deployment_replicas: int = Field(8, ge=1, le=256, description="replicas per deployment")
+    deployment_timeout_seconds: int = Field(
+        600, ge=1, le=3600, description="the longest request timeout a deployment may ask for"
+    )
+    app_keys_per_deployment: int = Field(10, ge=1, le=1000)
 
     def to_limits(self) -> core.Limits:
         return core.Limits(**self.model_dump())
@@ -222,6 +228,9 @@ class Settings(Strict):
     culling: CullingConfig = CullingConfig()
     autostop_every_seconds: int = Field(60, ge=1, le=3600)
     service_port: int = Field(8002, ge=1, le=65535, description="the Atelier service, on loopback")
+    router_port: int = Field(
+        8003, ge=1, le=65535, description="the deployments' router, on loopback"
+    )
     audit_retention_days: int = Field(7, ge=1, le=3650)
     images: list[ImageConfig] = Field(
         default_factory=shipped("images"),

@@ -99,6 +99,7 @@ class Hub:
             hub_port=free_port(),
             proxy_api_port=free_port(),
             service_port=free_port(),
+            router_port=free_port(),
             devices=[{"kind": "gpu", "type": "a100", "index": i} for i in (0, 1)],
             culling={"idle_minutes": 0},
             autostop_every_seconds=1,

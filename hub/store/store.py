@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from atelier.hub import ssh
 from atelier.hub.store.auditlog import AuditLog
+from atelier.hub.store.deployments import DeploymentQueries
 from atelier.hub.store.jobs import JobQueries
 from atelier.hub.store.lookup import CatalogError, get_named
 from atelier.hub.store.operations import OperationQueries
@@ -57,7 +58,7 @@ IMAGE_FIELDS = (
 SPEC_FIELDS = ("display_name", "disabled")
 
 
-class Store(PeopleQueries, OperationQueries, JobQueries, AuditLog):
+class Store(PeopleQueries, OperationQueries, JobQueries, DeploymentQueries, AuditLog):
     def __init__(self, url: str):
         self.engine = create_engine(url)
         if url.startswith("sqlite"):

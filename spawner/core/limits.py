@@ -28,3 +28,7 @@ class Limits:
     job_retries: int = 10  # restarts from a checkpoint a job may ask for
     job_time_limit_minutes: int = 7 * 24 * 60
     job_log_retention_days: int = 30  # a finished job's logs and metrics (ModelArts': 30)
+    deployments_per_user: int = 4
+    deployment_replicas: int = 8
+    deployment_timeout_seconds: int = 600  # a request's longest run (ModelArts' default: 60)
+    app_keys_per_deployment: int = 10

@@ -1,0 +1,141 @@
+"""Atelier's model server: one replica of a deployment, KServe's Python model server speaking
+the Open Inference Protocol v2 (`/v2/health/ready`, `/v2/models/{name}`, `.../infer`), so any
+OIP v2 client works against it unchanged.
+
+    python -m atelier.serving <model directory> --name NAME (--fd FD | --port PORT)
+
+The directory holds either `model.pt`, a TorchScript module, served with no code of the
+user's (each request's inputs, in order, are its arguments; each output tensor is one output),
+or `predictor.py` with a class `Predictor`: `Predictor(model_dir)` loads once, and
+`predict(inputs)` maps {input name: numpy array} to an array or {output name: array}. A
+`Predictor` that is a `kserve.Model` is served as it is (its own preprocess, postprocess).
+
+The hub binds the replica's socket where only root can reach it and hands it over as `--fd`;
+the server never learns a path. SIGTERM drains: the open requests finish, then it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import kserve
+import numpy
+from kserve.model_server import FASTAPI_APP_IMPORT_STRING
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.rest.server import RESTServer
+from kserve.utils.utils import from_np_dtype
+
+TORCHSCRIPT, PREDICTOR = "model.pt", "predictor.py"
+DRAIN_SECONDS = 30  # the longest an open request may run on after SIGTERM
+
+
+class Served(kserve.Model):
+    """A model directory as a KServe model: its TorchScript module or its `Predictor`."""
+
+    def __init__(self, name: str, directory: Path):
+        super().__init__(name)
+        self.directory = directory
+        self.predictor = None
+        self.module = None
+
+    def load(self) -> bool:
+        if (self.directory / PREDICTOR).is_file():
+            self.predictor = load_predictor(self.directory)
+        elif (self.directory / TORCHSCRIPT).is_file():
+            import torch
+
+            self.module = torch.jit.load(str(self.directory / TORCHSCRIPT), map_location="cpu")
+            self.module.eval()
+        else:
+            raise FileNotFoundError(f"{self.directory} holds neither {TORCHSCRIPT} nor {PREDICTOR}")
+        self.ready = True
+        return True
+
+    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
+        inputs = {tensor.name: tensor.as_numpy() for tensor in payload.inputs}
+        if self.module is not None:
+            outputs = self.run_module(list(inputs.values()))
+        else:
+            outputs = self.predictor.predict(inputs)
+        if not isinstance(outputs, dict):
+            outputs = {"output-0": outputs}
+        return InferResponse(
+            response_id=payload.id or "",
+            model_name=self.name,
+            infer_outputs=[to_output(name, value) for name, value in outputs.items()],
+        )
+
+    def run_module(self, arrays: list[numpy.ndarray]) -> dict[str, numpy.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            result = self.module(*(torch.from_numpy(array) for array in arrays))
+        tensors = result if isinstance(result, tuple | list) else (result,)
+        return {f"output-{i}": tensor.numpy() for i, tensor in enumerate(tensors)}
+
+
+def load_predictor(directory: Path):
+    """`predictor.py`'s `Predictor`, imported from the model directory (its siblings importable)."""
+    sys.path.insert(0, str(directory))
+    spec = importlib.util.spec_from_file_location("predictor", directory / PREDICTOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "Predictor"):
+        raise AttributeError(f"{directory / PREDICTOR} defines no class Predictor")
+    return module.Predictor(str(directory))
+
+
+def to_output(name: str, value) -> InferOutput:
+    array = numpy.asarray(value)
+    output = InferOutput(
+        name=str(name), shape=list(array.shape), datatype=from_np_dtype(array.dtype)
+    )
+    output.set_data_from_numpy(array, binary_data=False)
+    return output
+
+
+def serve(name: str, directory: Path, listening: socket.socket | None, port: int | None) -> None:
+    import uvicorn
+
+    model = load_predictor(directory) if (directory / PREDICTOR).is_file() else None
+    if not isinstance(model, kserve.Model):
+        model = Served(name, directory)
+    model.name = name
+    model.load()
+    server = kserve.ModelServer(enable_grpc=False, enable_latency_logging=False)
+    server.register_model(model)
+    rest = RESTServer(
+        FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, 0
+    )
+    rest.create_application()
+    config = uvicorn.Config(
+        FASTAPI_APP_IMPORT_STRING,
+        fd=None if listening is None else listening.fileno(),
+        host="127.0.0.1",
+        port=port or 8080,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=DRAIN_SECONDS,
+    )
+    uvicorn.Server(config).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m atelier.serving", description=__doc__)
+    parser.add_argument("directory", type=Path, help="the model: model.pt or predictor.py")
+    parser.add_argument("--name", required=True, help="the model's name in /v2/models/{name}")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fd", type=int, help="a bound socket to listen on, inherited")
+    where.add_argument("--port", type=int, help="a loopback TCP port to listen on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    kserve.logging.trace_logger.setLevel(logging.WARNING)  # a line per request otherwise
+    listening = None
+    if args.fd is not None:
+        listening = socket.socket(fileno=args.fd)
+    serve(args.name, args.directory.absolute(), listening, args.port)

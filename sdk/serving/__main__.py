@@ -1,0 +1,3 @@
+from atelier.serving import main
+
+main()
