@@ -16,8 +16,9 @@ which holds what every backend's spawner shares.
 `sweep_saved_images`); a backend without it refuses saves. Training jobs are the job seat
 (`start_job`, `stop_job`, `job_nodes`, `job_usage`): the service decides when an attempt
 starts, fails or restarts; the backend starts each node's `torchrun` where it runs (through
-atelier.spawner.jobnode, which keeps the logs). Planned: `run_model_server(plan)` for
-deployments.
+atelier.spawner.jobnode, which keeps the logs). Deployments are the replica seat
+(`start_replica`, `replica_state`, `stop_replica`): the service rolls versions out
+(core.rollout), the router sends requests to the endpoints the backend returns.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ class JobRun:
     def node_devices(self, node: int) -> list[Device]:
         share = self.plan.spec.accelerator_count
         return list(self.devices[node * share : (node + 1) * share])
+
+
+@dataclass(frozen=True)
+class ReplicaRun:
+    """One replica of a deployment's version, as the service hands it to a backend."""
+
+    id: str  # the deployment's id
+    plan: core.DeploymentPlan  # the replica's version
+    version: int
+    number: int  # unique in the deployment: its monitor's node number, its log's name
+    directory: Path  # root's own: the replicas' launches, states and logs
 
 
 class NoOptions(BaseModel):
@@ -203,11 +215,31 @@ class Backend(ABC):
         the backend made for it; also what an ended attempt leaves. Blocking."""
         for node in range(run.plan.nodes):
             jobnode.stop(run.directory, run.attempt, node)
-        jobnode.wait_ended(run.directory, run.attempt, run.plan.nodes)
+        jobnode.wait_ended(run.directory, run.attempt, range(run.plan.nodes))
 
     def job_usage(self, run: JobRun) -> dict[str, float]:
         """What the running attempt uses now (cpu_seconds, memory_bytes), where known."""
         return {}
+
+    # deployments --------------------------------------------------------------------------
+    def start_replica(self, run: ReplicaRun) -> str:
+        """Start the replica's model server (atelier.serving, its monitor through
+        `jobnode.start`), detached, listening where only root reaches it; return that
+        endpoint ("unix:<path>" or "http://<address>:<port>"), for the router and the
+        service's readiness checks. Raises as `start_job`. Blocking."""
+        raise core.OptionsError(
+            "image", f"the {self.name} backend cannot serve models", "unavailable"
+        )
+
+    def replica_state(self, run: ReplicaRun) -> jobnode.NodeState:
+        return jobnode.read_state(run.directory, run.version, run.number)
+
+    def stop_replica(self, run: ReplicaRun) -> None:
+        """Stop the replica (its server finishes the requests it holds, within the plan's
+        timeout), wait until it has ended, and give back what was made for it. Blocking."""
+        jobnode.stop(run.directory, run.version, run.number)
+        patience = run.plan.timeout_seconds + jobnode.GRACE_S
+        jobnode.wait_ended(run.directory, run.version, range(run.number, run.number + 1), patience)
 
     # volumes ----------------------------------------------------------------------------
     @abstractmethod

@@ -6,16 +6,21 @@ engine client that runs it in a container) and outlives the service that started
 It reads the launch (`attempt-<a>/node-<k>.json`: argv, env, cwd, and for the local backend
 the account, cgroups and seccomp), splits the node's output by rank into the job's root-owned
 logs (`rank-<r>.log`, `node-<k>.log`) and metrics (`metrics.jsonl`), and records how the node
-ended (`attempt-<a>/node-<k>.state`). Nothing the job can write is ever opened by it: the
-job's processes only hold the write end of a pipe. SIGTERM stops the node (SIGTERM to its
-process group, SIGKILL after a grace period).
+ended (`attempt-<a>/node-<k>.state`). A deployment's replica is such a node too (attempt: its
+version, node: its number) whose launch names a socket to `listen` on: bound here, where only
+root reaches, and handed to the server as ATELIER_LISTEN_FD. Nothing the job can write is
+ever opened by it: the job's processes only hold the write end of a pipe. SIGTERM stops the
+node (SIGTERM to its process group, SIGKILL after a grace period).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -115,10 +120,10 @@ def stop(directory: Path, attempt: int, node: int) -> None:
         os.kill(state["monitor"], signal.SIGTERM)
 
 
-def wait_ended(directory: Path, attempt: int, nodes: int, patience_s: float = 30) -> None:
+def wait_ended(directory: Path, attempt: int, nodes: range, patience_s: float = 30) -> None:
     """Until every node's monitor has ended (a stopped node takes its grace period)."""
     deadline = time.monotonic() + patience_s
-    while any(read_state(directory, attempt, n).running for n in range(nodes)):
+    while any(read_state(directory, attempt, n).running for n in nodes):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the nodes of attempt {attempt} did not end in {patience_s} s")
         time.sleep(0.2)
@@ -213,22 +218,27 @@ def monitor(directory: Path, attempt: int, node: int) -> None:
     launch = json.loads(launch_path(directory, attempt, node).read_text())
     me = {"monitor": os.getpid(), "monitor_started": process_start(os.getpid())}
     splitter = Splitter(directory, node, launch["ranks"])
+    listening = listen(Path(launch["listen"])) if launch.get("listen") else None
+    inherited = {"ATELIER_LISTEN_FD": str(listening.fileno())} if listening else {}
     child = subprocess.Popen(
         launch["argv"],
-        env=launch["env"],
+        env={**launch["env"], **inherited},
         cwd=launch["cwd"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         preexec_fn=preexec_for(launch),
         close_fds=True,
+        pass_fds=[listening.fileno()] if listening else [],
     )
+    if listening is not None:
+        listening.close()  # the server's now: a stopped server's socket refuses at once
     write_json(state_path(directory, attempt, node), {**me, "pid": child.pid})
     stopped = threading.Event()
 
     def on_term(signum, frame):
         stopped.set()
-        with_grace(child)
+        with_grace(child, launch.get("grace_s", GRACE_S))
 
     signal.signal(signal.SIGTERM, on_term)
     reader = threading.Thread(target=split, args=(child.stdout, splitter), daemon=True)
@@ -249,9 +259,22 @@ def split(output, splitter: Splitter) -> None:
         cut = not raw.endswith(b"\n")
 
 
-def with_grace(child: subprocess.Popen) -> None:
+def listen(path: Path) -> socket.socket:
+    """A Unix socket bound at `path`, in a directory only root can change (the backend's):
+    what was there before (an ended replica's socket) is replaced."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise RuntimeError(f"{path} is not a socket")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.set_inheritable(True)
+    return sock
+
+
+def with_grace(child: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     def kill_later():
-        time.sleep(GRACE_S)
+        time.sleep(grace_s)
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
 

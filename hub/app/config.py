@@ -86,6 +86,7 @@ def configure(c, settings: Settings | None = None) -> None:
         *USER_SCOPES,
     ]
 
+    c.Proxy.extra_routes = {"/deployments/": f"http://127.0.0.1:{settings.router_port}"}
     c.JupyterHub.custom_scopes = {scope: {"description": text} for scope, text in SCOPES.items()}
     c.JupyterHub.services, c.JupyterHub.load_roles = services_and_roles(
         settings, data_dir, backend.environment(), backend.services(data_dir)
@@ -172,6 +173,8 @@ def services_and_roles(
             ["list:users", "read:servers", "delete:servers"],
         ),
     ]
+    # /deployments/ on the hub's address: the router (app keys, not hub sign-in)
+    pairs.append(service("deployment-router", ["atelier.hub.router"], [], environment=environment))
     if settings.ssh.enabled:
         pairs.append(service("ssh-gateway", ["atelier.hub.gateway"], [], environment=environment))
     if settings.culling.idle_minutes:

@@ -41,6 +41,8 @@ SCOPES = {
     "custom:atelier:images:save": "Save one's instances as images; share and delete those",
     "custom:atelier:jobs:read": "List and show one's own training jobs, their logs and metrics",
     "custom:atelier:jobs:manage": "Submit, stop, resume and delete one's training jobs",
+    "custom:atelier:deployments:read": "List and show one's deployments, their logs and metrics",
+    "custom:atelier:deployments:manage": "Deploy, upgrade, stop and delete one's models; app keys",
     "custom:atelier:audit:read": "Read audit events about oneself",
     "custom:atelier:keypairs:manage": "Register, generate, list and delete one's SSH key pairs",
     "custom:atelier:workspaces:admin": "Create, list, change and delete workspaces",

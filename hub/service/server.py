@@ -14,7 +14,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
 
 from atelier.hub.context import Context
-from atelier.hub.service import catalog, jobs, snapshots
+from atelier.hub.service import catalog, deployments, jobs, snapshots
 from atelier.hub.service.base import (
     AUTH_CACHE_SECONDS,
     READ_LIMIT_BYTES,
@@ -32,6 +32,7 @@ from atelier.hub.service.people import (
     WorkspacesHandler,
 )
 from atelier.hub.service.routes import NAME, ROUTES
+from atelier.hub.service.serving import Serving
 from atelier.hub.service.training import Training
 from atelier.hub.settings import settings_from_environment
 
@@ -43,6 +44,7 @@ def all_routes() -> list[tuple[str, type]]:
         *catalog.ROUTES,
         *snapshots.ROUTES,
         *jobs.ROUTES,
+        *deployments.ROUTES,
         ("/workspaces", WorkspacesHandler),
         (f"/workspaces/{NAME}", WorkspaceHandler),
         ("/keypairs", KeyPairsHandler),
@@ -51,7 +53,11 @@ def all_routes() -> list[tuple[str, type]]:
 
 
 def make_app(
-    context: Context, hub: HubClient, saves: snapshots.Saves, training: Training
+    context: Context,
+    hub: HubClient,
+    saves: snapshots.Saves,
+    training: Training,
+    serving: Serving,
 ) -> web.Application:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE}/").rstrip("/")
     handlers = [(prefix + "/api/v1" + path, handler) for path, handler in all_routes()]
@@ -67,6 +73,7 @@ def make_app(
         hub=hub,
         saves=saves,
         training=training,
+        serving=serving,
         prefix=prefix,
         recent=Recent(1.0),
         cookie_secret=os.urandom(32),
@@ -82,9 +89,13 @@ def main() -> None:
         saves = snapshots.Saves(context)
         await asyncio.to_thread(saves.recover)
         training = Training(context)
-        app = make_app(context, hub, saves, training)
+        serving = Serving(context)
+        app = make_app(context, hub, saves, training, serving)
         app.listen(url.port, url.hostname, max_body_size=READ_LIMIT_BYTES)
-        supervisor = asyncio.ensure_future(training.supervise())  # noqa: F841 - runs for good
+        supervisors = [  # noqa: F841 - they run for good
+            asyncio.ensure_future(training.supervise()),
+            asyncio.ensure_future(serving.supervise()),
+        ]
         gc.freeze()  # start-up's objects live as long as the service: keep them out of GC scans
         retention = timedelta(days=context.settings.audit_retention_days)
         while True:

@@ -187,6 +187,7 @@ class DeploymentQueries:
             record = db.get(DeploymentRecord, id)
             version = max(entry["version"] for entry in record.versions) + 1
             record.version, record.plan, record.stopped = version, plan, False
+            record.status = "upgrading" if record.serving else "deploying"
             record.versions = [*record.versions, _version(version, plan)][-VERSIONS_KEPT:]
             db.add(DeploymentEventRecord(deployment=id, message=f"version {version}: {event}"))
             return version

@@ -2,7 +2,7 @@
 the Open Inference Protocol v2 (`/v2/health/ready`, `/v2/models/{name}`, `.../infer`), so any
 OIP v2 client works against it unchanged.
 
-    python -m atelier.serving <model directory> --name NAME (--fd FD | --port PORT)
+    python -m atelier.serving <model directory> --name NAME [--fd FD | --port PORT]
 
 The directory holds either `model.pt`, a TorchScript module, served with no code of the
 user's (each request's inputs, in order, are its arguments; each output tensor is one output),
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -31,7 +32,6 @@ from kserve.protocol.rest.server import RESTServer
 from kserve.utils.utils import from_np_dtype
 
 TORCHSCRIPT, PREDICTOR = "model.pt", "predictor.py"
-DRAIN_SECONDS = 30  # the longest an open request may run on after SIGTERM
 
 
 class Served(kserve.Model):
@@ -99,7 +99,9 @@ def to_output(name: str, value) -> InferOutput:
     return output
 
 
-def serve(name: str, directory: Path, listening: socket.socket | None, port: int | None) -> None:
+def serve(
+    name: str, directory: Path, listening: socket.socket | None, port: int | None, drain: int
+) -> None:
     import uvicorn
 
     model = load_predictor(directory) if (directory / PREDICTOR).is_file() else None
@@ -120,7 +122,7 @@ def serve(name: str, directory: Path, listening: socket.socket | None, port: int
         port=port or 8080,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=DRAIN_SECONDS,
+        timeout_graceful_shutdown=drain,
     )
     uvicorn.Server(config).run()
 
@@ -129,13 +131,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m atelier.serving", description=__doc__)
     parser.add_argument("directory", type=Path, help="the model: model.pt or predictor.py")
     parser.add_argument("--name", required=True, help="the model's name in /v2/models/{name}")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--fd", type=int, help="a bound socket to listen on, inherited")
+    parser.add_argument(
+        "--drain-seconds",
+        type=int,
+        default=60,
+        help="how long open requests may run on after SIGTERM",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--fd", type=int, help="a bound socket to listen on, inherited (default: ATELIER_LISTEN_FD)"
+    )
     where.add_argument("--port", type=int, help="a loopback TCP port to listen on")
     args = parser.parse_args(argv)
+    if args.port is None and args.fd is None:
+        if "ATELIER_LISTEN_FD" not in os.environ:
+            parser.error("give --fd or --port")
+        args.fd = int(os.environ["ATELIER_LISTEN_FD"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     kserve.logging.trace_logger.setLevel(logging.WARNING)  # a line per request otherwise
     listening = None
     if args.fd is not None:
         listening = socket.socket(fileno=args.fd)
-    serve(args.name, args.directory.absolute(), listening, args.port)
+    serve(args.name, args.directory.absolute(), listening, args.port, args.drain_seconds)

@@ -25,6 +25,7 @@ from atelier.spawner.core.catalog import (
     validate_image_name,
     validate_spec_name,
 )
+from atelier.spawner.core.deployments import DeploymentPlan, plan_deployment
 from atelier.spawner.core.errors import (
     OptionsError,
 )
@@ -119,6 +120,8 @@ __all__ = [
     "check_snapshot_size",
     "plan_snapshot",
     "snapshot_name",
+    "DeploymentPlan",
+    "plan_deployment",
     "JobPlan",
     "check_job_count",
     "plan_job",

@@ -40,6 +40,11 @@ class Action(StrEnum):
     STOP_TRAIN_JOB = "stopTrainJob"
     RESUME_TRAIN_JOB = "resumeTrainJob"
     DELETE_TRAIN_JOB = "deleteTrainJob"
+    CREATE_SERVICE = "createService"  # a deployment (ModelArts' real-time service)
+    UPDATE_SERVICE = "updateService"  # upgrade, scale, rollback, stop, start
+    DELETE_SERVICE = "deleteService"
+    CREATE_APP_KEY = "createAppKey"
+    DELETE_APP_KEY = "deleteAppKey"
     LOGIN = "login"
     ACCESS_DENIED = "accessDenied"
 
@@ -77,6 +82,10 @@ RESOURCE_TYPES: dict[Action, str | None] = {
         ),
         "trainjob",
     ),
+    **dict.fromkeys(
+        (Action.CREATE_SERVICE, Action.UPDATE_SERVICE, Action.DELETE_SERVICE), "deployment"
+    ),
+    **dict.fromkeys((Action.CREATE_APP_KEY, Action.DELETE_APP_KEY), "appkey"),
     Action.LOGIN: "user",
     Action.ACCESS_DENIED: None,
 }

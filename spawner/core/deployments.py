@@ -62,7 +62,10 @@ class DeploymentPlan:
     def server_argv(self, python: str, root: str) -> list[str]:
         """The replica's model server, listening on the socket it inherits (ATELIER_LISTEN_FD);
         `root` is where the backend shows the volume to it."""
-        return [python, "-m", SERVER_MODULE, f"{root}/{self.model}", "--name", self.name]
+        return [
+            python, "-m", SERVER_MODULE, f"{root}/{self.model}", "--name", self.name,
+            f"--drain-seconds={self.timeout_seconds}",
+        ]  # fmt: skip
 
 
 def plan_from_json(owner: str, name: str, data: dict, catalog: Catalog) -> DeploymentPlan:

@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -29,17 +28,10 @@ import docker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-import atelier.extensions
 import atelier.images
-import atelier.sdk
-import atelier.training
+from atelier.spawner import inimage
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
-EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))
-SDK_DIR = Path(next(iter(atelier.sdk.__path__)))
-TRAINING_DIR = Path(next(iter(atelier.training.__path__)))
-# found, not imported: the notebook widgets need ipywidgets, which only instances have
-WIDGETS_DIR = Path(next(iter(find_spec("atelier.widgets").submodule_search_locations)))
 PREFIX = "atelier/"
 BASE = "atelier/debian:12"
 SUITE = "bookworm"  # Debian 12
@@ -345,18 +337,11 @@ def make_context(
             line = f"{match.group(1)} requirements.d/{path}"
         lines.append(line)
     (context / "requirements.txt").write_text("\n".join(lines) + "\n")
-    packages = (
-        (EXTENSION_DIR, "extensions"),
-        (SDK_DIR, "sdk"),
-        (TRAINING_DIR, "training"),
-        (WIDGETS_DIR, "widgets"),
-    )
-    for source, target in packages:
+    for source, target in inimage.PACKAGES:
         shutil.copytree(
             source,
             context / "atelier" / target,
-            # sdk/training and extensions/widgets: their own
-            ignore=shutil.ignore_patterns("__pycache__", "training", "widgets"),
+            ignore=shutil.ignore_patterns(*inimage.LEFT_OUT),
         )
     shutil.copy(ca_bundle, context / "ca-certificates.crt")
     wheels = context / "wheels"

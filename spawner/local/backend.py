@@ -3,7 +3,8 @@
 Each runs from its image's Python environment (envs.py), as its owner's own system account
 when the hub is root (accounts.py), in a cgroup with the spec's limits (cgroups.py), under a
 seccomp filter (seccomp.py), with a fresh home (homes.py) and an XFS work volume (volumes.py);
-its SSH endpoint is a Unix socket root binds for it (sshendpoint.py). The spawner is
+its SSH endpoint is a Unix socket root binds for it (sshendpoint.py). Training jobs' nodes
+(jobs.py) and deployments' replicas (replicas.py) run the same way. The spawner is
 spawner.py's `LocalInstanceSpawner`.
 """
 
@@ -22,6 +23,7 @@ from atelier.spawner.identity import system_account_exists
 from atelier.spawner.local import accounts, cgroups, envs, snapshots, sshendpoint
 from atelier.spawner.local.jobs import LocalJobs
 from atelier.spawner.local.machine import MachineBackend
+from atelier.spawner.local.replicas import LocalReplicas
 from atelier.spawner.local.volumes import LocalVolume
 
 
@@ -31,7 +33,7 @@ def env_bytes(env: Path) -> int:
     return int(accounts.run("/usr/bin/du", "--summarize", "--bytes", str(env)).split()[0])
 
 
-class LocalBackend(LocalJobs, MachineBackend):
+class LocalBackend(LocalReplicas, LocalJobs, MachineBackend):
     name = "local"
     spawner_class = "LocalInstanceSpawner"
 

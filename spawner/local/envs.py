@@ -16,22 +16,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 
-import atelier.extensions
 import atelier.images
-import atelier.sdk
-import atelier.training
+from atelier.spawner import inimage
 from atelier.spawner.local import installer
 from atelier.spawner.local.accounts import run
 
 IMAGES_DIR = Path(next(iter(atelier.images.__path__)))
-EXTENSION_DIR = Path(next(iter(atelier.extensions.__path__)))
-SDK_DIR = Path(next(iter(atelier.sdk.__path__)))
-TRAINING_DIR = Path(next(iter(atelier.training.__path__)))
-# found, not imported: the notebook widgets need ipywidgets, which only instances have
-WIDGETS_DIR = Path(next(iter(find_spec("atelier.widgets").submodule_search_locations)))
 STAMP = ".atelier-requirements.sha256"
 # jsonschema's optional IRI checker, which jupyter-events pulls in: it compiles 35 Earley
 # parsers when imported, which is 1-2 s of CPU in every JupyterLab server's start, for a
@@ -144,24 +136,17 @@ def install_extension(env: Path) -> None:
     """Copy Atelier's jupyter-server extension, SDK and training module (what a job's ranks
     import) into the environment; enable the extension."""
     site = next((env / "lib").glob("python3*/site-packages"))
-    packages = (
-        (EXTENSION_DIR, "extensions"),
-        (SDK_DIR, "sdk"),
-        (TRAINING_DIR, "training"),
-        (WIDGETS_DIR, "widgets"),
-    )
-    for source, name in packages:
+    for source, name in inimage.PACKAGES:
         shutil.copytree(
             source,
             site / "atelier" / name,
             dirs_exist_ok=True,
-            # sdk/training and extensions/widgets: their own
-            ignore=shutil.ignore_patterns("__pycache__", "training", "widgets"),
+            ignore=shutil.ignore_patterns(*inimage.LEFT_OUT),
         )
     see_user_site(env)
     config_dir = env / "etc" / "jupyter" / "jupyter_server_config.d"
     config_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(EXTENSION_DIR / "atelier.json", config_dir / "atelier.json")
+    shutil.copy(inimage.EXTENSION_DIR / "atelier.json", config_dir / "atelier.json")
 
 
 def see_user_site(env: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from atelier.spawner import jobnode
@@ -32,58 +33,70 @@ def node_group(account: str, job: str, node: int) -> str:
     return f"{account}.{job}.{node}"
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What a job node and a deployment replica share on this machine: the owner's account,
+    the instance's volume where it runs, a fresh home, and the image's environment."""
+
+    account: str
+    isolated: bool  # the hub is root: it runs as the owner's own account
+    root: Path  # where the volume is mounted
+    home: Path
+    bin_dir: Path
+
+    def launch(self, group: str, spec, devices, argv: list[str], environment: dict) -> dict:
+        """The launch of one process tree (atelier.spawner.jobnode) in a cgroup of its own
+        (`group`) with the spec's limits and the given devices, under the seccomp filter."""
+        limits = cgroups.Limits(memory_bytes=spec.memory_gb * 1024**3, cpu=spec.cpu)
+        rules = cgroups.device_rules(devices, cgroups.read_device_nodes())
+        groups = cgroups.Hierarchy.detect().create(group, limits, rules)
+        return {
+            "argv": [str(self.bin_dir / argv[0]), *argv[1:]],
+            "env": {
+                **environment,
+                **visible_devices_environment(devices),
+                "PATH": f"{self.home}/.local/bin:{self.bin_dir}:{SYSTEM_PATH}",
+                "VIRTUAL_ENV": str(self.bin_dir.parent),
+                "HOME": str(self.home),
+                "USER": self.account,
+                "LANG": os.environ.get("LANG", "C.UTF-8"),
+                "PYTHONUNBUFFERED": "1",
+            },
+            "cwd": str(self.root),
+            "account": self.account if self.isolated else None,
+            "cgroups": [str(group / "cgroup.procs") for group in groups],
+            "confine": True,
+        }
+
+
 class LocalJobs:
     """The job seat of the local backend (LocalBackend mixes it in)."""
 
-    def start_job(self, run: JobRun) -> None:
-        plan = run.plan
-        account = self.store.claim_account(plan.owner)
+    def workload(self, owner: str, image, volume: str, home: InstanceHome) -> Workload:
+        """Ready to launch: the account exists, the volume is mounted, the home is fresh
+        (bounded by `limits.ephemeral_storage_gb`: empty, or a snapshot's kept files)."""
+        account = self.store.claim_account(owner)
         isolated = os.geteuid() == 0
         if isolated:
             accounts.ensure_account(account)
-        owner = account if isolated else None
-        root = self.volume(plan.owner, plan.volume).mounted(account_ids(owner))
-        home = self._job_home(run, owner)
-        bin_dir = env_python_bin(
-            self.settings.resolved_envs_dir, plan.image.base or plan.image.name
-        )
+        user = account if isolated else None
+        root = self.volume(owner, volume).mounted(account_ids(user))
+        home.reset(self.settings.limits.ephemeral_storage_gb, user)
+        if image.base is not None:
+            snapshots.restore(image, self.snapshots_dir, home.path, user)
+        bin_dir = env_python_bin(self.settings.resolved_envs_dir, image.base or image.name)
+        return Workload(account, isolated, root, home.path, bin_dir)
+
+    def start_job(self, run: JobRun) -> None:
+        plan = run.plan
+        work = self.workload(plan.owner, plan.image, plan.volume, self._home(run))
         endpoint = f"127.0.0.1:{free_port()}"
         for node in range(plan.nodes):
-            devices = run.node_devices(node)
-            limits = cgroups.Limits(memory_bytes=plan.spec.memory_gb * 1024**3, cpu=plan.spec.cpu)
-            rules = cgroups.device_rules(devices, cgroups.read_device_nodes())
-            hierarchy = cgroups.Hierarchy.detect()
-            groups = hierarchy.create(node_group(account, plan.name, node), limits, rules)
-            argv = jobs.torchrun_argv(plan, node, endpoint, run.id, f"{home}/.torchrun")
-            environment = {
-                **jobs.rank_environment(plan, str(root), run.attempt),
-                **visible_devices_environment(devices),
-                "PATH": f"{home}/.local/bin:{bin_dir}:{SYSTEM_PATH}",
-                "VIRTUAL_ENV": str(bin_dir.parent),
-                "HOME": str(home),
-                "USER": account,
-                "LANG": os.environ.get("LANG", "C.UTF-8"),
-                "PYTHONUNBUFFERED": "1",
-            }
-            launch = {
-                "argv": [str(bin_dir / argv[0]), *argv[1:]],
-                "env": environment,
-                "cwd": str(root),
-                "account": account if isolated else None,
-                "cgroups": [str(group / "cgroup.procs") for group in groups],
-                "confine": True,
-                "ranks": plan.world_size,
-            }
-            jobnode.start(run.directory, run.attempt, node, launch)
-
-    def _job_home(self, run: JobRun, owner: str | None) -> Path:
-        """The job's HOME, fresh at each attempt and bounded as an instance's home is
-        (`limits.ephemeral_storage_gb`): empty, or a snapshot's kept files (~/.local)."""
-        home = self._home(run)
-        home.reset(self.settings.limits.ephemeral_storage_gb, owner)
-        if run.plan.image.base is not None:
-            snapshots.restore(run.plan.image, self.snapshots_dir, home.path, owner)
-        return home.path
+            argv = jobs.torchrun_argv(plan, node, endpoint, run.id, f"{work.home}/.torchrun")
+            environment = jobs.rank_environment(plan, str(work.root), run.attempt)
+            group = node_group(work.account, plan.name, node)
+            launch = work.launch(group, plan.spec, run.node_devices(node), argv, environment)
+            jobnode.start(run.directory, run.attempt, node, {**launch, "ranks": plan.world_size})
 
     def _home(self, run: JobRun) -> InstanceHome:
         """Beside the instances' homes, never one of theirs (their names have no '.')."""

@@ -33,7 +33,7 @@ class NotTheInstancesOwn(Exception):
     """The endpoint's socket, or whoever answers it, is not what root made for the instance."""
 
 
-def _trusted_directories(directory: Path) -> None:
+def trusted_directories(directory: Path) -> None:
     """Every component of `directory`: a real directory that only root (or this process's
     own account, when it is not root) can change; sticky ones as /tmp only their entries'
     owners."""
@@ -58,7 +58,7 @@ def bind(path: Path, account: str | None) -> socket.socket:
             shutil.rmtree(directory)  # the older layout, owned by the instance: root's now
     directory.mkdir(mode=0o700, exist_ok=True)
     directory.chmod(0o700)
-    _trusted_directories(directory)
+    trusted_directories(directory)
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX)
     try:
@@ -79,7 +79,7 @@ def owner_of(path: Path) -> int:
     info = os.lstat(path)
     if not stat.S_ISSOCK(info.st_mode):
         raise NotTheInstancesOwn(f"endpoint {path} is not a socket")
-    _trusted_directories(path.parent)
+    trusted_directories(path.parent)
     return info.st_uid
 
 

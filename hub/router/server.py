@@ -1,0 +1,191 @@
+"""The deployments' router: the hub's address answers `/deployments/<owner>/<name>/v2/...`
+here (configurable-http-proxy's extra route), so any Open Inference Protocol v2 client reaches
+a deployment at one stable URL, whichever replicas serve it.
+
+A request must carry an app key of that deployment (`Authorization: Bearer <key>`); without
+one it gets 401 and reaches no replica. It goes to the ready replica of the serving version
+with the fewest requests open (core.rollout decides which those are; the store says, read
+again every REFRESH_SECONDS); a replica that refuses or drops the connection before answering
+(it is stopping) is skipped and the request tried on another. A request past the
+deployment's timeout gets 504. Counts, errors and a latency histogram go to the store every
+FLUSH_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import random
+import time
+
+import aiohttp
+from aiohttp import web
+
+from atelier.hub.context import store_url
+from atelier.hub.router import upstream
+from atelier.hub.settings import settings_from_environment
+from atelier.hub.store.store import Store
+from atelier.spawner.core import deployments, rollout
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 0.5
+MISS_SECONDS = 0.1
+FLUSH_SECONDS = 2.0
+TRIES = 3  # replicas one request may be tried on
+MAX_BODY_BYTES = 64 << 20
+# not passed on: hop-by-hop headers, the caller's credentials, what aiohttp sets itself
+DROPPED = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te"}
+DROPPED |= {"trailer", "transfer-encoding", "upgrade", "authorization", "cookie", "host"}
+DROPPED |= {"content-length", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+DROPPED |= {"x-forwarded-port", "date", "server"}
+
+
+class NoReplica(Exception):
+    """No ready replica took the request."""
+
+
+def refusal(status: int, message: str, **headers) -> web.Response:
+    body = json.dumps({"error": {"code": status, "message": message}})
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+
+class Router:
+    def __init__(self, store: Store):
+        self.store = store
+        self.routes: dict[tuple[str, str], dict] = {}
+        self.keys: dict[str, tuple[str, str]] = {}
+        self.clients: dict[str, tuple[aiohttp.ClientSession, str]] = {}
+        self.open: collections.Counter[str] = collections.Counter()  # endpoint -> requests
+        self.counts: dict[str, list] = {}  # deployment -> [requests, errors, histogram]
+        self.last_miss = 0.0
+
+    async def refresh(self) -> None:
+        routes, self.keys = await asyncio.to_thread(self.store.routing)
+        self.routes = routes
+        live = {endpoint for route in routes.values() for endpoint in route["endpoints"]}
+        for endpoint in set(self.clients) - live:
+            if not self.open[endpoint]:
+                client, _ = self.clients.pop(endpoint)
+                await client.close()
+
+    async def keep_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("reading the routing table failed")
+
+    async def flush(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            counts, self.counts = self.counts, {}
+            if counts:
+                try:
+                    await asyncio.to_thread(self.store.add_request_metrics, counts)
+                except Exception:  # noqa: BLE001 - these counts are lost, not the router
+                    log.exception("writing request metrics failed")
+
+    def count(self, id: str, status: int, seconds: float) -> None:
+        entry = self.counts.setdefault(id, [0, 0, collections.Counter()])
+        entry[0] += 1
+        entry[1] += status >= 500
+        entry[2][rollout.latency_bucket(seconds)] += 1
+
+    async def authorised(self, request: web.Request, key: tuple[str, str]) -> dict | None:
+        """The deployment's route, when the request carries one of its app keys. A key or a
+        deployment the table does not know yet (made a moment ago) reads the table again,
+        at most once per MISS_SECONDS however many such requests come."""
+        presented = deployments.key_prefix(request.headers.get("Authorization"))
+        if presented is None:
+            return None
+        prefix, secret = presented
+        if (prefix not in self.keys or key not in self.routes) and self.missed():
+            await self.refresh()
+        route, entry = self.routes.get(key), self.keys.get(prefix)
+        if route is None or entry is None or entry[0] != route["id"]:
+            return None
+        return route if deployments.key_matches(secret, entry[1]) else None
+
+    def missed(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_miss < MISS_SECONDS:
+            return False
+        self.last_miss = now
+        return True
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        owner, name = request.match_info["owner"], request.match_info["name"]
+        route = await self.authorised(request, (owner, name))
+        if route is None:
+            return refusal(
+                401,
+                "send an app key of this deployment: Authorization: Bearer <key>",
+                **{"WWW-Authenticate": 'Bearer realm="deployment"'},
+            )
+        path = request.match_info["path"]
+        if not path.startswith("v2"):
+            return refusal(404, "a deployment answers the Open Inference Protocol v2: /v2/...")
+        started = time.perf_counter()
+        body = await request.read()
+        try:
+            async with asyncio.timeout(route["timeout"]):
+                response = await self.forward((owner, name), request, path, body)
+        except TimeoutError:
+            response = refusal(504, f"the model did not answer within {route['timeout']} s")
+        except NoReplica:
+            response = refusal(503, "no replica of this deployment is ready; try again shortly")
+        self.count(route["id"], response.status, time.perf_counter() - started)
+        return response
+
+    async def forward(self, key, request: web.Request, path: str, body: bytes) -> web.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED}
+        tried: set[str] = set()
+        for _ in range(TRIES):
+            route = self.routes.get(key) or {"endpoints": []}
+            endpoints = [e for e in route["endpoints"] if e not in tried]
+            if not endpoints:
+                break
+            endpoint = min(endpoints, key=lambda e: (self.open[e], random.random()))
+            client, base = self.clients.get(endpoint) or self.clients.setdefault(
+                endpoint, upstream.session(endpoint)
+            )
+            self.open[endpoint] += 1
+            try:
+                async with client.request(
+                    request.method,
+                    f"{base}/{path}",
+                    params=request.query,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                ) as answer:
+                    payload = await answer.read()
+                    kept = {k: v for k, v in answer.headers.items() if k.lower() not in DROPPED}
+                    return web.Response(status=answer.status, body=payload, headers=kept)
+            except aiohttp.ClientConnectionError:  # refused, or dropped before an answer
+                tried.add(endpoint)
+            finally:
+                self.open[endpoint] -= 1
+        raise NoReplica
+
+
+async def serve(port: int, store: Store) -> None:
+    router = Router(store)
+    await router.refresh()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_route("*", "/deployments/{owner}/{name}/{path:.*}", router.handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.gather(router.keep_fresh(), router.flush())
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
+    settings = settings_from_environment()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
+        asyncio.run(serve(settings.router_port, Store(store_url(settings))))
