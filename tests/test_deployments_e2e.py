@@ -3,6 +3,7 @@ output deployed, called through the hub's address with an app key, upgraded and 
 a steady stream of requests with no request failing, a version that never becomes ready
 leaving the old one serving, and rollback."""
 
+import os
 import threading
 import time
 
@@ -28,11 +29,16 @@ def deployment(hub, token, name, owner="alice") -> dict:
 
 
 def settled(hub, token, name, status="running", timeout=120) -> dict:
+    """The deployment once it is `status` with nothing to say (or has failed)."""
+
     def done():
         now = deployment(hub, token, name)
-        return now if now["status"] == status and not now["reason"] or now["status"] == "failed" else None
+        return now if now["status"] in (status, "failed") and not now["reason"] else None
 
-    return hub.wait_for(done, timeout, f"deployment {name} {status}")
+    try:
+        return hub.wait_for(done, timeout, f"deployment {name} {status}")
+    except AssertionError:
+        raise AssertionError((deployment(hub, token, name), events(hub, token, name))) from None
 
 
 def events(hub, token, name) -> list[str]:
@@ -41,7 +47,9 @@ def events(hub, token, name) -> list[str]:
 
 
 def infer(hub, name, key, values, owner="alice", timeout=30) -> requests.Response:
-    body = {"inputs": [{"name": "x", "shape": [len(values), 1], "datatype": "FP32", "data": values}]}
+    body = {
+        "inputs": [{"name": "x", "shape": [len(values), 1], "datatype": "FP32", "data": values}]
+    }
     return requests.post(
         f"{hub.url}/deployments/{owner}/{name}/v2/models/{name}/infer",
         json=body,
@@ -54,7 +62,10 @@ def test_a_trained_model_is_served_through_the_hub_with_an_app_key(hub, alice):
     body = {"name": "line", "image": TORCH, "spec": "cpu.2u8g", "job": "fit", "replicas": 2}
     response = hub.atelier("POST", "/deployments", alice, json=body)
     assert response.status_code == 201, response.text
-    assert response.json()["model"] == "jobs/fit" and response.json()["url"] == "/deployments/alice/line"
+    assert (
+        response.json()["model"] == "jobs/fit"
+        and response.json()["url"] == "/deployments/alice/line"
+    )
     running = settled(hub, alice, "line")
     assert running["status"] == "running", (running, events(hub, alice, "line"))
     key = hub.atelier("POST", "/deployments/alice/line/keys", alice).json()
@@ -69,3 +80,163 @@ def test_a_trained_model_is_served_through_the_hub_with_an_app_key(hub, alice):
         timeout=10,
     )
     assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def put(hub, path: str, text: str, user="alice", instance="lab") -> None:
+    """A file in the instance's work volume, the user's own as if they had written it."""
+    target = hub.volume(user, instance) / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    for made in (target, *target.relative_to(hub.volume(user, instance)).parents):
+        os.chown(hub.volume(user, instance) / made, *hub.volume_owner(user))
+
+
+PREDICTOR = """
+import numpy, time
+
+class Predictor:
+    def __init__(self, model_dir):
+        {load}
+
+    def predict(self, inputs):
+        time.sleep({seconds})
+        return {{"y": numpy.asarray(inputs["x"]) * {factor}}}
+"""
+
+
+def predictor(hub, path: str, factor: float, seconds: float = 0, load: str = "pass") -> None:
+    put(hub, f"{path}/predictor.py", PREDICTOR.format(factor=factor, seconds=seconds, load=load))
+
+
+class Load:
+    """Requests one after the other from two clients until stopped: every answer counted."""
+
+    def __init__(self, hub, name: str, key: str):
+        self.hub, self.name, self.key = hub, name, key
+        self.answers: list[float] = []
+        self.failures: list[str] = []
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self.fire) for _ in range(2)]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def fire(self):
+        while not self.done.is_set():
+            try:
+                answer = infer(self.hub, self.name, self.key, [1.0])
+            except requests.RequestException as error:
+                self.failures.append(repr(error))
+                continue
+            if answer.status_code != 200:
+                self.failures.append(f"{answer.status_code} {answer.text[:300]}")
+            else:
+                self.answers.append(answer.json()["outputs"][0]["data"][0])
+
+    def __exit__(self, *exc):
+        self.done.set()
+        for thread in self.threads:
+            thread.join()
+
+
+@pytest.fixture(scope="module")
+def served(hub, alice):
+    """A deployment of a predictor answering 10x, with an app key."""
+    predictor(hub, "models/ten", 10)
+    body = {
+        "name": "ten",
+        "image": TORCH,
+        "spec": "cpu.2u8g",
+        "volume": "lab",
+        "model": "models/ten",
+    }
+    assert hub.atelier("POST", "/deployments", alice, json=body).status_code == 201
+    assert settled(hub, alice, "ten")["status"] == "running", events(hub, alice, "ten")
+    return hub.atelier("POST", "/deployments/alice/ten/keys", alice).json()["key"]
+
+
+def change(hub, token, name, **fields) -> dict:
+    response = hub.atelier("PATCH", f"/deployments/alice/{name}", token, json=fields)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_an_upgrade_and_scaling_under_load_fail_no_request(hub, alice, served):
+    predictor(hub, "models/twenty", 20)
+    with Load(hub, "ten", served) as load:
+        time.sleep(1)
+        assert change(hub, alice, "ten", model="models/twenty")["version"] == 2
+        upgraded = hub.wait_for(
+            lambda: (
+                (d := deployment(hub, alice, "ten"))["serving_version"] == 2
+                and d["status"] == "running"
+                and len(d["replicas_now"]) == 1
+                and d
+            ),
+            120,
+            "version 2 to serve alone",
+        )
+        change(hub, alice, "ten", replicas=3)
+        hub.wait_for(lambda: len(ready_replicas(hub, alice, "ten")) == 3, 120, "3 replicas")
+        change(hub, alice, "ten", replicas=1)
+        hub.wait_for(lambda: len(deployment(hub, alice, "ten")["replicas_now"]) == 1, 60, "1")
+        time.sleep(1)
+    assert load.failures == [], load.failures[:5]
+    assert len(load.answers) > 50
+    assert load.answers[0] == 10.0 and load.answers[-1] == 20.0
+    switch = load.answers.index(20.0)
+    assert set(load.answers[switch:]) == {20.0}  # the traffic moved once, for every request
+    assert upgraded["versions"][-1]["model"] == "models/twenty"
+    said = events(hub, alice, "ten")
+    assert "version 2 serves every request" in said, said
+
+
+def ready_replicas(hub, token, name) -> list[dict]:
+    return [r for r in deployment(hub, token, name)["replicas_now"] if r["phase"] == "ready"]
+
+
+def test_a_version_that_never_gets_ready_leaves_the_old_one_serving(hub, alice, served):
+    predictor(hub, "models/broken", 30, load="raise RuntimeError('weights are missing')")
+    before = deployment(hub, alice, "ten")
+    with Load(hub, "ten", served) as load:
+        change(hub, alice, "ten", model="models/broken")
+        failed = hub.wait_for(
+            lambda: (d := deployment(hub, alice, "ten"))["reason"] and d, 120, "the failure"
+        )
+    assert load.failures == [], load.failures[:5]
+    assert set(load.answers) == {before["versions"][-1] and 20.0}
+    assert failed["status"] == "running" and failed["serving_version"] == before["version"]
+    assert "weights are missing" in failed["reason"], failed["reason"]
+    assert failed["versions"][-1]["failed"]
+
+
+def test_rollback_serves_the_version_before(hub, alice, served):
+    response = hub.atelier("POST", "/deployments/alice/ten/rollback", alice)
+    assert response.status_code == 202, response.text
+    settled(hub, alice, "ten")
+    hub.wait_for(
+        lambda: infer(hub, "ten", served, [1.0]).json()["outputs"][0]["data"] == [10.0],
+        60,
+        "version 1's answers",
+    )
+
+
+def test_a_request_past_the_timeout_gets_504(hub, alice):
+    predictor(hub, "models/slow", 1, seconds=5)
+    body = {
+        "name": "slow",
+        "image": TORCH,
+        "spec": "cpu.2u8g",
+        "volume": "lab",
+        "model": "models/slow",
+        "timeout_seconds": 1,
+    }
+    assert hub.atelier("POST", "/deployments", alice, json=body).status_code == 201
+    settled(hub, alice, "slow")
+    key = hub.atelier("POST", "/deployments/alice/slow/keys", alice).json()["key"]
+    started = time.monotonic()
+    answer = infer(hub, "slow", key, [1.0])
+    assert answer.status_code == 504 and "within 1 s" in answer.text
+    assert time.monotonic() - started < 4

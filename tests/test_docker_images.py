@@ -195,6 +195,8 @@ def test_the_torch_context_holds_its_lists_atelier_the_ca_bundle_and_its_wheel(t
         "atelier/sdk/__init__.py",
         "atelier/sdk/jobs.py",
         "atelier/training/__init__.py",
+        "atelier/serving/__init__.py",
+        "atelier/serving/__main__.py",
         "atelier/widgets/__init__.py",
         "atelier/widgets/render.py",
         "ca-certificates.crt",

@@ -6,6 +6,7 @@ deployment is its owner's alone: anyone else gets 404. The supervisor is serving
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 from atelier.hub.service.base import APIError, Caller, not_found
 from atelier.hub.service.jobs import read_tail, refusal
@@ -150,7 +151,7 @@ class RollbackHandler(DeploymentBase):
         caller = self.require(MANAGE)
         deployment = self.deployment(caller, owner, name)
         earlier = [e for e in deployment["history"] if e["version"] < deployment["version"]]
-        good = [e for e in earlier if "failed" not in e]
+        good = [e for e in earlier if e.get("served")]
         if not good:
             reason = "there is no earlier version that served"
             self.audit_deployment(caller, Action.UPDATE_SERVICE, owner, name, "failure", reason)
@@ -167,8 +168,9 @@ class StopHandler(DeploymentBase):
         caller = self.require(MANAGE)
         deployment = self.deployment(caller, owner, name)
         self.context.store.update_deployment(
-            deployment["id"], f"stopped by {caller.name}", stopped=True, status="stopped"
-        )
+            deployment["id"], f"stopped by {caller.name}", stopped=True, status="stopped",
+            serving=None,
+        )  # fmt: skip
         self.audit_deployment(caller, Action.UPDATE_SERVICE, owner, name, reason="stop")
         self.reply(self.public(self.context.store.deployment(owner, name), True), 202)
 
@@ -222,7 +224,7 @@ class KeysHandler(DeploymentBase):
         caller = self.require(MANAGE)
         deployment = self.deployment(caller, owner, name)
         self.body(())
-        prefix, key = deployments.new_app_key()
+        prefix, key = deployments.new_app_key(secrets.token_bytes(deployments.KEY_ENTROPY))
         try:
             made = self.context.store.create_app_key(
                 deployment["id"], prefix, deployments.key_digest(key), self.context.limits

@@ -6,6 +6,11 @@ from dataclasses import asdict
 
 from atelier.hub.keypairs import MIN_RSA_BITS
 from atelier.hub.service.base import API_PREFIX, HUB_ADMIN, MAX_BODY_BYTES, SCOPES, BaseHandler
+from atelier.hub.service.openapi_deployments import (
+    DEPLOYMENT_OPERATIONS,
+    DEPLOYMENT_RESPONSES,
+    deployment_schemas,
+)
 from atelier.hub.service.openapi_jobs import JOB_OPERATIONS, JOB_RESPONSES, job_schemas
 from atelier.hub.service.openapi_schemas import ARGUMENT, query, ref, schemas
 from atelier.spawner import core
@@ -282,6 +287,7 @@ OPERATIONS = {
         "AuditPage",
     ),
     **JOB_OPERATIONS,
+    **DEPLOYMENT_OPERATIONS,
 }
 ERRORS = {
     "400": "a bad input: the message names the field and the limit",
@@ -327,7 +333,7 @@ def document(limits: core.Limits = DEFAULT_LIMITS) -> dict:
     paths: dict[str, dict] = {}
     for (path, method), (summary, *spec) in OPERATIONS.items():
         paths.setdefault(path, {})[method] = operation(summary.format_map(asdict(limits)), *spec)
-    for (path, method), responses in JOB_RESPONSES.items():  # a log is text, ...
+    for (path, method), responses in {**JOB_RESPONSES, **DEPLOYMENT_RESPONSES}.items():
         paths[path][method]["responses"].update(responses)
     return {
         "openapi": "3.1.0",
@@ -335,14 +341,14 @@ def document(limits: core.Limits = DEFAULT_LIMITS) -> dict:
             "title": "Atelier API",
             "version": "1",
             "description": "Instances, image catalog, specs, save as image and its "
-            "operations, training jobs, quotas and audit. Scopes (every "
+            "operations, training jobs, deployments, quotas and audit. Scopes (every "
             "user's default role has all but the two `:admin` ones): "
             + "; ".join(f"`{s}`: {d}" for s, d in SCOPES.items()),
         },
         "servers": [{"url": API_PREFIX}],
         "paths": paths,
         "components": {
-            "schemas": {**schemas(limits), **job_schemas(limits)},
+            "schemas": {**schemas(limits), **job_schemas(limits), **deployment_schemas(limits)},
             "securitySchemes": {
                 "token": {
                     "type": "apiKey",

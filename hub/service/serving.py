@@ -139,9 +139,7 @@ class Serving:
         for number in step.drain:
             self.store.set_replica(id, number, phase="draining")
         if step.serving != deployment["serving_version"] and step.serving is not None:
-            self.store.update_deployment(
-                id, f"version {step.serving} serves every request", serving=step.serving
-            )
+            self.store.now_serving(id, step.serving)
         status = "failed" if step.failed and step.serving is None else step.status
         if status != deployment["status"]:
             self.store.update_deployment(id, status=status)

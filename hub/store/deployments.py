@@ -192,6 +192,18 @@ class DeploymentQueries:
             db.add(DeploymentEventRecord(deployment=id, message=f"version {version}: {event}"))
             return version
 
+    def now_serving(self, id: str, version: int) -> None:
+        """Every request goes to `version` now: marked as a version that served (rollback
+        goes back to such a one only)."""
+        with self.session() as db, db.begin():
+            record = db.get(DeploymentRecord, id)
+            record.serving = version
+            record.versions = [
+                dict(e, served=True) if e["version"] == version else e for e in record.versions
+            ]
+            message = f"version {version} serves every request"
+            db.add(DeploymentEventRecord(deployment=id, message=message))
+
     def version_failed(self, id: str, version: int, why: str) -> None:
         """The version never served: marked so, and the serving one asked for again."""
         with self.session() as db, db.begin():

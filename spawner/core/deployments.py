@@ -10,11 +10,11 @@ pure: the service stores and supervises, a backend decides where each replica ru
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
 import re
-import secrets
 from dataclasses import dataclass, field
 
 from atelier.spawner.core.catalog import Catalog, Image, Spec
@@ -35,6 +35,7 @@ DEPLOYMENT_STATUSES = ("deploying", "running", "upgrading", "failed", "stopped")
 KEY_PREFIX = re.compile(r"^ak_[0-9a-f]{12}$")
 KEY = re.compile(r"^(ak_[0-9a-f]{12})\.[A-Za-z0-9_-]{43}$")
 SERVER_MODULE = "atelier.serving"
+KEY_ENTROPY = 6 + 32  # the prefix's bytes, the secret's (256 bits)
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,13 @@ def plan_change(current: DeploymentPlan, raw: object, catalog: Catalog, sources:
     unknown = sorted(set(raw) - set(CHANGEABLE))
     if unknown:
         raise OptionsError(unknown[0], f"cannot be changed; changeable: {', '.join(CHANGEABLE)}")
-    merged = {**current.to_json(), **raw}
+    merged = current.to_json()
     if "job" in raw:  # a job's output replaces the model and its volume
         merged.pop("model")
         merged.pop("volume")
-    elif "model" in raw or "volume" in raw:
-        merged.pop("job", None)
-    plan = _plan(current.owner, current.name, merged, catalog, sources, limits)
+    merged.update(raw)  # so a job and a model given together are refused, as in a new one
+    # the image it runs on may be deprecated since: it goes on running that image
+    plan = _plan(current.owner, current.name, merged, catalog, sources, limits, current.image.name)
     new_version = any(
         getattr(plan, key) != getattr(current, key)
         for key in ("image", "spec", "volume", "model", "environment")
@@ -121,11 +122,11 @@ def plan_change(current: DeploymentPlan, raw: object, catalog: Catalog, sources:
     return plan, new_version
 
 
-def _plan(owner, name, raw: dict, catalog: Catalog, sources: Sources, limits: Limits):
+def _plan(owner, name, raw: dict, catalog: Catalog, sources: Sources, limits: Limits, current=None):
     for key in ("image", "spec"):
         if not isinstance(raw.get(key), str):
             raise OptionsError(key, "is required: a name from the catalog")
-    image, spec = choose(InstanceOptions(raw["image"], raw["spec"]), catalog)
+    image, spec = choose(InstanceOptions(raw["image"], raw["spec"]), catalog, current)
     if spec.accelerator_count:
         raise OptionsError("spec", "deployments run on CPU specs for now (no accelerator)")
     volume, model = model_source(raw, sources)
@@ -137,7 +138,12 @@ def _plan(owner, name, raw: dict, catalog: Catalog, sources: Sources, limits: Li
         volume=volume,
         model=model,
         replicas=bounded(raw, "replicas", 1, limits.deployment_replicas),
-        timeout_seconds=bounded(raw, "timeout_seconds", 60, limits.deployment_timeout_seconds),
+        timeout_seconds=bounded(
+            raw,
+            "timeout_seconds",
+            min(60, limits.deployment_timeout_seconds),
+            limits.deployment_timeout_seconds,
+        ),  # fmt: skip
         environment=parse_environment(raw.get("environment")),
     )
 
@@ -168,10 +174,14 @@ def check_deployment_count(count: int, limits: Limits) -> None:
 
 
 # app keys ---------------------------------------------------------------------------------
-def new_app_key() -> tuple[str, str]:
-    """(prefix, key): the prefix names the key in lists; the key is shown once, never kept."""
-    prefix = f"ak_{secrets.token_hex(6)}"
-    return prefix, f"{prefix}.{secrets.token_urlsafe(32)}"
+def new_app_key(entropy: bytes) -> tuple[str, str]:
+    """(prefix, key) made of KEY_ENTROPY random bytes (the caller's: the core reads no
+    randomness): the prefix names the key in lists; the key is shown once, never kept."""
+    if len(entropy) != KEY_ENTROPY:
+        raise ValueError(f"an app key takes {KEY_ENTROPY} random bytes")
+    prefix = f"ak_{entropy[:6].hex()}"
+    secret = base64.urlsafe_b64encode(entropy[6:]).decode().rstrip("=")
+    return prefix, f"{prefix}.{secret}"
 
 
 def key_digest(key: str) -> str:

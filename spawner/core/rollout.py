@@ -6,8 +6,9 @@ A new version (its target) starts all its replicas beside the serving ones. Traf
 every one of them is ready: `serving` becomes the target at once for all requests, and the old
 replicas drain (no new requests; after `drain_seconds`, long enough for every router to have
 seen it, they are stopped, finishing what they hold). A target replica that fails or is not
-ready in `ready_seconds` fails the version: its replicas stop and the serving version goes on.
-A serving replica that ends is replaced. Scaling is the same rule with the version unchanged.
+ready in `ready_seconds` fails the version: its replicas stop and the serving version goes on
+(nothing serving: everything stops). A serving version's replica that ends, or is not ready in
+time, is replaced. Scaling is the same rule with the version unchanged.
 """
 
 from __future__ import annotations
@@ -62,15 +63,16 @@ def roll(
         starting = tuple(r.number for r in new + old if r.phase == "starting")
         ready = tuple(r.number for r in new + old if r.phase == "ready")
         return Step(None, "stopped", drain=ready, stop=starting + drained)
+    late = [r for r in new if r.phase == "starting" and now - r.since > ready_seconds]
     why = [reason for version, reason in failures if version == target]
-    why += [
-        f"replica {r.number} was not ready within {ready_seconds:g} s"
-        for r in new
-        if r.phase == "starting" and now - r.since > ready_seconds
-    ]
+    why += [f"replica {r.number} was not ready within {ready_seconds:g} s" for r in late]
     if why and serving != target:  # the target never served: give it up
-        status = "failed" if serving is None else "running"
-        return Step(serving, status, stop=tuple(r.number for r in new) + drained, failed=why[0])
+        if serving is None:  # and nothing serves: whatever runs stops
+            gone = tuple(r.number for r in new + old)
+            return Step(None, "failed", stop=gone + drained, failed=why[0])
+        return Step(serving, "running", stop=tuple(r.number for r in new) + drained, failed=why[0])
+    new = [r for r in new if r not in late]  # a serving version's late replica is replaced
+    drained += tuple(r.number for r in late)
     ready = sorted((r for r in new if r.phase == "ready"), key=lambda r: r.number)
     live = len(new)
     surplus = sorted(new, key=lambda r: (r.phase == "ready", -r.number))[: max(0, live - wanted)]
