@@ -183,7 +183,7 @@ def test_an_upgrade_and_scaling_under_load_fail_no_request(hub, alice, served):
         change(hub, alice, "ten", replicas=1)
         hub.wait_for(lambda: len(deployment(hub, alice, "ten")["replicas_now"]) == 1, 60, "1")
         time.sleep(1)
-    assert load.failures == [], load.failures[:5]
+    assert load.failures == [], (load.failures[:5], router_log(hub))
     assert len(load.answers) > 50
     assert load.answers[0] == 10.0 and load.answers[-1] == 20.0
     switch = load.answers.index(20.0)
@@ -191,6 +191,10 @@ def test_an_upgrade_and_scaling_under_load_fail_no_request(hub, alice, served):
     assert upgraded["versions"][-1]["model"] == "models/twenty"
     said = events(hub, alice, "ten")
     assert "version 2 serves every request" in said, said
+
+
+def router_log(hub) -> list[str]:
+    return [line for line in hub.log_text().splitlines() if "atelier.hub.router" in line][-20:]
 
 
 def ready_replicas(hub, token, name) -> list[dict]:
@@ -205,7 +209,7 @@ def test_a_version_that_never_gets_ready_leaves_the_old_one_serving(hub, alice, 
         failed = hub.wait_for(
             lambda: (d := deployment(hub, alice, "ten"))["reason"] and d, 120, "the failure"
         )
-    assert load.failures == [], load.failures[:5]
+    assert load.failures == [], (load.failures[:5], router_log(hub))
     assert set(load.answers) == {before["versions"][-1] and 20.0}
     assert failed["status"] == "running" and failed["serving_version"] == before["version"]
     assert "weights are missing" in failed["reason"], failed["reason"]

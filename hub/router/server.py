@@ -61,6 +61,7 @@ class Router:
         self.open: collections.Counter[str] = collections.Counter()  # endpoint -> requests
         self.counts: dict[str, list] = {}  # deployment -> [requests, errors, histogram]
         self.last_miss = 0.0
+        self.reading: asyncio.Future | None = None  # the table's read for an unknown request
 
     async def refresh(self) -> None:
         routes, self.keys = await asyncio.to_thread(self.store.routing)
@@ -103,19 +104,31 @@ class Router:
         if presented is None:
             return None
         prefix, secret = presented
-        if (prefix not in self.keys or key not in self.routes) and self.missed():
-            await self.refresh()
+        if prefix not in self.keys or key not in self.routes:
+            await self.read_again()
         route, entry = self.routes.get(key), self.keys.get(prefix)
         if route is None or entry is None or entry[0] != route["id"]:
+            log.info(
+                "refused %s for %s/%s: %s",
+                prefix,
+                *key,
+                "unknown" if route is None or entry is None else "another's",
+            )
             return None
-        return route if deployments.key_matches(secret, entry[1]) else None
+        if not deployments.key_matches(secret, entry[1]):
+            log.info("refused %s for %s/%s: wrong secret", prefix, *key)
+            return None
+        return route
 
-    def missed(self) -> bool:
-        now = time.monotonic()
-        if now - self.last_miss < MISS_SECONDS:
-            return False
-        self.last_miss = now
-        return True
+    async def read_again(self) -> None:
+        """The table read again for a request it does not know: one read at a time, which
+        every such request waits for, and none sooner than MISS_SECONDS after the last."""
+        if self.reading is None or self.reading.done():
+            if time.monotonic() - self.last_miss < MISS_SECONDS:
+                return
+            self.last_miss = time.monotonic()
+            self.reading = asyncio.ensure_future(self.refresh())
+        await asyncio.shield(self.reading)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         owner, name = request.match_info["owner"], request.match_info["name"]

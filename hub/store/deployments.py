@@ -188,6 +188,7 @@ class DeploymentQueries:
             version = max(entry["version"] for entry in record.versions) + 1
             record.version, record.plan, record.stopped = version, plan, False
             record.status = "upgrading" if record.serving else "deploying"
+            record.reason = None
             record.versions = [*record.versions, _version(version, plan)][-VERSIONS_KEPT:]
             db.add(DeploymentEventRecord(deployment=id, message=f"version {version}: {event}"))
             return version

@@ -56,14 +56,15 @@ class Served(kserve.Model):
         self.ready = True
         return True
 
-    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
-        inputs = {tensor.name: tensor.as_numpy() for tensor in payload.inputs}
+    def outputs(self, inputs: dict[str, numpy.ndarray]) -> dict[str, numpy.ndarray]:
+        """The model's answer to one request's inputs (by name, in order), by output name."""
         if self.module is not None:
-            outputs = self.run_module(list(inputs.values()))
-        else:
-            outputs = self.predictor.predict(inputs)
-        if not isinstance(outputs, dict):
-            outputs = {"output-0": outputs}
+            return self.run_module(list(inputs.values()))
+        outputs = self.predictor.predict(inputs)
+        return outputs if isinstance(outputs, dict) else {"output-0": outputs}
+
+    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
+        outputs = self.outputs({tensor.name: tensor.as_numpy() for tensor in payload.inputs})
         return InferResponse(
             response_id=payload.id or "",
             model_name=self.name,
