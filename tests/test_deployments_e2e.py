@@ -3,6 +3,7 @@ output deployed, called through the hub's address with an app key, upgraded and 
 a steady stream of requests with no request failing, a version that never becomes ready
 leaving the old one serving, and rollback."""
 
+import json
 import os
 import threading
 import time
@@ -244,3 +245,29 @@ def test_a_request_past_the_timeout_gets_504(hub, alice):
     answer = infer(hub, "slow", key, [1.0])
     assert answer.status_code == 504 and "within 1 s" in answer.text
     assert time.monotonic() - started < 4
+
+
+def test_batch_inference_runs_the_model_over_a_directory_as_a_job(hub, alice):
+    for i in range(24):
+        body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [float(i)]}]}
+        put(hub, f"batch/in/{i:02}.json", json.dumps(body))
+    put(hub, "batch/in/broken.json", "{not json")
+    body = {
+        "name": "score", "image": TORCH, "spec": "cpu.2u8g", "volume": "lab",
+        "batch": {"model": "jobs/fit"}, "inputs": ["batch/in"], "output": "batch/out",
+        "processes_per_node": 2,
+    }  # fmt: skip
+    response = hub.atelier("POST", "/jobs", alice, json=body)
+    assert response.status_code == 201, response.text
+    done = ended(hub, alice, "score")
+    logged = hub.atelier("GET", "/jobs/alice/score/logs", alice).text
+    assert done["status"] == "completed", (done, logged)
+    assert "batch done: 24 answered, 1 failed" in logged
+    out = hub.volume("alice", "lab") / "batch/out"
+    assert json.loads((out / "summary.json").read_text()) == {"done": 24, "failed": 1, "total": 25}
+    answer = json.loads((out / "07.json").read_text())
+    assert round(answer["outputs"][0]["data"][0]) == 3 * 7 + 2
+    assert "JSONDecodeError" in (out / "broken.error.txt").read_text()
+    series = hub.atelier("GET", "/jobs/alice/score/metrics", alice).json()["series"]
+    assert series["done"][-1][1] == 24 and series["total"][-1][1] == 25
+    assert (out / "07.json").stat().st_uid == hub.volume_owner("alice")[0]  # the owner's files

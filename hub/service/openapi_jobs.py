@@ -191,6 +191,15 @@ def job_schemas(limits: core.Limits) -> dict:
                 "description": "a .py file on the volume (or give command)",
             },
             "command": {**STRINGS, "minItems": 1, "description": "a program and its arguments"},
+            "batch": {
+                "type": "object",
+                "properties": {"model": {**PATH, "description": "a model directory on the volume"}},
+                "required": ["model"],
+                "additionalProperties": False,
+                "description": "batch inference instead of a script: the model (model.pt or "
+                "predictor.py, as a deployment serves) over every .json (an Open Inference "
+                "Protocol v2 request) and .npy file of `inputs`, each answer a file in `output`",
+            },
             "args": {**STRINGS, "description": f"after the script or command ({jobs.ARGS} in all)"},
             "hyperparameters": {
                 "type": "object",
@@ -247,7 +256,7 @@ def job_schemas(limits: core.Limits) -> dict:
         },
         ("name", "image", "spec", "volume"),
     )
-    request["oneOf"] = [{"required": ["script"]}, {"required": ["command"]}]
+    request["oneOf"] = [{"required": [one]} for one in ("script", "command", "batch")]
     return {
         "Job": obj(
             {

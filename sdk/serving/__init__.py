@@ -29,7 +29,7 @@ import numpy
 from kserve.model_server import FASTAPI_APP_IMPORT_STRING
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.protocol.rest.server import RESTServer
-from kserve.utils.utils import from_np_dtype
+from kserve.utils.numpy_codec import from_np_dtype
 
 TORCHSCRIPT, PREDICTOR = "model.pt", "predictor.py"
 

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 import numpy
-from kserve.utils.utils import from_np_dtype, to_np_dtype
+from kserve.utils.numpy_codec import from_np_dtype, to_np_dtype
 
 from atelier import training
 from atelier.serving import Served

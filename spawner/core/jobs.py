@@ -26,7 +26,7 @@ JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 JOB_FIELDS = (
     "name", "image", "spec", "volume", "script", "command", "args", "hyperparameters",
     "nodes", "processes_per_node", "environment", "inputs", "output", "retries",
-    "time_limit_minutes",
+    "time_limit_minutes", "batch",
 )  # fmt: skip
 STORED = ("volume", "argv", "python", "nodes", "processes_per_node", "environment", "inputs")
 STORED += ("output", "retries", "time_limit_minutes")  # with image and spec: a stored plan
@@ -48,6 +48,7 @@ PREFIX_TEMPLATE = PREFIX.format(rank="${rank}")
 METRICS_MARK = "\x1eatelier-metrics "  # a line a rank prints from atelier.training
 MAX_STEP = 2**31 - 1  # a step the store keeps (a checkpoint's) in every database
 METRIC_VALUES = 32  # the most values one log_metrics call records
+BATCH_MODULE = "atelier.serving.batch"  # torchrun -m: batch inference over a job's inputs
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,16 @@ def listed(raw: dict, key: str, most: int, length: int) -> list[str]:
 
 
 def parse_argv(raw: dict) -> tuple[tuple[str, ...], bool]:
-    """The script (a path on the volume) or the command, then the arguments and the
-    hyperparameters (`{"lr": 0.1}` is `--lr=0.1`)."""
-    script, command = raw.get("script"), raw.get("command")
-    if (script is None) == (command is None):
-        raise OptionsError("script", "give either script (a .py path on the volume) or command")
-    if script is not None:
+    """The script (a path on the volume), the command, or batch inference's module, then the
+    arguments and the hyperparameters (`{"lr": 0.1}` is `--lr=0.1`)."""
+    script, command, batch = raw.get("script"), raw.get("command"), raw.get("batch")
+    if sum(given is not None for given in (script, command, batch)) != 1:
+        raise OptionsError(
+            "script", "give one of script (a .py path on the volume), command or batch"
+        )
+    if batch is not None:
+        head = batch_argv(batch, raw)
+    elif script is not None:
         if not isinstance(script, str) or not script.endswith(".py") or script.startswith("-"):
             raise OptionsError("script", "must be the path of a .py file on the volume")
         head = [volume_path(script, "script")]
@@ -210,7 +215,17 @@ def parse_argv(raw: dict) -> tuple[tuple[str, ...], bool]:
     argv = [*head, *listed(raw, "args", ARGS, ARG_LENGTH), *flags]
     if len(argv) > ARGS:
         raise OptionsError("args", f"at most {ARGS} arguments in all, got {len(argv)}")
-    return tuple(argv), script is not None
+    return tuple(argv), command is None
+
+
+def batch_argv(batch: object, raw: dict) -> list[str]:
+    """Batch inference (atelier.serving.batch) of the model directory `batch["model"]` over
+    the job's `inputs`, into its `output`."""
+    if not isinstance(batch, dict) or set(batch) != {"model"}:
+        raise OptionsError("batch", 'must be {"model": <a model directory on the volume>}')
+    if not raw.get("inputs"):
+        raise OptionsError("inputs", "batch inference needs the directories of its requests")
+    return ["-m", BATCH_MODULE, volume_path(batch["model"], "batch")]
 
 
 def parse_environment(raw: object) -> dict[str, str]:
