@@ -280,6 +280,9 @@ class Hub:
             for server in active():
                 self.api("DELETE", server)
             self.wait_for(lambda: not active(), 60, "every instance to stop")
+            # deployments outlive the hub too: their replicas end with them
+            for found in self.atelier("GET", "/deployments").json()["deployments"]:
+                self.atelier("DELETE", f"/deployments/{found['owner']}/{found['name']}")
         except (requests.RequestException, AssertionError) as error:
             print(f"could not stop every instance: {error}")
 

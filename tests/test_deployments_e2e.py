@@ -29,21 +29,22 @@ def deployment(hub, token, name, owner="alice") -> dict:
     return hub.atelier("GET", f"/deployments/{owner}/{name}", token).json()
 
 
-def settled(hub, token, name, status="running", timeout=120) -> dict:
+def settled(hub, token, name, status="running", timeout=120, owner="alice") -> dict:
     """The deployment once it is `status` with nothing to say (or has failed)."""
 
     def done():
-        now = deployment(hub, token, name)
+        now = deployment(hub, token, name, owner)
         return now if now["status"] in (status, "failed") and not now["reason"] else None
 
     try:
         return hub.wait_for(done, timeout, f"deployment {name} {status}")
     except AssertionError:
-        raise AssertionError((deployment(hub, token, name), events(hub, token, name))) from None
+        said = events(hub, token, name, owner)
+        raise AssertionError((deployment(hub, token, name, owner), said)) from None
 
 
-def events(hub, token, name) -> list[str]:
-    response = hub.atelier("GET", f"/deployments/alice/{name}/events", token)
+def events(hub, token, name, owner="alice") -> list[str]:
+    response = hub.atelier("GET", f"/deployments/{owner}/{name}/events", token)
     return [event["message"] for event in response.json()["events"]]
 
 
@@ -105,8 +106,9 @@ class Predictor:
 """
 
 
-def predictor(hub, path: str, factor: float, seconds: float = 0, load: str = "pass") -> None:
-    put(hub, f"{path}/predictor.py", PREDICTOR.format(factor=factor, seconds=seconds, load=load))
+def predictor(hub, path: str, factor: float, seconds: float = 0, load="pass", **where) -> None:
+    text = PREDICTOR.format(factor=factor, seconds=seconds, load=load)
+    put(hub, f"{path}/predictor.py", text, **where)
 
 
 class Load:

@@ -32,7 +32,6 @@ from atelier.spawner.core import deployments, rollout
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 0.5
-MISS_SECONDS = 0.1
 FLUSH_SECONDS = 2.0
 TRIES = 3  # replicas one request may be tried on
 MAX_BODY_BYTES = 64 << 20
@@ -52,6 +51,14 @@ def refusal(status: int, message: str, **headers) -> web.Response:
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
+def unauthorised() -> web.Response:
+    return refusal(
+        401,
+        "send an app key of this deployment: Authorization: Bearer <key>",
+        **{"WWW-Authenticate": 'Bearer realm="deployment"'},
+    )
+
+
 class Router:
     def __init__(self, store: Store):
         self.store = store
@@ -60,12 +67,13 @@ class Router:
         self.clients: dict[str, tuple[aiohttp.ClientSession, str]] = {}
         self.open: collections.Counter[str] = collections.Counter()  # endpoint -> requests
         self.counts: dict[str, list] = {}  # deployment -> [requests, errors, histogram]
-        self.last_miss = 0.0
+        self.read_as_of = 0.0  # when the newest read of the table began
         self.reading: asyncio.Future | None = None  # the table's read for an unknown request
 
     async def refresh(self) -> None:
+        began = time.monotonic()
         routes, self.keys = await asyncio.to_thread(self.store.routing)
-        self.routes = routes
+        self.routes, self.read_as_of = routes, max(self.read_as_of, began)
         live = {endpoint for route in routes.values() for endpoint in route["endpoints"]}
         for endpoint in set(self.clients) - live:
             if not self.open[endpoint]:
@@ -97,9 +105,7 @@ class Router:
         entry[2][rollout.latency_bucket(seconds)] += 1
 
     async def authorised(self, request: web.Request, key: tuple[str, str]) -> dict | None:
-        """The deployment's route, when the request carries one of its app keys. A key or a
-        deployment the table does not know yet (made a moment ago) reads the table again,
-        at most once per MISS_SECONDS however many such requests come."""
+        """The deployment's route, when the request carries one of its app keys."""
         presented = deployments.key_prefix(request.headers.get("Authorization"))
         if presented is None:
             return None
@@ -121,24 +127,20 @@ class Router:
         return route
 
     async def read_again(self) -> None:
-        """The table read again for a request it does not know: one read at a time, which
-        every such request waits for, and none sooner than MISS_SECONDS after the last."""
-        if self.reading is None or self.reading.done():
-            if time.monotonic() - self.last_miss < MISS_SECONDS:
-                return
-            self.last_miss = time.monotonic()
-            self.reading = asyncio.ensure_future(self.refresh())
-        await asyncio.shield(self.reading)
+        """The table read again for a request it does not know (a key made a moment ago):
+        it waits for a read that began after it came, one at a time, shared by every
+        request waiting then."""
+        came = time.monotonic()
+        while self.read_as_of < came:
+            if self.reading is None or self.reading.done():
+                self.reading = asyncio.ensure_future(self.refresh())
+            await asyncio.shield(self.reading)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         owner, name = request.match_info["owner"], request.match_info["name"]
         route = await self.authorised(request, (owner, name))
         if route is None:
-            return refusal(
-                401,
-                "send an app key of this deployment: Authorization: Bearer <key>",
-                **{"WWW-Authenticate": 'Bearer realm="deployment"'},
-            )
+            return unauthorised()
         path = request.match_info["path"]
         if not path.startswith("v2"):
             return refusal(404, "a deployment answers the Open Inference Protocol v2: /v2/...")
@@ -149,7 +151,10 @@ class Router:
                 response = await self.forward((owner, name), request, path, body)
         except TimeoutError:
             response = refusal(504, f"the model did not answer within {route['timeout']} s")
-        except NoReplica:
+        except NoReplica:  # or the deployment or the key is gone since the table was read
+            await self.read_again()
+            if await self.authorised(request, (owner, name)) is None:
+                return unauthorised()
             response = refusal(503, "no replica of this deployment is ready; try again shortly")
         self.count(route["id"], response.status, time.perf_counter() - started)
         return response

@@ -267,6 +267,18 @@ class DeploymentQueries:
             for key, value in fields.items():
                 setattr(record, key, value)
 
+    def deployments_on_volume(self, owner: str, instance: str) -> int:
+        """How many deployments have replicas running in an instance's work volume."""
+        with self.session() as db:
+            live = select(ReplicaRecord.deployment).where(ReplicaRecord.phase.in_(LIVE))
+            query = select(DeploymentRecord).where(
+                DeploymentRecord.owner == owner, DeploymentRecord.id.in_(live)
+            )
+            return sum(
+                any(entry["plan"]["volume"] == instance for entry in record.versions)
+                for record in db.scalars(query)
+            )
+
     # app keys -------------------------------------------------------------------------------
     def create_app_key(self, id: str, prefix: str, digest: str, limits: core.Limits) -> dict:
         with self.session() as db, db.begin():

@@ -275,6 +275,13 @@ class Store(PeopleQueries, OperationQueries, JobQueries, DeploymentQueries, Audi
             grow(record.size_gb)
             return current, record.size_gb
 
+    def volume_in_use(self, owner: str, instance: str) -> bool:
+        """Whether a job or a deployment runs in the instance's work volume: it stays
+        attached when the instance stops."""
+        return bool(
+            self.jobs_on_volume(owner, instance) or self.deployments_on_volume(owner, instance)
+        )
+
     @contextlib.contextmanager
     def _quota_transaction(self, owner: str):
         """A transaction that decides on the owner's volume quota. It first writes their

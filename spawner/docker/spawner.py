@@ -171,7 +171,7 @@ class DockerInstanceSpawner(InstanceSpawnerMixin, DockerSpawner):
             with contextlib.suppress(docker.errors.APIError):
                 await self.docker("remove_container", self.object_id, force=True)
             self.object_id = ""
-        if not self.store.jobs_on_volume(self.user.name, self.name):  # else it stays for them
+        if not self.store.volume_in_use(self.user.name, self.name):  # else it stays for them
             await asyncio.to_thread(self.volume.detach)
         await asyncio.to_thread(endpoint.remove, self.endpoint_dir)
 

@@ -182,7 +182,7 @@ class LocalInstanceSpawner(InstanceSpawnerMixin, LocalProcessSpawner):
     async def release_plan(self) -> None:
         groups = cgroups.Hierarchy.detect().groups(self.cgroup_name)
         await asyncio.to_thread(cgroups.remove, groups)
-        if not self.store.jobs_on_volume(self.user.name, self.name):  # else it stays for them
+        if not self.store.volume_in_use(self.user.name, self.name):  # else it stays for them
             await asyncio.to_thread(self.volume.detach)  # kills what still uses it: off the loop
         await asyncio.to_thread(self.instance_home.release)
 
