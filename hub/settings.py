@@ -286,6 +286,13 @@ class Settings(Strict):
         return SHARED_DIR if os.geteuid() == 0 else self.data_dir.absolute()
 
     @property
+    def local_url(self) -> str:
+        """The hub's address as this machine reaches it (a wildcard `ip` on loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.ip, self.ip)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
     def resolved_envs_dir(self) -> Path:
         return (self.envs_dir or self.resolved_shared_dir / "envs").absolute()
 

@@ -6,6 +6,8 @@
                            spec="cpu.2u8g", tags={"project": "vision"})
     [i["name"] for i in client.instances()]
     client.save_image(name="my-env", wait=True)  # save this instance as the image <you>/my-env
+    client.create_deployment("line", image="...", spec="cpu.2u8g", job="fit", wait=True)
+    client.predict("line", {"x": [[1.0], [2.0]]}, key=client.create_app_key("line")["key"])
 
 Outside an instance pass `url` (".../services/atelier/api/v1") and `token`, or set
 ATELIER_API_URL (or JUPYTERHUB_API_URL) and JUPYTERHUB_API_TOKEN. Only the standard library
@@ -21,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from atelier.sdk.deployments import DeploymentsMixin
 from atelier.sdk.jobs import JobsMixin
 
 __all__ = ["AtelierError", "Client"]
@@ -61,7 +64,7 @@ def api_url_from_environment() -> str:
     return hub.rstrip("/").removesuffix("/hub/api") + "/services/atelier/api/v1"
 
 
-class Client(JobsMixin):
+class Client(JobsMixin, DeploymentsMixin):
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 120):
         self.url = (url or api_url_from_environment()).rstrip("/")
         self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")

@@ -77,6 +77,7 @@ def configure(c, settings: Settings | None = None) -> None:
         "JUPYTERHUB_ACTIVITY_INTERVAL": interval,
         "ATELIER_BUSY_CHECK_SECONDS": interval,
         "ATELIER_API_URL": f"{service_url}{API_PREFIX}",
+        "ATELIER_HUB_URL": settings.local_url,  # deployments' URLs (atelier.sdk's predict)
     }
     # the instance's own token reaches the Atelier API (the SDK inside notebooks)
     c.Spawner.server_token_scopes = [

@@ -51,9 +51,7 @@ def open_store(args) -> Store:
 # the Atelier API ----------------------------------------------------------------------------
 def local_api_url(settings: Settings) -> str:
     """The Atelier API of the hub this machine's atelier.yaml describes."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.ip, settings.ip)
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.port}/services/atelier/api/v1"
+    return f"{settings.local_url}/services/atelier/api/v1"
 
 
 def call_api(args, work):

@@ -1,6 +1,6 @@
 """The `atelier` command: run the hub, mint API tokens, curate images and specs, and reach
-instances, saves (save as image, operations), training jobs and the audit log through the Atelier
-API."""
+instances, saves (save as image, operations), training jobs, deployments and the audit log
+through the Atelier API."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from atelier.hub.cli import jobs, snapshots
+from atelier.hub.cli import deployments, jobs, snapshots
 from atelier.hub.cli.catalog import (
     UsageError,
     api_options,
@@ -240,6 +240,7 @@ def parser() -> argparse.ArgumentParser:
 
     snapshots.add_operations_parser(commands)
     jobs.add_jobs_parser(commands)
+    deployments.add_deployments_parser(commands)
 
     for noun, func in (("images", images_or_save), ("specs", cmd_specs)):
         group = commands.add_parser(noun, help=f"list and curate {noun}")
