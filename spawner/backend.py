@@ -222,6 +222,8 @@ class Backend(ABC):
         return {}
 
     # deployments --------------------------------------------------------------------------
+    serves_models: ClassVar[bool] = False  # it has the replica seat: deployments are refused else
+
     def start_replica(self, run: ReplicaRun) -> str:
         """Start the replica's model server (atelier.serving, its monitor through
         `jobnode.start`), detached, listening where only root reaches it; return that

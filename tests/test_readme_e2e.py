@@ -28,6 +28,7 @@ API = "The Atelier API, SDK and CLI"
 SSH = "SSH access (VS Code, PyCharm, ssh, scp)"
 SAVE = "Save as image"
 TRAIN = "Training jobs"
+DEPLOY = "Deployments"
 
 # What bash runs before each block: the harness's shims, then the reader's shell state.
 PRELUDE = r"""
@@ -216,6 +217,43 @@ def example_in(*instances: str):
     return copied
 
 
+def requests_in(instance: str):
+    """Three OIP v2 request bodies in the instance's `requests/`, for batch inference."""
+
+    def written(reader: Reader) -> None:
+        folder = reader.hub.volume("alice", instance) / "requests"
+        folder.mkdir()
+        for x in (1.0, 2.0, 3.0):
+            body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [x]}]}
+            (folder / f"{x:g}.json").write_text(json.dumps(body))
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, *reader.hub.volume_owner("alice"))
+
+    return written
+
+
+def answered(reader: Reader) -> None:
+    """The batch job ends with an answer per request, as the README says."""
+    token, path = reader.tokens["alice"], "/jobs/alice/score"
+    ended = reader.hub.wait_for(
+        lambda: (
+            (job := reader.hub.atelier("GET", path, token).json())["status"]
+            in ("completed", "failed")
+            and job
+        ),
+        180,
+        "the batch job",
+    )
+    assert ended["status"] == "completed", ended
+    answers = reader.hub.volume("alice", "exp-1") / "answers"
+    assert sorted(p.name for p in answers.iterdir()) == [
+        "1.json",
+        "2.json",
+        "3.json",
+        "summary.json",
+    ]
+
+
 def transfers(reader: Reader) -> None:
     """A file to copy, and the gateway's host key accepted (as answering ssh's prompt)."""
     (reader.home / "work" / "data.tar").write_bytes(os.urandom(1 << 20))
@@ -262,6 +300,12 @@ STEPS = [
         wrap={"-X POST $API/jobs/alice/ddp-2/resume": "expect_http 409 "},
     ),
     Step(Where(TRAIN, "atelier jobs submit")),
+    PythonInInstance(Where(DEPLOY, "client.create_deployment(")),
+    Step(
+        Where(DEPLOY, "atelier deployments create line-3"),
+        wrap={"-X POST $API/deployments/alice/line-3/rollback": "expect_http 409 "},
+    ),
+    Step(Where(DEPLOY, '"batch": {"model"'), before=requests_in("exp-1"), after=answered),
     Step(Where(SSH, '"ssh": {"enabled"'), fill={"<key pair id>": "{keypair}"}),
     Step(
         Where(SSH, "scp -i"),

@@ -54,6 +54,13 @@ class DeploymentBase(InstanceBase):
             }
         return shown
 
+    def check_backend(self) -> None:
+        backend = self.context.backend
+        if not backend.serves_models:
+            raise core.OptionsError(
+                "image", f"the {backend.name} backend does not serve models (yet)", "unavailable"
+            )
+
     async def sources(self, caller: Caller, owner: str) -> deployments.Sources:
         """Where the owner's models may come from: their instances' volumes, their completed
         jobs' outputs."""
@@ -83,6 +90,7 @@ class DeploymentsHandler(DeploymentBase):
         sources = await self.sources(caller, owner)
         limits = self.context.limits
         try:
+            self.check_backend()
             plan = deployments.plan_deployment(
                 owner, raw, await self.catalog(owner), sources, limits
             )

@@ -20,6 +20,8 @@ SOCKET_PATH_LIMIT = 107  # sun_path's bytes, less the NUL
 class LocalReplicas:
     """The replica seat of the local backend (LocalBackend mixes it in)."""
 
+    serves_models = True
+
     def start_replica(self, run: ReplicaRun) -> str:
         plan = run.plan
         socket = self._socket(run)
