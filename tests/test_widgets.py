@@ -1,19 +1,32 @@
-"""atelier.widgets: the training job form, monitor and list against an in-memory stand-in
-for the SDK's Client; the pure rendering in atelier.widgets.render, case by case."""
+"""atelier.widgets: the training job form, monitor and list, and the deployment form and
+monitor, against an in-memory stand-in for the SDK's Client; the pure rendering in
+atelier.widgets.render, case by case."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 
 import pytest
 
 from atelier.sdk import AtelierError
-from atelier.widgets import JobList, JobMonitor, TrainingJobForm, training_job_form
+from atelier.widgets import (
+    DeploymentForm,
+    DeploymentMonitor,
+    JobList,
+    JobMonitor,
+    TrainingJobForm,
+    training_job_form,
+)
 from atelier.widgets.render import (
     MOST_POINTS,
+    answer_html,
     clean_points,
     default_image,
+    deployment_details_html,
+    deployment_status_html,
     events_html,
     fits,
     jobs_table_html,
@@ -21,6 +34,7 @@ from atelier.widgets.render import (
     metric_chart,
     metrics_html,
     parse_hyperparameters,
+    parse_inputs,
     polyline_points,
     readable_log,
     scale,
@@ -49,7 +63,10 @@ SPECS = [
 
 
 class FakeClient:
-    """The SDK's job and catalog calls over in-memory jobs; records every call."""
+    """The SDK's job, deployment and catalog calls over in-memory jobs and deployments;
+    records every call."""
+
+    user = "alice"
 
     def __init__(self, images=IMAGES, specs=SPECS):
         self._images, self._specs = images, specs
@@ -58,7 +75,11 @@ class FakeClient:
         self.events: dict[str, list[dict]] = {}
         self.logs: dict[str, str] = {}
         self.series: dict[str, dict] = {}
-        self.refuse: AtelierError | None = None  # what create_job raises
+        self.refuse: AtelierError | None = None  # what create_job and create_deployment raise
+        self.deployed: dict[str, dict] = {}
+        self.deployment_log: dict[str, list[dict]] = {}
+        self.keys = 0
+        self.answer_error: Exception | None = None  # what predict raises
 
     def images(self, offered=False):
         return self._images
@@ -81,8 +102,8 @@ class FakeClient:
         self.series[name] = {}
         return job
 
-    def jobs(self):
-        self.calls.append(("jobs",))
+    def jobs(self, owner=None):
+        self.calls.append(("jobs",) if owner is None else ("jobs", owner))
         return list(self.store.values())
 
     def job(self, name):
@@ -110,6 +131,53 @@ class FakeClient:
         self.calls.append(("resume_job", name))
         self.store[name].update(status="pending", attempt=self.store[name]["attempt"] + 1)
         return self.store[name]
+
+    def create_deployment(self, name, *, image, spec, **options):
+        self.calls.append(("create_deployment", name, image, spec, options))
+        if self.refuse is not None:
+            raise self.refuse
+        self.deployed[name] = {
+            "name": name, "owner": "alice", "status": "deploying", "reason": None, "version": 1,
+            "serving_version": None, "image": image, "spec": spec,
+            "replicas": options.get("replicas", 1), "url": f"/deployments/alice/{name}",
+            "replicas_now": [], "metrics": {"requests": 0, "errors": 0,
+                                            "latency_ms": {"p50": None, "p99": None}},
+        }  # fmt: skip
+        self.deployment_log[name] = [
+            {"time": "2026-12-02T06:10:04+00:00", "message": "version 1 created"}
+        ]
+        return dict(self.deployed[name])
+
+    def deployment(self, name, owner=None):
+        self.calls.append(("deployment", name, owner))
+        if name not in self.deployed:
+            raise AtelierError(404, "not_found", f"no deployment alice/{name}")
+        return dict(self.deployed[name])
+
+    def deployment_events(self, name, owner=None):
+        return self.deployment_log[name]
+
+    def hub_address(self, hub_url=None):
+        return "http://127.0.0.1:8000"
+
+    def create_app_key(self, name, owner=None):
+        self.calls.append(("create_app_key", name, owner))
+        self.keys += 1
+        prefix = f"ak_{self.keys:012x}"
+        return {
+            "prefix": prefix,
+            "created": "2026-12-02T06:12:00+00:00",
+            "key": f"{prefix}.{'s' * 43}",
+        }
+
+    def predict(self, name, inputs, *, key, owner=None):
+        self.calls.append(("predict", name, inputs, key, owner))
+        if self.answer_error is not None:
+            raise self.answer_error
+        data = [3 * row[0] + 2 for row in inputs["x"]] if isinstance(inputs, dict) else [0.0]
+        self.deployed[name]["metrics"]["requests"] += 1
+        output = {"name": "y", "shape": [len(data), 1], "datatype": "FP32", "data": data}
+        return {"model_name": name, "outputs": [output]}
 
 
 @pytest.fixture
@@ -420,6 +488,256 @@ def test_job_list_shows_a_refusal(client):
     assert "token expired" in jobs.error.value
 
 
+# deployments
+
+
+def deployment_form(client, **values):
+    form = DeploymentForm(client=client, every=None)
+    for key, value in values.items():
+        getattr(form, key).value = value
+    return form
+
+
+def created(client) -> tuple:
+    return next(call for call in reversed(client.calls) if call[0] == "create_deployment")
+
+
+def completed(client, name, image=IMAGES[2]["name"], spec="cpu.8u32g"):
+    client.create_job(name, image=image, spec=spec)
+    client.store[name]["status"] = "completed"
+
+
+def test_deployment_form_offers_your_completed_jobs_and_their_image_and_spec(client):
+    completed(client, "fit")
+    client.create_job("running", image="i", spec="s")  # not completed: not a model yet
+    form = DeploymentForm(client=client, every=None)
+    assert ("jobs", "alice") in client.calls  # an admin's own jobs, not everyone's
+    assert form.source.value == "job" and form.job.options == ("fit",) and form.job.value == "fit"
+    assert form.image.value == IMAGES[2]["name"] and form.spec.value == "cpu.8u32g"  # the job's
+    assert form.job.layout.display == "" and form.model.layout.display == "none"
+    form.source.value = "model"
+    assert form.job.layout.display == "none" and form.model.layout.display == ""
+    assert (form.replicas.min, form.replicas.value, form.replicas.max) == (1, 1, 8)
+    empty = DeploymentForm(client=FakeClient(), every=None)
+    assert empty.source.value == "model" and empty.job.value is None
+    assert empty.image.value == IMAGES[1]["name"]  # as the training form: PyTorch
+
+
+def test_deploy_sends_the_job_or_the_directory_and_shows_the_monitor(client):
+    completed(client, "fit")
+    form = deployment_form(client, name=" line ", replicas=2)
+    form.deploy_button.click()
+    assert created(client) == (
+        "create_deployment", "line", IMAGES[2]["name"], "cpu.8u32g", {"replicas": 2, "job": "fit"}
+    )  # fmt: skip
+    assert isinstance(form.monitor, DeploymentMonitor) and form.monitor.name == "line"
+    assert form.monitor_box.children == (form.monitor,) and form.error.value == ""
+    assert "line" in form.monitor.status.value and "deploying" in form.monitor.status.value
+    form = deployment_form(client, source="model", model=" models/ten ", name="ten")
+    form.deploy()  # inside an instance the SDK puts in this one's volume
+    assert created(client)[4] == {"replicas": 1, "model": "models/ten", "volume": None}
+    outside = DeploymentForm(client=client, every=None, volume="lab")
+    outside.source.value, outside.model.value, outside.name.value = "model", "m", "m"
+    outside.deploy()
+    assert created(client)[4] == {"replicas": 1, "model": "m", "volume": "lab"}
+
+
+def test_the_deployment_form_checks_before_sending_and_shows_refusals(client):
+    form = deployment_form(client, name="x")
+    assert form.deploy() is None  # no completed job: the directory is asked for
+    assert (
+        form.error.value
+        == '<span style="color: #c62828">Model directory: give the model&#x27;s directory</span>'
+    )
+    form.source.value = "job"
+    form.deploy()
+    assert "Training job: you have no completed training job" in form.error.value
+    form = deployment_form(client, source="model", model="m", name="  ")
+    form.deploy()
+    assert "Name: give the deployment a name" in form.error.value
+    assert not [c for c in client.calls if c[0] == "create_deployment"]
+    completed(client, "x")
+    client.refuse = AtelierError(
+        400, "invalid", "you have no completed training job named 'x'", "job"
+    )
+    form = deployment_form(client, name="d")
+    assert form.deploy() is None and form.monitor is None and not form.deploy_button.disabled
+    assert form.error.value == (
+        '<span style="color: #c62828">Training job: you have no completed training job named '
+        "&#x27;x&#x27;</span>"
+    )
+    client.refuse = ConnectionRefusedError(111, "Connection refused")
+    form.deploy()
+    assert "ConnectionRefusedError" in form.error.value
+
+
+def test_the_deployment_form_shows_what_could_not_be_read_and_keeps_the_rest(client):
+    def refuse(owner=None):
+        raise AtelierError(403, "forbidden", "no <jobs> scope")
+
+    client.jobs = refuse
+    form = DeploymentForm(client=client, every=None)
+    assert "no &lt;jobs&gt; scope" in form.error.value
+    assert len(form.image.options) == 3 and form.source.value == "model"
+
+
+def test_deployment_monitor_shows_status_endpoint_replicas_metrics_and_events(client):
+    client.create_deployment("line", image="i", spec="s", replicas=2)
+    client.deployed["line"].update(
+        status="running", serving_version=1,
+        replicas_now=[{"number": 1, "version": 1, "phase": "ready"},
+                      {"number": 2, "version": 1, "phase": "starting"}],
+        metrics={"requests": 12, "errors": 1, "latency_ms": {"p50": 3.25, "p99": 10.0}},
+    )  # fmt: skip
+    client.deployment_log["line"].append(
+        {"time": "2026-12-02T06:11:00+00:00", "message": "version 1 serves every request"}
+    )
+    monitor = DeploymentMonitor("line", client=client, every=None)
+    assert monitor.status.value == (
+        '<b>line</b> <span style="color: #2e7d32; font-weight: bold">running</span>'
+        " · version 1 serving"
+    )
+    details = monitor.details.value
+    assert "<code>http://127.0.0.1:8000/deployments/alice/line</code>" in details
+    assert "…/v2/models/line/infer" in details
+    assert "2 asked, 2 live: #1 ready (version 1), #2 starting (version 1)" in details
+    assert "12 (1 errors) · latency p50 3.2 ms, p99 10.0 ms" in details
+    assert "version 1 serves every request" in monitor.events.value
+    assert (
+        monitor.key_button.description == "Create key" and monitor.send_button.description == "Send"
+    )
+
+
+def test_deployment_monitor_escapes_and_says_where_the_hubs_address_is_unknown(client):
+    client.create_deployment("d", image="i", spec="s")
+    client.deployed["d"].update(status="failed", reason="<b>version 1</b> failed")
+    client.deployment_log["d"] = [{"time": "t", "message": "<script>x</script>"}]
+
+    def unknown(hub_url=None):
+        raise AtelierError(0, "no_url", "pass hub_url= or set ATELIER_HUB_URL", "hub_url")
+
+    client.hub_address = unknown
+    monitor = DeploymentMonitor("d", client=client, every=None)
+    shown = monitor.status.value + monitor.events.value
+    assert "<b>version" not in shown and "<script>" not in shown
+    assert "(&lt;b&gt;version 1&lt;/b&gt; failed) · version 1, none serving" in monitor.status.value
+    assert (
+        "/deployments/alice/d on the hub&#x27;s address (pass hub_url= or set ATELIER_HUB_URL)"
+        in monitor.details.value
+    )
+
+
+def test_create_key_shows_the_new_key_once_and_send_uses_it(client):
+    client.create_deployment("line", image="i", spec="s")
+    monitor = DeploymentMonitor("line", client=client, every=None)
+    assert monitor.new_key.value == "" and monitor.key.value == ""
+    monitor.key_button.click()
+    key = f"ak_{1:012x}.{'s' * 43}"
+    assert ("create_app_key", "line", None) in client.calls
+    assert f"<code>{key}</code>" in monitor.new_key.value
+    assert "shown this once" in monitor.new_key.value
+    assert monitor.key.value == key and not monitor.key_button.disabled
+    monitor.refresh()
+    assert key in monitor.new_key.value  # a refresh leaves it to copy
+    assert key not in monitor.status.value + monitor.details.value + monitor.events.value
+    monitor.create_key()
+    assert key not in monitor.new_key.value and monitor.key.value.startswith(f"ak_{2:012x}.")
+
+    def refuse(name, owner=None):
+        raise AtelierError(409, "quota_exceeded", "at most 10 app keys")
+
+    client.create_app_key = refuse
+    assert monitor.create_key() is None
+    assert monitor.new_key.value == '<span style="color: #c62828">at most 10 app keys</span>'
+
+
+def test_send_asks_the_model_with_the_parsed_inputs_and_shows_the_answer(client):
+    client.create_deployment("line", image="i", spec="s")
+    monitor = DeploymentMonitor("line", client=client, every=None)
+    monitor.create_key()
+    monitor.inputs.value = "1.0, 2.0"
+    monitor.send_button.click()
+    assert client.calls[-2] == ("predict", "line", {"x": [[1.0], [2.0]]}, monitor.key.value, None)
+    assert monitor.answer.value.startswith("<b>Answer</b>")
+    assert "<b>y</b> FP32 [2, 1]: <code>5, 8</code>" in monitor.answer.value
+    assert "1 (0 errors)" in monitor.details.value  # refreshed: its request counted
+    tensors = [{"name": "a", "shape": [1], "datatype": "INT64", "data": [3]}]
+    monitor.inputs.value = json.dumps(tensors)
+    monitor.input_name.value = "ignored"
+    monitor.send()
+    assert client.calls[-2][2] == tensors and not monitor.send_button.disabled
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (AtelierError(401, "unauthorized", "no such app key"), "no such app key"),
+        (AtelierError(0, "invalid", "a ragged list", "x"), "x: a ragged list"),
+        (AtelierError(504, "gateway_timeout", "no answer within 60 s"), "no answer within 60 s"),
+        (ConnectionRefusedError(111, "Connection refused"), "ConnectionRefusedError: [Errno 111]"),
+    ],
+)
+def test_a_refused_or_failed_request_is_shown_not_raised(client, error, shown):
+    client.create_deployment("line", image="i", spec="s")
+    monitor = DeploymentMonitor("line", client=client, every=None)
+    monitor.key.value, monitor.inputs.value = "ak_000000000000.k", "1"
+    client.answer_error = error
+    assert monitor.send() is None
+    assert shown in monitor.answer.value and "#c62828" in monitor.answer.value
+    assert not monitor.send_button.disabled
+
+
+def test_send_checks_the_key_and_the_inputs_before_asking(client):
+    client.create_deployment("line", image="i", spec="s")
+    monitor = DeploymentMonitor("line", client=client, every=None)
+    monitor.inputs.value = "1.0"
+    monitor.send()
+    assert "App key: create a key first, or paste one" in monitor.answer.value
+    monitor.key.value, monitor.inputs.value = "k", "1.0, two"
+    monitor.send()
+    assert (
+        "Inputs: write numbers such as 1.0, 2.0, or JSON; got &#x27;1.0, two&#x27;"
+        in monitor.answer.value
+    )
+    assert not [c for c in client.calls if c[0] == "predict"]
+
+
+def test_the_monitor_follows_quickly_while_it_deploys_slowly_after_and_stops_when_closed(client):
+    client.create_deployment("line", image="i", spec="s")
+    monitor = DeploymentMonitor("line", client=client, every=0.01)
+    client.deployed["line"].update(status="running", serving_version=1)
+    wait_for(lambda: "running" in monitor.status.value)
+    polls = client.calls.count(("deployment", "line", None))
+    time.sleep(0.1)  # QUIET times 0.01 s between polls once it runs
+    assert client.calls.count(("deployment", "line", None)) <= polls + 1
+    monitor.close()
+    wait_for(lambda: monitor._thread is None)
+    polls = client.calls.count(("deployment", "line", None))
+    time.sleep(0.2)
+    assert client.calls.count(("deployment", "line", None)) == polls
+
+
+def test_the_monitor_stops_following_a_deleted_deployment(client):
+    client.create_deployment("line", image="i", spec="s")
+    monitor = DeploymentMonitor("line", client=client, every=0.01)
+    del client.deployed["line"]
+    wait_for(lambda: monitor._thread is None)
+    assert monitor.gone and "no deployment alice/line" in monitor.error.value
+    absent = DeploymentMonitor("nothing", client=client, every=0.01)
+    assert absent.gone and absent._thread is None
+
+
+def test_a_new_deployment_closes_the_monitor_before_and_closing_the_form_closes_its_own(client):
+    form = deployment_form(client, source="model", model="m", name="a")
+    form.deploy()
+    first = form.monitor
+    form.name.value = "b"
+    form.deploy()
+    assert first._halt.is_set() and form.monitor.name == "b"
+    form.close()
+    assert form.monitor._halt.is_set()
+
+
 # rendering
 
 
@@ -569,6 +887,80 @@ def test_jobs_table_html():
     assert html.count("<tr>") == 2 and "<th" in html and "2026-12-02 06:10:04" in html
     assert '<td style="padding: 2px 8px">4</td>' in html
     assert jobs_table_html([]) == "<i>no training jobs yet</i>"
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("1.0, 2.0", {"x": [[1.0], [2.0]]}),
+        (" 1 2\n3;4 ", {"x": [[1.0], [2.0], [3.0], [4.0]]}),  # floats: FP32
+        ("-1e-3", {"x": [[-0.001]]}),
+        ("[[1, 2], [3, 4]]", {"x": [[1, 2], [3, 4]]}),  # JSON: as written, its shape
+        ('{"a": [1.5], "b": 2}', {"a": [1.5], "b": 2}),
+        ('[{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]',
+         [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]),
+        ('{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}',
+         [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]),
+        ("[]", {"x": []}),
+    ],
+)  # fmt: skip
+def test_parse_inputs(text, parsed):
+    assert parse_inputs(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "give input values"),
+        ("  \n", "give input values"),
+        ("1, x", "write numbers such as 1.0, 2.0, or JSON; got '1, x'"),
+        ("1, nan", "finite"),
+        ("[1, 2", "not JSON"),
+    ],
+)
+def test_parse_inputs_refuses(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_inputs(text)
+
+
+def test_parse_inputs_names_the_input():
+    assert parse_inputs("3", name="features") == {"features": [[3.0]]}
+
+
+def test_deployment_status_html():
+    def line(**fields):
+        return deployment_status_html({"name": "d", "version": 2, **fields})
+
+    assert line(status="deploying", serving_version=None).endswith("· version 2, none serving")
+    assert line(status="upgrading", serving_version=1).endswith("· version 2, version 1 serving")
+    assert "#8a6d00" in line(status="upgrading", serving_version=1)
+    assert "#616161" in line(status="stopped", serving_version=None)
+    assert "#000000" in line(status="?", reason="a & b") and "(a &amp; b)" in line(reason="a & b")
+
+
+def test_deployment_details_html():
+    html = deployment_details_html({"name": "<d>", "replicas": 1}, "http://h/deployments/a/<d>")
+    assert "<code>http://h/deployments/a/&lt;d&gt;</code>" in html and "<d>" not in html
+    assert "1 asked, 0 live</td>" in html and "0 (0 errors)</td>" in html  # no metrics yet
+    latency = {"p50": None, "p99": float("nan")}
+    html = deployment_details_html({"metrics": {"requests": 3, "latency_ms": latency}}, "")
+    assert "3 (0 errors)</td>" in html and "latency" not in html
+
+
+def test_answer_html():
+    answer = {"outputs": [
+        {"name": "y", "shape": [2, 1], "datatype": "FP32", "data": [[4.999871], [8.000123]]},
+        {"name": "<z>", "datatype": "BOOL", "shape": [1], "data": [True]},
+    ]}  # fmt: skip
+    html = answer_html(answer)
+    assert "<li><b>y</b> FP32 [2, 1]: <code>4.99987, 8.00012</code></li>" in html
+    assert "<b>&lt;z&gt;</b> BOOL [1]: <code>True</code>" in html
+    assert "… (30 values)" in answer_html({"outputs": [{"name": "y", "data": list(range(30))}]})
+    assert answer_html({"outputs": []}) == "<i>no outputs</i>"
+    assert (
+        answer_html({"error": "<b>"})
+        == "<pre>{\n &quot;error&quot;: &quot;&lt;b&gt;&quot;\n}</pre>"
+    )
 
 
 def test_fits_and_default_image():

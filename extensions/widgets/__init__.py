@@ -10,6 +10,7 @@ hyperparameters (`lr=0.01` per line), submits the job with the SDK (`atelier.sdk
 then follows it below the form: status, events, the log's tail, a chart per metric the
 script logs with `atelier.training.log_metrics`, and Stop and Resume buttons.
 `JobMonitor("my-job")` follows a job submitted otherwise; `JobList()` lists your jobs.
+`DeploymentForm()` serves a model (a job's output) and asks it: see atelier.widgets.deployments.
 
 Outside an instance pass a client: `TrainingJobForm(client=Client(url=..., token=...))`.
 The widgets are plain ipywidgets (ipywidgets 8, in every Atelier image): no front-end
@@ -23,6 +24,7 @@ import threading
 import ipywidgets as widgets
 
 from atelier.sdk import AtelierError, Client
+from atelier.widgets.deployments import DeploymentForm, DeploymentMonitor
 from atelier.widgets.render import (
     FINISHED,
     RESUMABLE,
@@ -38,7 +40,14 @@ from atelier.widgets.render import (
     usage_text,
 )
 
-__all__ = ["JobList", "JobMonitor", "TrainingJobForm", "training_job_form"]
+__all__ = [
+    "DeploymentForm",
+    "DeploymentMonitor",
+    "JobList",
+    "JobMonitor",
+    "TrainingJobForm",
+    "training_job_form",
+]
 
 LOG_TAIL = 40
 MOST_PROCESSES = 8  # per node, and nodes: what the form offers

@@ -1,12 +1,14 @@
-"""What the training job widgets show, as plain functions of plain values: no widgets here.
+"""What the training job and deployment widgets show, as plain functions of plain values: no
+widgets here.
 
 Everything a job's owner or its script wrote (job names, reasons, event messages, log lines,
-metric names) is user data and goes into the HTML escaped: ipywidgets' HTML widget sets its
-value as the page's markup, unsanitised.
+metric names, a model's answers) is user data and goes into the HTML escaped: ipywidgets' HTML
+widget sets its value as the page's markup, unsanitised.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime
@@ -21,10 +23,18 @@ STATUS_COLORS = {
     "failed": "#c62828",
     "stopped": "#616161",
 }
+DEPLOYMENT_COLORS = {
+    "deploying": "#8a6d00",
+    "upgrading": "#8a6d00",
+    "running": "#2e7d32",
+    "failed": "#c62828",
+    "stopped": "#616161",
+}
 ERROR_COLOR = "#c62828"
 SERIES_COLORS = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f")
 HYPERPARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # as the hub accepts them
 INTEGER = re.compile(r"[+-]?[0-9]+")
+NUMBERS_BETWEEN = re.compile(r"[\s,;]+")  # what may part the numbers of a test request
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 # the announcements atelier.training prints for the hub (metrics, checkpoints): not for people
 ANNOUNCEMENT = "\x1eatelier-"
@@ -299,3 +309,110 @@ def default_image(images: list[dict], specs: list[dict]) -> str | None:
     runnable = [image for image in pytorch if any(fits(image, spec) for spec in specs)]
     chosen = runnable or pytorch or images
     return chosen[0]["name"] if chosen else None
+
+
+# deployments --------------------------------------------------------------------------------
+def parse_inputs(text: str, name: str = "x") -> dict | list:
+    """What Send asks the model, for `Client.predict`: numbers (commas, spaces or lines
+    between) as {name: [[1.0], [2.0]]}, an [n, 1] FP32 tensor; JSON as given: a list of OIP v2
+    input dicts (or a whole body {"inputs": [...]}), {input name: nested list}, or a nested
+    list as the input `name`. ValueError says what is wrong."""
+    text = text.strip()
+    if not text:
+        raise ValueError("give input values, e.g. 1.0, 2.0")
+    if text[0] in "[{":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON: {error}") from None
+        if isinstance(value, dict) and "inputs" in value:
+            value = value["inputs"]
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return value
+        return value if isinstance(value, dict) else {name: value}
+    try:
+        numbers = [float(word) for word in NUMBERS_BETWEEN.split(text) if word]
+    except ValueError:
+        raise ValueError(f"write numbers such as 1.0, 2.0, or JSON; got {text!r}") from None
+    if not all(math.isfinite(number) for number in numbers):
+        raise ValueError("the values must be finite numbers")
+    return {name: [[number] for number in numbers]}
+
+
+def deployment_status_html(deployment: dict) -> str:
+    """Its name, status (and why), the version asked for and the one serving."""
+    status = str(deployment.get("status", "unknown"))
+    color = DEPLOYMENT_COLORS.get(status, "#000000")
+    line = (
+        f"<b>{escape(str(deployment.get('name', '')))}</b> "
+        f'<span style="color: {color}; font-weight: bold">{escape(status)}</span>'
+    )
+    if deployment.get("reason"):
+        line += f" ({escape(str(deployment['reason']))})"
+    version, serving = deployment.get("version"), deployment.get("serving_version")
+    if serving is None:
+        said = f"version {version}, none serving"
+    elif serving == version:
+        said = f"version {serving} serving"
+    else:
+        said = f"version {version}, version {serving} serving"
+    return f"{line} · {escape(said)}"
+
+
+def deployment_details_html(deployment: dict, endpoint: str) -> str:
+    """The endpoint (the hub's address and the deployment's url), the replicas (how many
+    asked, each live one's phase) and the request metrics the router counted."""
+    live = deployment.get("replicas_now") or []
+    phases = ", ".join(
+        f"#{escape(str(r.get('number')))} {escape(str(r.get('phase')))} "
+        f"(version {escape(str(r.get('version')))})"
+        for r in live
+    )
+    replicas = f"{escape(str(deployment.get('replicas', '?')))} asked, {len(live)} live"
+    metrics = deployment.get("metrics") or {}
+    latency = metrics.get("latency_ms") or {}
+    timing = ", ".join(
+        f"{escape(str(q))} {ms:.1f} ms" for q, ms in latency.items() if is_number(ms)
+    )
+    requests = (
+        f"{escape(str(metrics.get('requests', 0)))} "
+        f"({escape(str(metrics.get('errors', 0)))} errors)"
+    )
+    name = escape(str(deployment.get("name", "")))
+    rows = (
+        ("Endpoint", f"<code>{escape(endpoint)}</code>"),
+        ("Ask it", f"POST <code>…/v2/models/{name}/infer</code>, "
+                   "<code>Authorization: Bearer &lt;app key&gt;</code> (OIP v2)"),
+        ("Replicas", replicas + (f": {phases}" if phases else "")),
+        ("Requests", requests + (f" · latency {timing}" if timing else "")),
+    )  # fmt: skip
+    cells = "".join(
+        f'<tr><td style="padding: 0 8px 0 0"><b>{label}</b></td><td>{value}</td></tr>'
+        for label, value in rows
+    )
+    return f'<table style="border-collapse: collapse">{cells}</table>'
+
+
+def flat_values(data) -> list:
+    return [x for item in data for x in flat_values(item)] if isinstance(data, list) else [data]
+
+
+def answer_html(answer, most: int = 20) -> str:
+    """A model's OIP v2 answer: each output's name, datatype, shape and its first `most`
+    values; anything else as JSON."""
+    outputs = answer.get("outputs") if isinstance(answer, dict) else None
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        return f"<pre>{escape(json.dumps(answer, indent=1))}</pre>"
+    if not outputs:
+        return "<i>no outputs</i>"
+    items = []
+    for output in outputs:
+        data = flat_values(output.get("data", []))
+        values = ", ".join(f"{v:.6g}" if is_number(v) else escape(str(v)) for v in data[:most])
+        more = f", … ({len(data)} values)" if len(data) > most else ""
+        items.append(
+            f"<li><b>{escape(str(output.get('name', '')))}</b> "
+            f"{escape(str(output.get('datatype', '')))} "
+            f"{escape(str(output.get('shape', '')))}: <code>{values}{more}</code></li>"
+        )
+    return f'<ul style="margin: 0; padding-left: 1.2em">{"".join(items)}</ul>'
