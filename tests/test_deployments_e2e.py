@@ -5,15 +5,33 @@ leaving the old one serving, and rollback."""
 
 import json
 import os
+import subprocess
 import threading
 import time
 
 import pytest
 import requests
-from conftest import TORCH
+from conftest import TORCH, image_envs
 from test_jobs_e2e import ended, submit, with_example
 
 pytestmark = pytest.mark.e2e
+
+
+OIP_CLIENT = """
+import asyncio, sys
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+async def main(base, key):
+    client = InferenceRESTClient(RESTConfig(protocol="v2"))
+    headers = {"Authorization": f"Bearer {key}"}
+    assert await client.is_server_ready(base, headers=headers)
+    x = InferInput("x", [2, 1], "FP32", [1.0, 2.0])
+    answer = await client.infer(base, InferRequest("line", [x]), "line", headers=headers)
+    print(*answer.outputs[0].data)
+    await client.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +100,13 @@ def test_a_trained_model_is_served_through_the_hub_with_an_app_key(hub, alice):
         timeout=10,
     )
     assert ready.status_code == 200 and ready.json()["ready"] is True
+    python = str(image_envs() / TORCH / "bin" / "python")
+    base, secret = f"{hub.url}/deployments/alice/line", key["key"]
+    said = subprocess.run(  # KServe's own OIP v2 client, unchanged: only the base URL is ours
+        [python, "-c", OIP_CLIENT, base, secret], capture_output=True, text=True, timeout=120
+    )
+    assert said.returncode == 0, said.stderr
+    assert [round(float(v)) for v in said.stdout.split()] == [5, 8]
 
 
 def put(hub, path: str, text: str, user="alice", instance="lab") -> None:
@@ -188,6 +213,16 @@ def test_an_upgrade_and_scaling_under_load_fail_no_request(hub, alice, served):
         time.sleep(1)
     assert load.failures == [], (load.failures[:5], router_log(hub))
     assert len(load.answers) > 50
+    metrics = hub.wait_for(  # the router's counts reach the store every 2 s
+        lambda: (
+            (m := deployment(hub, alice, "ten")["metrics"])["requests"] >= len(load.answers) and m
+        ),
+        10,
+        "the request metrics",
+    )
+    assert (
+        metrics["errors"] == 0 and 0 < metrics["latency_ms"]["p50"] <= metrics["latency_ms"]["p99"]
+    )
     assert load.answers[0] == 10.0 and load.answers[-1] == 20.0
     switch = load.answers.index(20.0)
     assert set(load.answers[switch:]) == {20.0}  # the traffic moved once, for every request
