@@ -231,3 +231,15 @@ def test_a_deleted_deployment_leaves_nothing_and_is_audited(hub, alice):
     audit = hub.atelier("GET", "/audit", params={"resource": "alice/echo"}).json()["events"]
     actions = {e["action"] for e in audit if e["resource"] == "alice/echo"}
     assert {"createService", "createAppKey", "deleteAppKey", "deleteService"} <= actions
+
+
+def test_a_deleted_users_deployments_go_with_them(hub, bob):
+    _, key = bob
+    assert replica_pids("mine")
+    assert hub.api("DELETE", "/users/bob").status_code == 204
+    hub.wait_for(lambda: not replica_pids("mine"), 30, "bob's replica to end")
+    assert infer(hub, "mine", key, [1.0], owner="bob").status_code == 401
+    token = hub.add_user("bob")  # the name again: a new person, who inherits nothing
+    assert hub.atelier("GET", "/deployments", token).json()["deployments"] == []
+    assert hub.atelier("GET", "/deployments/bob/mine", token).status_code == 404
+    assert not replica_pids("mine")  # and nothing started it again

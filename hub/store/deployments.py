@@ -228,6 +228,16 @@ class DeploymentQueries:
             query = select(DeploymentEventRecord).where(DeploymentEventRecord.deployment == id)
             return [e.to_json() for e in db.scalars(query.order_by(DeploymentEventRecord.id))]
 
+    def forget_deployments_of(self, owner: str) -> None:
+        """A deleted user's deployments: gone from the store, so no replica is started again
+        and none of their keys opens anything (the backend ends the replicas' processes)."""
+        with self.session() as db:
+            ids = list(
+                db.scalars(select(DeploymentRecord.id).where(DeploymentRecord.owner == owner))
+            )
+        for id in ids:
+            self.delete_deployment(id)
+
     def delete_deployment(self, id: str) -> None:
         with self.session() as db, db.begin():
             for table in (ReplicaRecord, DeploymentEventRecord, AppKeyRecord):

@@ -331,7 +331,9 @@ class Store(PeopleQueries, OperationQueries, JobQueries, DeploymentQueries, Audi
 
     def forget_user(self, hub_user: str) -> str | None:
         """A deleted hub user leaves nothing behind: key pairs, instance records (their SSH
-        settings with them), volume records; their account is retired. Returns it."""
+        settings with them), volume records, deployments; their account is retired.
+        Returns it."""
+        self.forget_deployments_of(hub_user)
         with self.session() as db, db.begin():
             for model in (KeyPairRecord, InstanceRecord, VolumeRecord):
                 db.execute(delete(model).where(model.owner == hub_user))
