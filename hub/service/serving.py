@@ -85,7 +85,8 @@ class Serving:
             replicas = await self.in_thread(self.store.replicas, deployment["id"])
             if not replicas and deployment["status"] in ("failed", "stopped"):
                 return
-            failures = [f for r in replicas if (f := await self.observe(deployment, r))]
+            watched = [r for r in replicas if (deployment["id"], r["number"]) not in self.stopping]
+            failures = [f for r in watched if (f := await self.observe(deployment, r))]
             await self.act(deployment, failures)
         except Exception:  # noqa: BLE001 - the next tick tries again
             log.exception("supervising deployment %s failed", deployment["id"])
