@@ -22,6 +22,7 @@ import random
 import time
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 from atelier.hub.context import store_url
@@ -161,7 +162,9 @@ class Router:
 
     async def forward(self, key, request: web.Request, path: str, body: bytes) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED}
-        tried: set[str] = set()
+        headers.setdefault("Accept-Encoding", "identity")  # aiohttp's default asks for gzip
+        tried: set[str] = set()  # not tried again
+        stale: set[str] = set()  # dropped once: tried again, on a new connection
         for _ in range(TRIES):
             route = self.routes.get(key) or {"endpoints": []}
             endpoints = [e for e in route["endpoints"] if e not in tried]
@@ -184,6 +187,10 @@ class Router:
                     payload = await answer.read()
                     kept = {k: v for k, v in answer.headers.items() if k.lower() not in DROPPED}
                     return web.Response(status=answer.status, body=payload, headers=kept)
+            except aiohttp.ServerDisconnectedError:  # a kept connection it had just closed
+                if endpoint in stale:
+                    tried.add(endpoint)
+                stale.add(endpoint)
             except aiohttp.ClientConnectionError:  # refused, or dropped before an answer
                 tried.add(endpoint)
             finally:
@@ -206,4 +213,4 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     settings = settings_from_environment()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
-        asyncio.run(serve(settings.router_port, Store(store_url(settings))))
+        uvloop.run(serve(settings.router_port, Store(store_url(settings))))  # less CPU a request

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 
-KEEP_ALIVE_SECONDS = 30  # the replica's server keeps idle connections longer (65 s)
+KEEP_ALIVE_SECONDS = 30  # the replica's server keeps idle connections longer (75 s)
 
 
 def session(endpoint: str, connections: int = 100) -> tuple[aiohttp.ClientSession, str]:

@@ -32,6 +32,7 @@ from kserve.protocol.rest.server import RESTServer
 from kserve.utils.numpy_codec import from_np_dtype
 
 TORCHSCRIPT, PREDICTOR = "model.pt", "predictor.py"
+KEEP_ALIVE_SECONDS = 75  # longer than the router keeps an idle connection: it closes first
 
 
 class Served(kserve.Model):
@@ -124,6 +125,7 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=drain,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     uvicorn.Server(config).run()
 
