@@ -277,12 +277,12 @@ class Hub:
             return [f"/users/{u['name']}/servers/{n}" for u in users for n in u["servers"] if n]
 
         try:
+            # deployments outlive the hub too, and hold their volumes: they go first
+            for found in self.atelier("GET", "/deployments").json()["deployments"]:
+                self.atelier("DELETE", f"/deployments/{found['owner']}/{found['name']}")
             for server in active():
                 self.api("DELETE", server)
             self.wait_for(lambda: not active(), 60, "every instance to stop")
-            # deployments outlive the hub too: their replicas end with them
-            for found in self.atelier("GET", "/deployments").json()["deployments"]:
-                self.atelier("DELETE", f"/deployments/{found['owner']}/{found['name']}")
         except (requests.RequestException, AssertionError) as error:
             print(f"could not stop every instance: {error}")
 
