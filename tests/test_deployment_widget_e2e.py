@@ -35,7 +35,8 @@ def test_the_widget_deploys_a_trained_model_and_answers_a_test_request(hub, brow
     assert done["status"] == "completed", done
     browser_home(hub, browser)
     panel = open_new_notebook(browser, f"{hub.url}/user/admin/serving/lab")
-    cell = run_cell(browser, panel, "from atelier.widgets import DeploymentForm\nDeploymentForm()")
+    code = "from atelier.widgets import DeploymentForm\nDeploymentForm()"
+    cell = run_cell(browser, panel, code, timeout=120)  # the kernel's first start included
     wait_for_output(cell, text="Deploy", selector="button.jupyter-button")
     chosen = Select(labelled(cell, "dropdown", "Training job")).first_selected_option.text
     assert chosen == "fit"  # the newest completed job of yours, its image and spec with it

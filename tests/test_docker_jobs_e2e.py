@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import docker
 import pytest
 from conftest import EXAMPLE, TORCH, uid_of
 from dockerhub import docker_hub
@@ -76,7 +77,10 @@ def networks_of(engine, id: str) -> list[str]:
 
 
 def running_nodes(engine, id: str) -> list[dict] | None:
-    found = [engine.api.inspect_container(c["Id"]) for c in nodes_of(engine, id)]
+    try:
+        found = [engine.api.inspect_container(c["Id"]) for c in nodes_of(engine, id)]
+    except docker.errors.NotFound:  # an attempt's container removed between list and look
+        return None
     return found if len(found) == 2 and all(c["State"]["Running"] for c in found) else None
 
 

@@ -87,6 +87,7 @@ def configure(c, settings: Settings | None = None) -> None:
         *USER_SCOPES,
     ]
 
+    # /deployments/ on the hub's address: the Atelier service's router (app keys, no sign-in)
     c.Proxy.extra_routes = {"/deployments/": f"http://127.0.0.1:{settings.router_port}"}
     c.JupyterHub.custom_scopes = {scope: {"description": text} for scope, text in SCOPES.items()}
     c.JupyterHub.services, c.JupyterHub.load_roles = services_and_roles(
@@ -174,8 +175,6 @@ def services_and_roles(
             ["list:users", "read:servers", "delete:servers"],
         ),
     ]
-    # /deployments/ on the hub's address: the router (app keys, not hub sign-in)
-    pairs.append(service("deployment-router", ["atelier.hub.router"], [], environment=environment))
     if settings.ssh.enabled:
         pairs.append(service("ssh-gateway", ["atelier.hub.gateway"], [], environment=environment))
     if settings.culling.idle_minutes:

@@ -1,5 +1,6 @@
 """The deployments' router: the hub's address answers `/deployments/<owner>/<name>/v2/...`
-here (configurable-http-proxy's extra route), so any Open Inference Protocol v2 client reaches
+here (configurable-http-proxy's extra route to `router_port`, served by the Atelier service's
+process beside its API and supervisors), so any Open Inference Protocol v2 client reaches
 a deployment at one stable URL, whichever replicas serve it.
 
 A request must carry an app key of that deployment (`Authorization: Bearer <key>`); without
@@ -15,19 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import random
 import time
 
 import aiohttp
-import uvloop
 from aiohttp import web
 
-from atelier.hub.context import store_url
 from atelier.hub.router import upstream
-from atelier.hub.settings import settings_from_environment
 from atelier.hub.store.store import Store
 from atelier.spawner.core import deployments, rollout
 
@@ -199,6 +196,7 @@ class Router:
 
 
 async def serve(port: int, store: Store) -> None:
+    """The router on loopback `port`, on the running loop (the Atelier service's), for good."""
     router = Router(store)
     await router.refresh()
     app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -207,10 +205,3 @@ async def serve(port: int, store: Store) -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     await asyncio.gather(router.keep_fresh(), router.flush())
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
-    settings = settings_from_environment()
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on `atelier run`: stop quietly
-        uvloop.run(serve(settings.router_port, Store(store_url(settings))))  # less CPU a request

@@ -1,4 +1,0 @@
-from atelier.hub.router.server import main
-
-if __name__ == "__main__":
-    raise SystemExit(main())
