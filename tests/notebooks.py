@@ -126,12 +126,22 @@ def run_cell(
         lambda: f"the cell holds {editor.text!r}, not {typed!r}",
     )
     editor.send_keys(Keys.SHIFT, Keys.ENTER)
-    wait_until(
-        lambda: prompt(cell) not in ("", "[ ]:", "[*]:"),
-        timeout,
-        lambda: f"the cell still runs ({prompt(cell)}); its output: {output_text(cell)}",
-    )
-    return cell
+    deadline = time.monotonic() + timeout
+    while True:  # a Shift+Enter the page dropped (the cell never queued: "[ ]:") is sent again
+        try:
+            wait_until(
+                lambda: prompt(cell) not in ("", "[ ]:", "[*]:"),
+                min(10, max(0, deadline - time.monotonic())),
+                lambda: f"the cell still runs ({prompt(cell)}); its output: {output_text(cell)}",
+            )
+            return cell
+        except NotebookTimeout:
+            if time.monotonic() >= deadline or prompt(cell) != "[ ]:":
+                if time.monotonic() >= deadline:
+                    raise
+                continue
+            editor.click()
+            editor.send_keys(Keys.SHIFT, Keys.ENTER)
 
 
 def prompt(cell: WebElement) -> str:

@@ -1,10 +1,12 @@
 """Training jobs on the local backend, for real: torchrun ranks as the owner's account in the
 instance's work volume, a 2 x 2 group proving itself with an all-reduce, a rank killed
 mid-run and the job resuming from its checkpoint, and the queue for devices (another user and
-bad input: test_job_attacks_e2e.py)."""
+bad input: test_job_attacks_e2e.py); the job widget and, with the same instance, the
+deployment widget deploying a trained job's output in a real JupyterLab."""
 
 import os
 import pwd
+import re
 import signal
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from conftest import EXAMPLE, FAKE_GPU, TORCH, environ_of, uid_of
 from notebooks import button, labelled, open_new_notebook, run_cell, wait_for_output
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 from test_pages_e2e import browser_home
 
 pytestmark = pytest.mark.e2e
@@ -192,8 +195,13 @@ def test_a_job_waits_in_the_queue_for_devices_an_instance_holds(hub, alice):
     assert not os.path.ismount(hub.volume("carol", "gpu"))
 
 
-def test_the_widget_in_jupyterlab_submits_and_follows_a_real_job(hub, browser):
-    with_example(hub, "admin", "widgets", hub.admin_token)
+@pytest.fixture(scope="module")
+def admin(hub):
+    """The admin's instance for the widgets, the example in its volume."""
+    return with_example(hub, "admin", "widgets", hub.admin_token)
+
+
+def test_the_widget_in_jupyterlab_submits_and_follows_a_real_job(hub, browser, admin):
     browser_home(hub, browser)
     panel = open_new_notebook(browser, f"{hub.url}/user/admin/widgets/lab")
     cell = run_cell(
@@ -215,3 +223,61 @@ def test_the_widget_in_jupyterlab_submits_and_follows_a_real_job(hub, browser):
     button(cell, "Stop").click()
     wait_for_output(cell, text="from-widget stopped", selector=".widget-html", timeout=60)
     assert hub.atelier("GET", "/jobs/admin/from-widget").json()["status"] == "stopped"
+
+
+def trained(hub, name: str, instance: str) -> dict:
+    """The admin's job `name` (y = 3x + 2 learnt, as test_deployments_e2e's) once completed."""
+    response = submit(
+        hub, hub.admin_token, name=name, volume=instance, processes_per_node=2, args=["--steps=40"]
+    )
+    assert response.status_code == 201, response.text
+
+    def finished():
+        now = hub.atelier("GET", f"/jobs/admin/{name}").json()
+        return now if now["status"] in ("completed", "failed", "stopped") else None
+
+    return hub.wait_for(finished, 180, f"job {name} to end")
+
+
+def test_the_deployment_widget_deploys_a_trained_model_and_answers_a_test_request(
+    hub, browser, admin
+):
+    done = trained(hub, "fit", "widgets")
+    assert done["status"] == "completed", done
+    browser_home(hub, browser)
+    panel = open_new_notebook(browser, f"{hub.url}/user/admin/widgets/lab")
+    code = "from atelier.widgets import DeploymentForm\nDeploymentForm()"
+    cell = run_cell(browser, panel, code, timeout=120)  # the kernel's first start included
+    wait_for_output(cell, text="Deploy", selector="button.jupyter-button")
+    chosen = Select(labelled(cell, "dropdown", "Training job")).first_selected_option.text
+    assert chosen == "fit"  # the newest completed job of yours, its image and spec with it
+    image = Select(labelled(cell, "dropdown", "Image")).first_selected_option
+    assert image.get_attribute("value") == TORCH or "PyTorch" in image.text
+    labelled(cell, "text", "Name").send_keys("line")
+    button(cell, "Deploy").click()
+    status = wait_for_output(cell, text="line running", selector=".widget-html", timeout=180)
+    assert "version 1 serving" in status.text, status.text
+    wait_for_output(cell, text=f"{hub.url}/deployments/admin/line", selector=".widget-html")
+    wait_for_output(cell, text="1 asked, 1 live: #1 ready", selector=".widget-html")
+    wait_for_output(cell, text="version 1 serves every request", selector=".widget-html")
+
+    button(cell, "Create key").click()
+    shown = wait_for_output(cell, text="shown this once", selector=".widget-html")
+    key = shown.find_element(By.CSS_SELECTOR, "code").text
+    assert re.fullmatch(r"ak_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}", key), key
+    listed = hub.atelier("GET", "/deployments/admin/line/keys").json()["keys"]
+    assert [k["prefix"] for k in listed] == [key.split(".")[0]]
+
+    labelled(cell, "textarea", "Inputs").send_keys("1.0, 2.0")
+    button(cell, "Send").click()
+    answer = wait_for_output(cell, text="Answer", selector=".widget-html", timeout=60)
+    values = re.search(r"\[2, 1\]: (.+)", answer.text)
+    assert values, answer.text
+    assert [round(float(v)) for v in values[1].split(",")] == [5, 8], answer.text  # 3x + 2
+    # the router counts requests every 2 s; the monitor shows them at its next poll
+    wait_for_output(cell, text="1 (0 errors)", selector=".widget-html", timeout=60)
+
+    deployment = hub.atelier("GET", "/deployments/admin/line").json()
+    assert deployment["status"] == "running" and deployment["serving_version"] == 1, deployment
+    assert deployment["model"] == "jobs/fit" and deployment["image"] == TORCH
+    assert deployment["metrics"]["requests"] == 1 and deployment["metrics"]["errors"] == 0

@@ -6,6 +6,7 @@ at a rendezvous on a free loopback port of the job's own."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,21 @@ from atelier.spawner.local.volumes import account_ids
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+RENDEZVOUS_PORTS = range(20000, 32768)  # below Linux's ephemeral range (32768-60999)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port for a job's rendezvous, which torchrun binds a moment later: one
+    the kernel hands out to connections (bind to 0) could be taken by any client socket
+    meanwhile, and was, with many jobs starting at once ("node 0 exited 1")."""
+    for port in random.sample(RENDEZVOUS_PORTS, 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port for the job's rendezvous")
 
 
 def node_group(account: str, job: str, node: int) -> str:
