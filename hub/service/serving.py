@@ -10,12 +10,12 @@ import asyncio
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 from atelier.hub.context import Context
 from atelier.hub.router import upstream
+from atelier.hub.service.supervisor import Supervisor
 from atelier.spawner import core
 from atelier.spawner.backend import ReplicaRun
 from atelier.spawner.core import deployments, rollout
@@ -34,17 +34,12 @@ def seconds(moment: str) -> float:
     return datetime.fromisoformat(moment).timestamp()
 
 
-class Serving:
-    def __init__(self, context: Context):
-        self.context = context
-        self.busy: set[str] = set()  # deployments a step is working on
-        self.steps: set[asyncio.Task] = set()  # held: the loop keeps only weak references
-        self.stopping: set[tuple[str, int]] = set()  # replicas whose stop is under way
-        self.threads = ThreadPoolExecutor(THREADS, thread_name_prefix="atelier-serving")
+class Serving(Supervisor):
+    what, tick_seconds = "deployments", TICK_SECONDS
 
-    @property
-    def store(self):
-        return self.context.store
+    def __init__(self, context: Context):
+        super().__init__(context, THREADS, "atelier-serving")
+        self.stopping: set[tuple[str, int]] = set()  # replicas whose stop is under way
 
     def directory(self, id: str) -> Path:
         return self.context.settings.data_dir / "deployments" / id
@@ -59,18 +54,7 @@ class Serving:
         directory = self.directory(deployment["id"])
         return ReplicaRun(deployment["id"], plan, replica["version"], replica["number"], directory)
 
-    async def in_thread(self, work, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.threads, work, *args)
-
     # the loop -----------------------------------------------------------------------------
-    async def supervise(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:  # noqa: BLE001 - the next tick tries again
-                log.exception("supervising deployments failed")
-            await asyncio.sleep(TICK_SECONDS)
-
     async def tick(self) -> None:
         for deployment in await self.in_thread(self.store.deployments):
             if deployment["id"] in self.busy:

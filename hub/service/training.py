@@ -16,11 +16,11 @@ import asyncio
 import json
 import logging
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from atelier.hub.context import Context
+from atelier.hub.service.supervisor import Supervisor
 from atelier.spawner import core, jobnode
 from atelier.spawner.backend import JobRun
 from atelier.spawner.core import jobs
@@ -35,17 +35,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class Training:
-    def __init__(self, context: Context):
-        self.context = context
-        self.busy: set[str] = set()  # jobs a step is working on
-        self.steps: set[asyncio.Task] = set()  # held: the loop keeps only weak references
-        self.checkpoints: dict[str, tuple[int, int | None]] = {}  # id -> (read up to, step)
-        self.threads = ThreadPoolExecutor(THREADS, thread_name_prefix="atelier-job")
+class Training(Supervisor):
+    what, tick_seconds = "training jobs", TICK_SECONDS
 
-    @property
-    def store(self):
-        return self.context.store
+    def __init__(self, context: Context):
+        super().__init__(context, THREADS, "atelier-job")
+        self.checkpoints: dict[str, tuple[int, int | None]] = {}  # id -> (read up to, step)
 
     def directory(self, id: str) -> Path:
         return self.context.settings.data_dir / "jobs" / id
@@ -57,18 +52,7 @@ class Training:
         devices = tuple(Device(**d) for d in job["devices"])
         return JobRun(job["id"], self.plan(job), job["attempt"], self.directory(job["id"]), devices)
 
-    async def in_thread(self, work, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.threads, work, *args)
-
     # the loop -----------------------------------------------------------------------------
-    async def supervise(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:  # noqa: BLE001 - the next tick tries again
-                log.exception("supervising training jobs failed")
-            await asyncio.sleep(TICK_SECONDS)
-
     async def tick(self) -> None:
         waited: set[str] = set()  # device types an earlier pending job waits for
         for job in await self.in_thread(self.store.active_jobs):
