@@ -90,6 +90,11 @@ class ReplicaRun:
     number: int  # unique in the deployment: its monitor's node number, its log's name
     directory: Path  # root's own: the replicas' launches, states and logs
 
+    @property
+    def grace_s(self) -> float:
+        """How long a stopping replica's server may finish what it holds before SIGKILL."""
+        return self.plan.timeout_seconds + jobnode.GRACE_S
+
 
 class NoOptions(BaseModel):
     """A backend without options of its own refuses any in `backend_options`."""
@@ -240,7 +245,7 @@ class Backend(ABC):
         """Stop the replica (its server finishes the requests it holds, within the plan's
         timeout), wait until it has ended, and give back what was made for it. Blocking."""
         jobnode.stop(run.directory, run.version, run.number)
-        patience = run.plan.timeout_seconds + jobnode.GRACE_S
+        patience = run.grace_s + jobnode.READ_ON_S + 5  # past the SIGKILL and the last read
         jobnode.wait_ended(run.directory, run.version, range(run.number, run.number + 1), patience)
 
     # volumes ----------------------------------------------------------------------------

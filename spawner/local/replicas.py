@@ -36,10 +36,9 @@ class LocalReplicas:
         environment = {**plan.environment, "ATELIER_DEPLOYMENT": plan.name}
         group = self._replica_group(run)
         launch = work.launch(group, plan.spec, [], argv, environment)
-        grace = plan.timeout_seconds + jobnode.GRACE_S
         jobnode.start(
             run.directory, run.version, run.number,
-            {**launch, "ranks": 1, "listen": str(socket), "grace_s": grace},
+            {**launch, "ranks": 1, "listen": str(socket), "grace_s": run.grace_s},
         )  # fmt: skip
         return f"unix:{socket}"
 
