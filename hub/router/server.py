@@ -168,9 +168,13 @@ class Router:
             if not endpoints:
                 break
             endpoint = min(endpoints, key=lambda e: (self.open[e], random.random()))
-            client, base = self.clients.get(endpoint) or self.clients.setdefault(
-                endpoint, upstream.session(endpoint)
-            )
+            if endpoint not in self.clients:
+                try:
+                    self.clients[endpoint] = upstream.session(endpoint)
+                except OSError:  # its socket is not there (or is no socket)
+                    tried.add(endpoint)
+                    continue
+            client, base = self.clients[endpoint]
             self.open[endpoint] += 1
             try:
                 async with client.request(

@@ -2,7 +2,7 @@
 the Open Inference Protocol v2 (`/v2/health/ready`, `/v2/models/{name}`, `.../infer`), so any
 OIP v2 client works against it unchanged.
 
-    python -m atelier.serving <model directory> --name NAME [--fd FD | --port PORT]
+    python -m atelier.serving <model directory> --name NAME [--fd FD | --socket PATH | --port PORT]
 
 The directory holds either `model.pt`, a TorchScript module, served with no code of the
 user's (each request's inputs, in order, are its arguments; each output tensor is one output),
@@ -10,8 +10,10 @@ or `predictor.py` with a class `Predictor`: `Predictor(model_dir)` loads once, a
 `predict(inputs)` maps {input name: numpy array} to an array or {output name: array}. A
 `Predictor` that is a `kserve.Model` is served as it is (its own preprocess, postprocess).
 
-The hub binds the replica's socket where only root can reach it and hands it over as `--fd`;
-the server never learns a path. SIGTERM drains: the open requests finish, then it exits.
+On the local backend the hub binds the replica's socket where only root can reach it and
+hands it over (`--fd`); in a container with no network (the Docker backend) the server binds
+`--socket` in a directory only that container mounts. SIGTERM drains: the open requests
+finish, then it exits.
 """
 
 from __future__ import annotations
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         "--fd", type=int, help="a bound socket to listen on, inherited (default: ATELIER_LISTEN_FD)"
     )
     where.add_argument("--port", type=int, help="a loopback TCP port to listen on")
+    where.add_argument("--socket", type=Path, help="a Unix socket to bind and listen on")
     args = parser.parse_args(argv)
-    if args.port is None and args.fd is None:
+    if args.port is None and args.fd is None and args.socket is None:
         if "ATELIER_LISTEN_FD" not in os.environ:
             parser.error("give --fd or --port")
         args.fd = int(os.environ["ATELIER_LISTEN_FD"])
@@ -155,4 +158,15 @@ def main(argv: list[str] | None = None) -> None:
     listening = None
     if args.fd is not None:
         listening = socket.socket(fileno=args.fd)
+    elif args.socket is not None:
+        listening = bind(args.socket)
     serve(args.name, args.directory.absolute(), listening, args.port, args.drain_seconds)
+
+
+def bind(path: Path) -> socket.socket:
+    """A socket bound at `path`, listening (what a stopped server left there goes first)."""
+    path.unlink(missing_ok=True)
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(path))
+    listening.listen(2048)
+    return listening

@@ -8,7 +8,8 @@ privileges, a pids limit and the spec's CPU and memory enforced by the engine
 endpoint is a socket in a directory of its own, verified by who listens (endpoint.py). The
 spawner is spawner.py's `DockerInstanceSpawner`. Saved images are commits of containers in an
 OCI registry, started by digest (snapshots.py); unless `backend_options.registry` names one,
-the hub runs its own (registry.py). Training jobs run a container per node (jobs.py).
+the hub runs its own (registry.py). Training jobs run a container per node (jobs.py),
+deployments a container per replica (replicas.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from atelier.spawner import core
 from atelier.spawner.backend import Capabilities, EndpointUnavailable
 from atelier.spawner.devices import Device, count_by_type
 from atelier.spawner.docker import containers, endpoint, images, registry, snapshots
-from atelier.spawner.docker.jobs import LABEL_JOB, DockerJobs
+from atelier.spawner.docker.jobs import DockerJobs
+from atelier.spawner.docker.replicas import DockerReplicas
 from atelier.spawner.local import accounts
 from atelier.spawner.local.machine import MachineBackend
 from atelier.spawner.local.volumes import LocalVolume
@@ -57,7 +59,7 @@ class DockerOptions(BaseModel):
         return value
 
 
-class DockerBackend(DockerJobs, MachineBackend):
+class DockerBackend(DockerReplicas, DockerJobs, MachineBackend):
     name = "docker"
     spawner_class = "DockerInstanceSpawner"
     Options = DockerOptions
@@ -248,9 +250,9 @@ class DockerBackend(DockerJobs, MachineBackend):
         found = []
         for listing in self.containers_labelled():
             labels = listing["Labels"]
-            if LABEL_JOB in labels:  # a job's node (jobs.py), not an instance
+            if containers.LABEL_INSTANCE not in labels:  # a job's node, a replica
                 continue
-            owner, instance = labels[containers.LABEL_OWNER], labels.get(containers.LABEL_INSTANCE)
+            owner, instance = labels[containers.LABEL_OWNER], labels[containers.LABEL_INSTANCE]
             if (owner, instance) not in known:
                 found.append(f"{listing['Names'][0].lstrip('/')} ({owner}/{instance})")
         return sorted(found)

@@ -90,6 +90,19 @@ class Container:
     mem_limit: int  # DockerSpawner's mem_limit; CPUs are nano_cpus (its cpu_limit is a quota)
 
 
+def user_environment() -> dict[str, str]:
+    """What every process of Atelier's in a container finds: the images' user, home and
+    Python (instances, job nodes and replicas alike)."""
+    return {
+        "HOME": HOME,
+        "USER": USER,
+        "SHELL": "/bin/bash",
+        "VIRTUAL_ENV": ENV_PREFIX,
+        "PATH": f"{ENV_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:{HOME}/.local/bin",  # pip --user's
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def container(
     plan: core.InstancePlan,
     held: list[Device],
@@ -109,11 +122,7 @@ def container(
     environment = {
         **plan.environment,
         **access.environment,
-        "HOME": HOME,
-        "USER": USER,
-        "SHELL": "/bin/bash",
-        "VIRTUAL_ENV": ENV_PREFIX,
-        "PATH": f"{ENV_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:{HOME}/.local/bin",  # pip --user's
+        **user_environment(),
         "JUPYTER_RUNTIME_DIR": RUNTIME_DIR,
     }
     if endpoint_dir is not None:

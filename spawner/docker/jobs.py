@@ -64,16 +64,10 @@ def job_labels(hub: str, run: JobRun, node: int | None = None) -> dict[str, str]
 def node_environment(run: JobRun, node: int) -> dict[str, str]:
     """What every rank of `node` finds in its container besides torchrun's variables: the
     job's, Atelier's and the node's devices', with the images' user, home and Python."""
-    home, env = containers.HOME, containers.ENV_PREFIX
     return {
         **jobs.rank_environment(run.plan, WORK_PATH, run.attempt),
         **containers.device_access(run.node_devices(node)).environment,
-        "HOME": home,
-        "USER": containers.USER,
-        "SHELL": "/bin/bash",
-        "VIRTUAL_ENV": env,
-        "PATH": f"{env}/bin:/usr/local/bin:/usr/bin:/bin:{home}/.local/bin",  # as instances'
-        "PYTHONUNBUFFERED": "1",
+        **containers.user_environment(),
     }
 
 
@@ -114,40 +108,75 @@ def docker_run_argv(
     env_file: str,
     pids_limit: int,
 ) -> list[str]:
-    """Node `node`'s `docker run`: attached (the monitor reads its output; its exit status is
-    the node's), removed when it ends, on the job's network under its node name, as
-    instance containers are confined, `volume` (the host's mount) at work/, `image` (a
-    digest reference) running torchrun with node 0 as the rendezvous."""
-    plan, name = run.plan, node_name(run.id, run.attempt, node)
-    memory = plan.spec.memory_gb * containers.GB
-    labels = [f"--label={key}={value}" for key, value in job_labels(hub, run, node).items()]
-    mount = ",".join(["type=bind", csv_field(f"source={volume}"), csv_field(f"target={WORK_PATH}")])
+    """Node `node`'s `docker run`: on the job's network under its node name, `volume` (the
+    host's mount) at work/, `image` (a digest reference) running torchrun with node 0 as
+    the rendezvous."""
+    name = node_name(run.id, run.attempt, node)
     endpoint = f"{node_name(run.id, run.attempt, 0)}:{PORT}"
+    return confined_run_argv(
+        name=name,
+        network=network_name(run.id),
+        labels=job_labels(hub, run, node),
+        spec=run.plan.spec,
+        devices=run.node_devices(node),
+        pids_limit=pids_limit,
+        mounts={volume: WORK_PATH},
+        env_file=env_file,
+        image=image,
+        command=jobs.torchrun_argv(run.plan, node, endpoint, run.id, LOG_DIR),
+        stop_timeout=jobnode.GRACE_S,
+    )
+
+
+def confined_run_argv(
+    *,
+    name: str,
+    network: str,
+    labels: dict[str, str],
+    spec: core.Spec,
+    devices: list,
+    pids_limit: int,
+    mounts: dict[str, str],
+    env_file: str,
+    image: str,
+    command: list[str],
+    stop_timeout: float,
+) -> list[str]:
+    """A `docker run` of Atelier's workloads (job nodes, replicas), confined as instance
+    containers are: attached (its monitor reads the output; its exit status is the
+    workload's), removed when it ends, the images' user, no new privileges, no capabilities,
+    the spec's CPU and memory, exactly `devices`, the host paths `mounts` (host -> container)
+    bound, working in work/."""
+    memory = spec.memory_gb * containers.GB
+    binds = [
+        ",".join(["type=bind", csv_field(f"source={host}"), csv_field(f"target={inside}")])
+        for host, inside in mounts.items()
+    ]
     return [
         DOCKER,
         "run",
         "--rm",
         f"--name={name}",
         f"--hostname={name}",  # what the other nodes resolve it by (gloo, torchrun's store)
-        f"--network={network_name(run.id)}",
-        *labels,
+        f"--network={network}",
+        *[f"--label={key}={value}" for key, value in labels.items()],
         f"--user={containers.UID}:{containers.GID}",
         "--security-opt=no-new-privileges",
         "--cap-drop=ALL",
         f"--pids-limit={pids_limit}",
         f"--memory={memory}",
         f"--shm-size={memory // 2}",  # in the memory limit; NCCL and DataLoaders want room
-        f"--cpus={plan.spec.cpu}",
-        *device_options(containers.device_access(run.node_devices(node))),
-        "--init",  # forwards the stop's SIGTERM to torchrun and reaps what ranks leave
-        f"--stop-timeout={jobnode.GRACE_S}",
+        f"--cpus={spec.cpu}",
+        *device_options(containers.device_access(devices)),
+        "--init",  # forwards the stop's SIGTERM to the workload and reaps what it leaves
+        f"--stop-timeout={int(stop_timeout)}",
         "--log-driver=none",  # the monitor keeps the logs (bounded); the engine keeps none
         "--pull=never",
-        f"--mount={mount}",
+        *[f"--mount={bind}" for bind in binds],
         f"--workdir={WORK_PATH}",
         f"--env-file={env_file}",
         image,
-        *jobs.torchrun_argv(plan, node, endpoint, run.id, LOG_DIR),
+        *command,
     ]
 
 
@@ -158,6 +187,26 @@ def client_environment(environ: dict[str, str]) -> dict[str, str]:
     if "DOCKER_HOST" in environ:
         found["DOCKER_HOST"] = environ["DOCKER_HOST"]
     return found
+
+
+def check_client() -> None:
+    if not os.access(DOCKER, os.X_OK):
+        raise RuntimeError(f"the Docker backend's workloads need the engine's client, {DOCKER}")
+
+
+def client_launch(argv: list[str], ranks: int, grace_s: float = jobnode.GRACE_S) -> dict:
+    """A monitor's launch that runs only the engine's client, as root (the container it
+    starts is what is confined)."""
+    return {
+        "argv": argv,
+        "env": client_environment(dict(os.environ)),
+        "cwd": "/",
+        "account": None,
+        "cgroups": [],
+        "confine": False,
+        "ranks": ranks,
+        "grace_s": grace_s,
+    }
 
 
 def write_private(path: Path, text: str) -> None:
@@ -175,14 +224,8 @@ class DockerJobs:
         plan = run.plan
         image = self.image_to_run(plan.image)  # a digest reference; OptionsError if gone
         environments = [env_file_text(node_environment(run, n)) for n in range(plan.nodes)]
-        try:
-            # as the instance spawner mounts it: the engine, root, binds it
-            ids = (containers.UID, containers.GID)
-            volume = self.volume(plan.owner, plan.volume).mounted(ids, False)
-        except core.VolumeUnavailable as error:
-            raise core.OptionsError("volume", str(error)) from None
-        if not os.access(DOCKER, os.X_OK):
-            raise RuntimeError(f"the Docker backend's jobs need the engine's client, {DOCKER}")
+        volume = self.mounted_volume(plan.owner, plan.volume)
+        check_client()
         if self._attempt_containers(run):  # a start of this attempt cut off (a crash)
             self.stop_job(run)
         self._job_network(run)
@@ -200,18 +243,18 @@ class DockerJobs:
                 env_file=str(env_file),
                 pids_limit=self.options.pids_limit,
             )
-            launch = {
-                "argv": argv,
-                "env": client_environment(dict(os.environ)),
-                "cwd": "/",
-                "account": None,  # root: it runs only the client; the container is confined
-                "cgroups": [],
-                "confine": False,
-                "ranks": run.plan.world_size,
-            }
-            jobnode.start(run.directory, run.attempt, node, launch)
+            jobnode.start(run.directory, run.attempt, node, client_launch(argv, plan.world_size))
             if node == 0 and plan.nodes > 1:
                 self._wait_running(run)
+
+    def mounted_volume(self, owner: str, instance: str) -> Path:
+        """The instance's work volume for a workload's container, as the instance spawner
+        mounts it (the engine, root, binds it); `core.OptionsError` when it is gone."""
+        try:
+            ids = (containers.UID, containers.GID)
+            return self.volume(owner, instance).mounted(ids, False)
+        except core.VolumeUnavailable as error:
+            raise core.OptionsError("volume", str(error)) from None
 
     def _wait_running(self, run: JobRun) -> None:
         """Until node 0's container runs (the others resolve its name at once), its node
@@ -253,16 +296,19 @@ class DockerJobs:
         return self.containers_labelled(**labels)
 
     def _remove_containers(self, run: JobRun) -> None:
-        """SIGTERM to every node's container at once (its init hands it to torchrun), and
-        after the grace period, what still runs is removed by force."""
-        deadline = time.monotonic() + jobnode.GRACE_S
-        running = [c["Id"] for c in self._attempt_containers(run) if c["State"] == "running"]
+        self.remove_containers(lambda: self._attempt_containers(run), jobnode.GRACE_S)
+
+    def remove_containers(self, listing, grace_s: float) -> None:
+        """SIGTERM to every container `listing()` finds at once (its init hands it on), and
+        after `grace_s`, what still runs is removed by force."""
+        deadline = time.monotonic() + grace_s
+        running = [c["Id"] for c in listing() if c["State"] == "running"]
         for id in running:
             self._engine_call("kill", id, signal="SIGTERM")
         while running and time.monotonic() < deadline:
             time.sleep(0.2)
-            running = [c for c in self._attempt_containers(run) if c["State"] == "running"]
-        for found in self._attempt_containers(run):
+            running = [c for c in listing() if c["State"] == "running"]
+        for found in listing():
             self._engine_call("remove_container", found["Id"], force=True)
 
     def _engine_call(self, method: str, *args, **kwargs) -> None:
