@@ -20,7 +20,7 @@ from atelier.spawner.docker import replicas as docker_replicas
 from atelier.spawner.docker.backend import DockerBackend
 
 ID = "fedcba9876543210fedcba9876543210"
-SOCKETS = "/srv/shared/serving/" + ID + "/3"
+SOCKETS = "/srv/shared/serving/replicas/" + ID + "-3"
 
 
 def replica_run(directory=Path("/var/lib/atelier/deployments"), **fields) -> ReplicaRun:
@@ -106,7 +106,7 @@ def test_a_start_removes_a_cut_off_starts_container_and_runs_roots_client(tmp_pa
     run = replica_run(tmp_path / "deployments", environment={"TOKEN": "s3cret"})
     run.directory.mkdir()  # the service's
     endpoint = seat.start_replica(run)
-    sockets = tmp_path / "shared" / "serving" / ID / "3"
+    sockets = tmp_path / "shared" / "serving" / "replicas" / f"{ID}-3"
     assert endpoint == f"unix:{sockets}/server.sock"
     assert prepared == [(sockets, 1000, 1000)]  # the container user's tmpfs
     assert ("remove", "old") in seat.engine.api.calls

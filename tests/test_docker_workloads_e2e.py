@@ -183,7 +183,7 @@ def test_replicas_are_containers_without_network_upgraded_under_load(hub, engine
     assert len(replicas_of(engine, id)) == 2  # version 1's are gone
     assert hub.atelier("DELETE", "/deployments/alice/ten", alice).status_code == 204
     assert replicas_of(engine, id) == []
-    assert not (hub.shared_dir / "serving" / id).exists()
+    assert not list((hub.shared_dir / "serving" / "replicas").glob(f"{id}-*"))
 
 
 SWAPPING = """

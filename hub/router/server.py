@@ -185,18 +185,35 @@ class Router:
                     headers=headers,
                     allow_redirects=False,
                 ) as answer:
-                    payload = await answer.read()
+                    payload = await bounded(answer.content)
+                    if payload is None:
+                        return refusal(502, f"the model's answer is over {MAX_BODY_BYTES} bytes")
                     kept = {k: v for k, v in answer.headers.items() if k.lower() not in DROPPED}
                     return web.Response(status=answer.status, body=payload, headers=kept)
             except aiohttp.ServerDisconnectedError:  # a kept connection it had just closed
                 if endpoint in stale:
                     tried.add(endpoint)
                 stale.add(endpoint)
-            except aiohttp.ClientConnectionError:  # refused, or dropped before an answer
+            except aiohttp.ClientConnectorError:  # refused: its socket may be bound anew
+                tried.add(endpoint)
+                if self.open[endpoint] == 1:  # no other request holds its client
+                    await self.clients.pop(endpoint)[0].close()  # the next one opens it again
+            except aiohttp.ClientConnectionError:  # dropped before an answer
                 tried.add(endpoint)
             finally:
                 self.open[endpoint] -= 1
         raise NoReplica
+
+
+async def bounded(content: aiohttp.StreamReader) -> bytes | None:
+    """A replica's whole answer, or None past MAX_BODY_BYTES (the router's memory is every
+    deployment's)."""
+    payload = bytearray()
+    async for chunk in content.iter_any():
+        payload += chunk
+        if len(payload) > MAX_BODY_BYTES:
+            return None
+    return bytes(payload)
 
 
 async def serve(port: int, store: Store) -> None:

@@ -23,7 +23,11 @@ class ReplicaSocket(aiohttp.UnixConnector):
         if not stat.S_ISSOCK(os.fstat(self.fd).st_mode):
             os.close(self.fd)
             raise ConnectionRefusedError(f"{path} is not a socket")
-        super().__init__(path=f"/proc/self/fd/{self.fd}", **options)
+        try:
+            super().__init__(path=f"/proc/self/fd/{self.fd}", **options)
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def close(self, **options):
         closing = super().close(**options)

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.port is None and args.fd is None and args.socket is None:
         if "ATELIER_LISTEN_FD" not in os.environ:
-            parser.error("give --fd or --port")
+            parser.error("give --fd, --socket or --port")
         args.fd = int(os.environ["ATELIER_LISTEN_FD"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     kserve.logging.trace_logger.setLevel(logging.WARNING)  # a line per request otherwise

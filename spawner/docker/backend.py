@@ -30,7 +30,12 @@ from atelier.spawner.backend import Capabilities, EndpointUnavailable
 from atelier.spawner.devices import Device, count_by_type
 from atelier.spawner.docker import containers, endpoint, images, registry, snapshots
 from atelier.spawner.docker.jobs import DockerJobs
-from atelier.spawner.docker.replicas import DockerReplicas
+from atelier.spawner.docker.replicas import (
+    LABEL_DEPLOYMENT,
+    LABEL_REPLICA,
+    DockerReplicas,
+    socket_dir,
+)
 from atelier.spawner.local import accounts
 from atelier.spawner.local.machine import MachineBackend
 from atelier.spawner.local.volumes import LocalVolume
@@ -271,5 +276,9 @@ class DockerBackend(DockerReplicas, DockerJobs, MachineBackend):
     def forget_user(self, owner: str, account: str) -> None:
         for found in self.containers_labelled(**{containers.LABEL_OWNER: owner}):
             self.engine.api.remove_container(found["Id"], force=True)
+            labels = found["Labels"]
+            if LABEL_DEPLOYMENT in labels:  # a replica's: its socket's tmpfs goes too
+                id, number = labels[LABEL_DEPLOYMENT], labels[LABEL_REPLICA]
+                endpoint.remove(socket_dir(self.shared_dir, id, number))
         endpoint.remove(endpoint.endpoints_dir(self.shared_dir, account))
         accounts.remove_account_dirs(self.shared_dir, account)

@@ -2,7 +2,7 @@
 own, confined as job nodes are (jobs.py: the images' user, no capabilities, the spec's CPU
 and memory, the instance's work volume at work/, from the image's digest) and with no
 network at all: it listens on a Unix socket in a directory of its own on the host (a tiny
-tmpfs under root-only parents, endpoint.py's), mounted into that container alone.
+tmpfs under root-only parents, endpoint.py's, `socket_dir`), mounted into that container alone.
 
 The container's user can put anything in that directory, so the router and the readiness
 checks open the socket without following a link and only if it is a socket (upstream.py):
@@ -11,7 +11,6 @@ a socket there was bound by a process of that container, the only one that mount
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from atelier.spawner import jobnode
@@ -103,14 +102,17 @@ class DockerReplicas:
     def stop_replica(self, run: ReplicaRun) -> None:
         self._remove_replica_container(run)
         super().stop_replica(run)  # its monitor ends with its client
-        directory = self._socket_dir(run)
-        endpoint.remove(directory)
-        with contextlib.suppress(OSError):  # the deployment's, once its last replica went
-            directory.parent.rmdir()
+        endpoint.remove(self._socket_dir(run))
 
     def _remove_replica_container(self, run: ReplicaRun) -> None:
         labels = {LABEL_DEPLOYMENT: run.id, LABEL_REPLICA: str(run.number)}
         self.remove_containers(lambda: self.containers_labelled(**labels), run.grace_s)
 
     def _socket_dir(self, run: ReplicaRun) -> Path:
-        return Path(self.shared_dir) / "serving" / run.id / str(run.number)
+        return socket_dir(self.shared_dir, run.id, run.number)
+
+
+def socket_dir(shared_dir: Path, id: str, number: int | str) -> Path:
+    """A replica's socket directory: one level under root-only parents (none per deployment,
+    which a stop would remove while a start of the same deployment makes its own)."""
+    return Path(shared_dir) / "serving" / "replicas" / f"{id}-{number}"
