@@ -36,10 +36,19 @@ TORCH = "pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64"
 FAKE_GPU = "python_3.11-cuda_12.4-py_3.11-debian_12-x86_64"
 
 
+GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port, never one given before in this run: the kernel may hand out the
+    same port to two binds in a row (a hub's SSH port was once its service's)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in GIVEN_PORTS:
+            GIVEN_PORTS.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")
