@@ -40,6 +40,7 @@ class Client:
             *("-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"),
             *("-o", "StrictHostKeyChecking=accept-new"),
             *("-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR"),
+            *("-o", "ConnectTimeout=60"),  # the handshake too: a port that never answers ends
         ]
 
     def argv(self, login: str, *options: str) -> list[str]:
