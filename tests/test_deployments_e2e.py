@@ -265,6 +265,15 @@ def test_rollback_serves_the_version_before(hub, alice, served):
     )
 
 
+def test_an_instance_whose_volume_serves_a_deployment_is_not_deleted(hub, alice, served):
+    remove = {"remove": True, "confirm": "delete-volume"}
+    response = hub.api("DELETE", "/users/alice/servers/lab", alice, json=remove)
+    assert response.status_code == 409, response.text
+    assert "deployment" in response.json()["message"]
+    assert hub.servers("alice")["lab"]["ready"] and hub.volume("alice", "lab").is_dir()
+    assert infer(hub, "ten", served, [1.0]).status_code == 200
+
+
 def test_a_request_past_the_timeout_gets_504(hub, alice):
     predictor(hub, "models/slow", 1, seconds=5)
     body = {

@@ -245,14 +245,21 @@ class InstanceAPIHandler(InstanceChecks, UserServerAPIHandler):
             )
             raise Refused(core.OptionsError("confirm", message, "confirmation_required"))
         action = audit.Action.DELETE_NOTEBOOK if remove else audit.Action.STOP_NOTEBOOK
-        await self.audited(action, user_name, server_name, self._delete(user_name, server_name))
+        deleted = self._delete(user_name, server_name, remove)
+        await self.audited(action, user_name, server_name, deleted)
         if remove:
             self.context.store.forget_instance(user_name, server_name)
         else:  # stopped on purpose: no longer failed
             self.context.store.set_failure(user_name, server_name, None)
 
-    async def _delete(self, user_name, server_name):
+    async def _delete(self, user_name, server_name, remove: bool):
         await self.not_saving(user_name, server_name)
+        if remove and self.context.store.volume_in_use(user_name, server_name):
+            message = (
+                f"{server_name}'s work volume holds what a training job or a deployment runs; "
+                "delete those first (its stop keeps the volume for them)"
+            )
+            raise Refused(core.OptionsError("name", message, "conflict"), status_code=409)
         await super().delete(user_name, server_name)
 
 
