@@ -28,8 +28,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = pytest.mark.e2e
 
-# what the default atelier.yaml listens on: the proxy, its API, the hub, the service, SSH
-DEFAULT_PORTS = (8000, 8001, 8081, 8002, 2222)
+# what the default atelier.yaml listens on: the proxy, its API, the hub, the service, the
+# deployments' router, SSH
+DEFAULT_PORTS = (8000, 8001, 8081, 8002, 8003, 2222)
 SIGN_IN = re.compile(r"Atelier is at (\S+) - sign in as '(\w+)' with password (\S+) ")
 
 
