@@ -4,11 +4,16 @@ bare model server serving the same model directory on the same machine, in one r
 The model is the TorchScript of a Linear(1, 1) (y = 3x + 2), as examples/train_ddp.py saves
 one, made by the image environment's python in an instance's work volume: the "no code" path.
 Atelier's side is a deployment of it (`pytorch_2.13.0-cpu-py_3.11-debian_12-x86_64`, spec
-cpu.2u8g, 1 replica: the owner's account, a cgroup, the seccomp filter, a Unix socket) called
-with an app key at `<hub>/deployments/bench/line/v2/...`: configurable-http-proxy, the
-router, the replica. The bare side is `python -m atelier.serving <the same directory> --name
-line --port <port>` with the same environment's python: no cgroup, no router, no proxy. A
-third side calls the router's own port, to tell the proxy's share from the router's.
+cpu.1u4g, 1 replica: the owner's account, a cgroup with the spec's 1 CPU and 4 GiB, the
+seccomp filter, a Unix socket) called with an app key at `<hub>/deployments/bench/line/v2/...`:
+configurable-http-proxy, the router, the replica. The bare side is `python -m atelier.serving
+<the same directory> --name line --port <port>` with the same environment's python, in a
+cgroup of the same limits (what a model server on a node of that size would get): no account,
+no seccomp, no router, no proxy. A third side calls the router's own port, to tell the proxy's
+share from the router's, and a fourth the project's configurable-http-proxy alone in front of
+the bare server, to tell what the hub's proxy costs any request here. The client, the proxy
+and the router share what the servers' 1 CPU leaves of the machine, as the hub's own
+processes do beside its replicas.
 
 Every side gets the same OIP v2 infer request (one [4, 1] FP32 tensor; the answer checked)
 over keep-alive HTTP/1.1 from a minimal raw-socket client (the request's bytes built once),
@@ -49,9 +54,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import TORCH, WORK, Hub, free_port, image_envs  # noqa: E402 - the e2e harness
 from spawn import machine  # noqa: E402 - beside this script
 
+from atelier.hub.settings import DEFAULT_CONFIG  # noqa: E402
+from atelier.spawner import core  # noqa: E402
+from atelier.spawner.local import cgroups  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
-SPEC, NAME, MODEL_DIR = "cpu.2u8g", "line", "models/line"
-SIDES = ("atelier", "router_direct", "bare")
+SPEC, NAME, MODEL_DIR = "cpu.1u4g", "line", "models/line"
+BARE_GROUP = "atelier-bench.bare"  # the bare server's cgroup: the spec's limits
+SIDES = ("atelier", "router_direct", "proxy_only", "bare")
+PROXY = ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
 INPUT = [1.0, 2.0, 3.0, 4.0]
 MAKE_MODEL = """import sys, torch
 hidden = int(sys.argv[2])
@@ -212,12 +223,22 @@ def deployed(hub: Hub, python: Path, hidden: int) -> tuple[str, Path]:
 
 
 def bare_server(python: Path, directory: Path, port: int, log: Path) -> subprocess.Popen:
-    """The same model server on a loopback port, once its model is ready."""
+    """The same model server on a loopback port, in a cgroup with the spec's CPU and memory
+    (as the local backend makes the replica's), once its model is ready."""
+    spec = core.Spec(SPEC)
+    limits = cgroups.Limits(memory_bytes=spec.memory_gb * 1024**3, cpu=spec.cpu)
+    rules = cgroups.device_rules([], cgroups.read_device_nodes())
+    groups = cgroups.Hierarchy.detect().create(BARE_GROUP, limits, rules)
+
+    def join() -> None:
+        for group in groups:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
     command = [str(python), "-m", "atelier.serving", str(directory), "--name", NAME]
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [*command, "--port", str(port)], cwd=log.parent, stdin=subprocess.DEVNULL,
-            stdout=output, stderr=subprocess.STDOUT,
+            stdout=output, stderr=subprocess.STDOUT, preexec_fn=join,
         )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -229,22 +250,45 @@ def bare_server(python: Path, directory: Path, port: int, log: Path) -> subproce
     raise RuntimeError(f"the bare server did not get ready:\n{log.read_text()[-3000:]}")
 
 
+def proxy_to(target_port: int, port: int, log: Path) -> subprocess.Popen:
+    """configurable-http-proxy as the hub runs it (the project's own), its default target
+    the bare server: what the hub's proxy alone costs a request on this machine."""
+    argv = [str(PROXY), "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
+            "--api-port", str(free_port()), "--default-target", f"http://127.0.0.1:{target_port}",
+            "--log-level", "info"]  # fmt: skip
+    environment = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": os.urandom(16).hex()}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=environment)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).ok:
+                return process
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the proxy did not start:\n{log.read_text()[-3000:]}")
+
+
 def run(args) -> dict:
     envs = image_envs()
     python = envs / TORCH / "bin" / "python"
     scratch = Path(tempfile.mkdtemp(prefix="bare-serving-", dir=WORK))
-    hub, bare = Hub(envs), None
+    specs = [*yaml.safe_load(DEFAULT_CONFIG.read_text())["specs"], {"name": SPEC}]
+    hub, bare, proxy = Hub(envs, specs=specs), None, None
     rounds: dict[str, list[dict]] = {side: [] for side in SIDES}
     try:
         key, directory = deployed(hub, python, args.hidden)
         bare_port = free_port()
         bare = bare_server(python, directory, bare_port, scratch / "server.log")
+        proxy_port = free_port()
+        proxy = proxy_to(bare_port, proxy_port, scratch / "proxy.log")
         router_port = yaml.safe_load(hub.config.read_text())["router_port"]
         infer = f"/v2/models/{NAME}/infer"
         route = f"/deployments/bench/{NAME}{infer}"
         wire = {
             "atelier": (hub.port, infer_request(hub.port, route, key)),
             "router_direct": (router_port, infer_request(router_port, route, key)),
+            "proxy_only": (proxy_port, infer_request(proxy_port, infer, key)),
             "bare": (bare_port, infer_request(bare_port, infer, key)),
         }
         expected = answer_of(*wire["bare"], "bare")
@@ -264,13 +308,16 @@ def run(args) -> dict:
                 if turn:  # round 0 warms up
                     rounds[side].append({"round": turn, **one, **many})
     finally:
-        if bare is not None:
-            bare.kill()
+        for process in (proxy, bare):
+            if process is not None:
+                process.kill()
+                process.wait()
+        cgroups.remove(cgroups.Hierarchy.detect().groups(BARE_GROUP))
         hub.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     result = {side: summary(rounds[side]) for side in SIDES}
     plain = result["bare"]
-    for side in ("atelier", "router_direct"):
+    for side in ("atelier", "router_direct", "proxy_only"):
         speed = result[side]["requests_per_s_median"] / plain["requests_per_s_median"]
         result[side]["throughput_to_bare"] = round(speed, 3)
         result[side]["added_p50_ms"] = round(
@@ -291,7 +338,9 @@ def run(args) -> dict:
         paths={
             "atelier": "configurable-http-proxy -> router -> the replica's Unix socket",
             "router_direct": "the router's loopback port -> the replica's Unix socket",
-            "bare": f"python -m atelier.serving <model dir> --name {NAME} --port <port>",
+            "proxy_only": "configurable-http-proxy (as the hub runs it) -> the bare server",
+            "bare": f"python -m atelier.serving <model dir> --name {NAME} --port <port>, "
+            f"in a cgroup of {SPEC}'s CPU and memory",
         },
         load_generator="keep-alive HTTP/1.1 on raw sockets: 1 client for latency, "
         f"{args.clients} threads for throughput",
