@@ -240,14 +240,19 @@ def bare_server(python: Path, directory: Path, port: int, log: Path) -> subproce
             [*command, "--port", str(port)], cwd=log.parent, stdin=subprocess.DEVNULL,
             stdout=output, stderr=subprocess.STDOUT, preexec_fn=join,
         )  # fmt: skip
-    deadline = time.monotonic() + 120
+    return answering(process, port, log, 120, "the bare server")
+
+
+def answering(process: subprocess.Popen, port: int, log: Path, patience: float, what: str):
+    """`process` once the model server answers ready at `port` (itself or behind it)."""
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline and process.poll() is None:
         with contextlib.suppress(requests.ConnectionError):
             if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).ok:
                 return process
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"the bare server did not get ready:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"{what} did not get ready:\n{log.read_text()[-3000:]}")
 
 
 def proxy_to(target_port: int, port: int, log: Path) -> subprocess.Popen:
@@ -259,14 +264,7 @@ def proxy_to(target_port: int, port: int, log: Path) -> subprocess.Popen:
     environment = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": os.urandom(16).hex()}
     with open(log, "wb") as output:
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=environment)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(requests.ConnectionError):
-            if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).ok:
-                return process
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"the proxy did not start:\n{log.read_text()[-3000:]}")
+    return answering(process, port, log, 30, "the proxy")
 
 
 def run(args) -> dict:
