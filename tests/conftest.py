@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pwd
 import re
@@ -19,6 +20,7 @@ import requests
 import yaml
 from sqlalchemy import select
 
+from atelier.hub.cli import main as cli
 from atelier.hub.settings import DEFAULT_CONFIG, SHARED_DIR
 from atelier.hub.store.records import AccountRecord
 from atelier.hub.store.store import Store
@@ -136,7 +138,7 @@ class Hub:
             raise RuntimeError(f"hub did not start:\n{log[-3000:]}") from None
         password = self.dir / "data" / "admin-password"  # only with Atelier's own accounts
         self.admin_password = password.read_text().strip() if password.exists() else None
-        self.admin_token = self.cli("token", "admin").strip()
+        self.admin_token = self.token("admin")
 
     def launch(self, preexec_fn=None) -> None:
         self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
@@ -174,6 +176,14 @@ class Hub:
             env={**os.environ, **self.environment},
         )
         return result.stdout
+
+    def token(self, user: str) -> str:
+        """A new API token of a hub user, as `atelier token` mints it, in this process (the
+        command's own process would spend most of its time importing)."""
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            assert cli.main(["--config", str(self.config), "token", user]) == 0
+        return output.getvalue().strip()
 
     def api(self, method: str, path: str, token: str | None = None, **kwargs) -> requests.Response:
         headers = {"Authorization": f"token {token or self.admin_token}"}
