@@ -1,5 +1,6 @@
 """The admin's `atelier images|specs|token` commands against a real store."""
 
+import fcntl
 import json
 import os
 import pwd
@@ -7,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -335,6 +337,38 @@ def test_images_build_prints_which_image_and_each_step(tmp_path, envs_dir, capsy
     assert lines[0] == f"[1/2] {BASE}: already built"
     assert f"[2/2] {TORCH}: installing Atelier's extension" in lines
     assert re.fullmatch(rf"\[2/2\] {TORCH}: done in \d+ s", lines[-1])
+
+
+def test_a_second_build_of_an_environment_waits_for_the_first_then_finds_it_built(
+    tmp_path, envs_dir
+):
+    """Two builds of one environment at once (two `atelier run`s) would remove each other's
+    half-built one: the second waits until the first is done."""
+    path = config_file(tmp_path, envs_dir=str(envs_dir))
+    with open(envs_dir / f".{BASE}.lock", "a") as first:  # a build holds it
+        fcntl.flock(first, fcntl.LOCK_EX)
+        second = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "atelier.hub.cli.main",
+                "--config",
+                path,
+                "images",
+                "build",
+                BASE,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert second.stdout.readline() == (
+            f"[1/1] {BASE}: waiting for another build of this environment to end\n"
+        )
+        time.sleep(1)
+        assert second.poll() is None
+    output, _ = second.communicate(timeout=120)
+    assert output.startswith(f"[1/1] {BASE}: already built\n")
+    assert second.returncode == 0
 
 
 def test_a_half_built_environment_is_not_built(tmp_path):

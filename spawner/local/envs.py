@@ -9,13 +9,15 @@ environment that looks built.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import atelier.images
@@ -91,20 +93,39 @@ def build_env(envs_dir: Path, image: str, log: Callable[[str], None] = print) ->
     takes minutes); returns its directory."""
     started = time.monotonic()
     target = envs_dir / image
-    if is_built(envs_dir, image):
-        log("already built")
-        leave_out_slow_imports(target)
-        log("installing Atelier's extension")
-        install_extension(target)
-    else:
-        try:
-            create_env(target, image, log)
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)  # failed or interrupted: nothing half-built
-            raise
+    with one_build_at_a_time(envs_dir, image, log):
+        if is_built(envs_dir, image):
+            log("already built")
+            leave_out_slow_imports(target)
+            log("installing Atelier's extension")
+            install_extension(target)
+        else:
+            try:
+                create_env(target, image, log)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)  # failed or cut off: nothing half-built
+                raise
     envs_dir.chmod(0o755)
     log(f"done in {time.monotonic() - started:.0f} s")
     return target
+
+
+@contextlib.contextmanager
+def one_build_at_a_time(envs_dir: Path, image: str, log: Callable[[str], None]) -> Iterator[None]:
+    """An image's environment is built by one process at a time on this machine (two hubs or
+    `atelier build`s would remove each other's half-built one): a second waits for the first,
+    then finds it built."""
+    envs_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(envs_dir / f".{image}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("waiting for another build of this environment to end")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # and the lock with it
 
 
 def create_env(target: Path, image: str, log: Callable[[str], None]) -> None:
