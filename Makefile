@@ -9,8 +9,13 @@ BIN := $(VENV)/bin
 run: install
 	$(BIN)/atelier run
 
+# Two pytest-xdist workers: most of a hub's test is waiting (for JupyterLab, sshd, a model
+# server), so two keep two cores busy. A module runs whole on one worker, in the order of the
+# files (tests/conftest.py groups them; the Docker modules share one worker, and its engine).
+PARALLEL := -n 2 --no-loadscope-reorder
+
 test: install lint
-	$(BIN)/pytest -ra --durations=15
+	$(BIN)/pytest -ra --durations=15 $(PARALLEL)
 
 test-fast: install
 	$(BIN)/pytest -ra -m "not e2e"

@@ -39,16 +39,21 @@ FAKE_GPU = "python_3.11-cuda_12.4-py_3.11-debian_12-x86_64"
 
 
 GIVEN_PORTS: set[int] = set()
+# `make test` runs the modules on two pytest-xdist workers: each takes the ports of its own
+# residue, so that two workers never pick the same one
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
 def free_port() -> int:
-    """A free loopback port, never one given before in this run: the kernel may hand out the
-    same port to two binds in a row (a hub's SSH port was once its service's)."""
+    """A free loopback port, never one given before in this run (the kernel may hand out the
+    same port to two binds in a row: a hub's SSH port was once its service's), nor one another
+    worker may give."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in GIVEN_PORTS:
+        if port not in GIVEN_PORTS and port % WORKERS == WORKER:
             GIVEN_PORTS.add(port)
             return port
 
@@ -86,6 +91,24 @@ def link(path: Path, to: Path) -> None:
 def pytest_collection_modifyitems(items: list) -> None:
     """The newcomer's test first: it starts from nothing, and what it builds the rest reuse."""
     items.sort(key=lambda item: item.module.__name__ != "test_newcomer_e2e")
+
+
+# The modules that use the tests' Docker engine: one engine holds the images they build (a
+# second, on a worker of its own, would build them again)
+ON_DOCKER = re.compile(r"tests/(test_docker_\w+|test_newcomer_e2e|test_contract_e2e)\.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (`make test`): a module runs whole on one worker (its hub is the
+    module's), the modules on Docker all on one, and they go out in the order of the files."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "docker" if ON_DOCKER.fullmatch(module) else module
+
+    return ByModule(config, log)
 
 
 class Hub:
