@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from atelier.hub.settings import Settings
+from atelier.hub.store.jobs import ACTIVE
 from atelier.hub.store.store import Store
 from atelier.spawner import core
 from atelier.spawner.backend import Backend, Capabilities, load_backend
@@ -44,6 +47,45 @@ class Context:
     def catalog_for(self, user) -> core.Catalog:
         """What a hub user may choose from (see `visible_catalog`)."""
         return visible_catalog(self.catalog(), user)
+
+    def job_dir(self, id: str) -> Path:
+        """A job's logs, metrics and node states (the service's supervisor writes them)."""
+        return self.settings.data_dir / "jobs" / id
+
+    def deployment_dir(self, id: str) -> Path:
+        """A deployment's replica logs, states and environment files."""
+        return self.settings.data_dir / "deployments" / id
+
+    # a deleted user's -------------------------------------------------------------------------
+    def end_workloads(self, owner: str, why: str) -> bool:
+        """Ask the service's supervisors to stop the owner's jobs and deployments, as a stop
+        of each would (their volumes, homes and cgroups released on the way); True once none
+        runs. Called again until then. Blocking."""
+        store, ended = self.store, True
+        for job in store.jobs(owner):
+            if job["status"] in ACTIVE:
+                ended = False
+                if not store.job(owner, job["name"])["stop_requested"]:
+                    store.update_job(job["id"], why, stop_requested=True)
+        for deployment in store.deployments(owner):
+            if not deployment["stopped"]:
+                store.update_deployment(deployment["id"], why, stopped=True)
+            ended = ended and not store.replicas(deployment["id"])
+        return ended
+
+    def forget_user(self, owner: str) -> tuple[str | None, list[tuple[str, str]]]:
+        """A deleted user's records, and their ended jobs' and deployments' logs and states:
+        a new user of the name inherits nothing. Returns their account and what went, as
+        (kind, name). Blocking."""
+        jobs, deployments = self.store.jobs(owner), self.store.deployments(owner)
+        account = self.store.forget_user(owner)
+        for directory in [self.job_dir(j["id"]) for j in jobs] + [
+            self.deployment_dir(d["id"]) for d in deployments
+        ]:
+            shutil.rmtree(directory, ignore_errors=True)
+        return account, [("job", j["name"]) for j in jobs] + [
+            ("deployment", d["name"]) for d in deployments
+        ]
 
     def expand_volume(self, owner: str, name: str, add_gb, actor: str, source_ip: str) -> int:
         """Grow an instance's volume by `add_gb` (online if it runs); audited either way.

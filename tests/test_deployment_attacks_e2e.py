@@ -234,11 +234,21 @@ def test_a_deleted_deployment_leaves_nothing_and_is_audited(hub, alice):
 
 
 def test_a_deleted_users_deployments_go_with_them(hub, bob):
-    _, key = bob
+    """Their replicas stop as a deployment's delete stops them: nothing of theirs is left
+    mounted (the replica's home held their volume), nor their logs and environment files."""
+    token, key = bob
     assert replica_pids("mine")
+    id = hub.atelier("GET", "/deployments/bob/mine", token).json()["id"]
+    directory, account = hub.dir / "data" / "deployments" / id, hub.account("bob")
+    assert directory.is_dir()
     assert hub.api("DELETE", "/users/bob").status_code == 204
-    hub.wait_for(lambda: not replica_pids("mine"), 30, "bob's replica to end")
+    assert not replica_pids("mine")
     assert infer(hub, "mine", key, [1.0], owner="bob").status_code == 401
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    assert not [m for m in mounts if m.startswith(f"{hub.shared_dir}/homes/{account}/")]
+    assert not directory.exists()
+    audit = hub.atelier("GET", "/audit", params={"resource": "bob/mine"}).json()["events"]
+    assert any(e["action"] == "deleteService" and "owner" in e["reason"] for e in audit)
     token = hub.add_user("bob")  # the name again: a new person, who inherits nothing
     assert hub.atelier("GET", "/deployments", token).json()["deployments"] == []
     assert hub.atelier("GET", "/deployments/bob/mine", token).status_code == 404

@@ -687,3 +687,36 @@ def test_a_job_does_not_resume_on_an_image_its_owner_may_no_longer_use(hub, laun
     finally:
         public = {"visibility": "public", "owner": None}
         assert hub.atelier("PATCH", f"/images/{TORCH}", json=public).status_code == 200
+
+
+def test_a_deleted_users_jobs_stop_and_go_with_them(hub):
+    """A running job of a deleted user stops as a stop would (nothing of theirs left mounted
+    or running) and no one who later takes the name sees it, its logs or its events."""
+    token = hub.add_user("dora")
+    hub.start("dora", "lab", token, {"image": TORCH, "spec": "cpu.2u8g"})
+    made = submit(hub, token, "long", QUIET)
+    assert made.status_code == 201, made.text
+    found = hub.wait_for(
+        lambda: (j := job(hub, token, "long", owner="dora"))["status"] == "running" and j,
+        120,
+        "dora's job to run",
+    )
+    account, logs = hub.account("dora"), hub.dir / "data" / "jobs" / found["id"]
+    uid = pwd.getpwnam(account).pw_uid
+    assert hub.api("DELETE", "/users/dora").status_code == 204
+    running = [p for p in Path("/proc").iterdir() if p.name.isdigit() and owned(p, uid)]
+    assert running == [], [(p / "cmdline").read_bytes() for p in running]
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    assert not [m for m in mounts if m.startswith(f"{hub.shared_dir}/homes/{account}/")]
+    assert not logs.exists()
+    audit = hub.atelier("GET", "/audit", params={"resource": "dora/long"}).json()["events"]
+    assert any(e["action"] == "deleteTrainJob" and "owner" in e["reason"] for e in audit)
+    again = hub.add_user("dora")  # a new person of the name
+    assert hub.atelier("GET", "/jobs", again).json()["jobs"] == []
+    assert hub.atelier("GET", "/jobs/dora/long", again).status_code == 404
+
+
+def owned(process: Path, uid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return process.stat().st_uid == uid
+    return False

@@ -3,6 +3,7 @@ answers with and the JobRequest it takes, bounded by the hub's configured limits
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from atelier.hub.context import Context
 from atelier.hub.service.jobs import JOBS_MANAGE, JOBS_READ, read_series
 from atelier.hub.service.openapi import document
 from atelier.hub.service.training import Training
@@ -184,8 +186,9 @@ def test_the_events_and_metrics_answers_follow_their_schemas(tmp_path):
 def test_a_finished_jobs_logs_go_after_their_retention_and_its_record_stays(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'atelier.sqlite'}")
     limits = Limits(job_log_retention_days=30)
-    settings = SimpleNamespace(data_dir=tmp_path)
-    training = Training(SimpleNamespace(store=store, settings=settings, limits=limits))
+    context = SimpleNamespace(store=store, settings=SimpleNamespace(data_dir=tmp_path))
+    context.limits, context.job_dir = limits, functools.partial(Context.job_dir, context)
+    training = Training(context)
     plan = {"nodes": 1, "processes_per_node": 1}
     old, recent = (store.create_job("ann", name, plan, limits) for name in ("old", "recent"))
     for job, days in ((old, 31), (recent, 29)):

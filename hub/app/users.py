@@ -43,6 +43,8 @@ class OpenNotebookHandler(InstanceChecks, OAuthAuthorizeHandler):
 
 
 STOP_WAIT_S = 30  # how long a user's delete waits for their instances to stop
+# and for their jobs and deployments (a job node's grace period, a replica's drain)
+WORKLOADS_WAIT_S = 90
 
 
 class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
@@ -51,9 +53,9 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
 
     DELETE: JupyterHub deletes the user's instances (and with them their volumes and homes,
     in delete_forever) but not while one runs, and keeps Atelier's records; here their
-    instances stop first, and after, nothing of theirs is left: a user re-created with the
-    name gets a fresh account and inherits nothing. PATCH: a rename is refused, since the
-    records would stay with the old name for whoever takes it next."""
+    instances, jobs and deployments stop first, and after, nothing of theirs is left: a user
+    re-created with the name gets a fresh account and inherits nothing. PATCH: a rename is
+    refused, since the records would stay with the old name for whoever takes it next."""
 
     @needs_scope("admin:users")
     async def patch(self, user_name):
@@ -85,7 +87,23 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
                 if asyncio.get_running_loop().time() > deadline:
                     raise web.HTTPError(400, f"{user_name}'s instances are still stopping; retry")
                 await asyncio.sleep(0.1)
+            await self.end_workloads(user_name)
         await super().delete(user_name)
-        account = self.context.store.forget_user(user_name)
+        account, forgotten = await asyncio.to_thread(self.context.forget_user, user_name)
+        for kind, name in forgotten:
+            action = audit.Action.DELETE_TRAIN_JOB if kind == "job" else audit.Action.DELETE_SERVICE
+            self.audit(action, user_name, name, "success", "its owner was deleted")
         if account is not None:
             await asyncio.to_thread(self.context.backend.forget_user, user_name, account)
+
+    async def end_workloads(self, user_name: str) -> None:
+        """The user's jobs and deployments stop as a stop of each would (the service's
+        supervisors release their volumes, homes and cgroups), before their records go."""
+        why = f"its owner is deleted by {self.current_user.name}"
+        deadline = asyncio.get_running_loop().time() + WORKLOADS_WAIT_S
+        while not await asyncio.to_thread(self.context.end_workloads, user_name, why):
+            if asyncio.get_running_loop().time() > deadline:
+                raise web.HTTPError(
+                    400, f"{user_name}'s jobs and deployments are still stopping; retry"
+                )
+            await asyncio.sleep(0.2)

@@ -42,7 +42,7 @@ class Serving(Supervisor):
         self.stopping: set[tuple[str, int]] = set()  # replicas whose stop is under way
 
     def directory(self, id: str) -> Path:
-        return self.context.settings.data_dir / "deployments" / id
+        return self.context.deployment_dir(id)
 
     def run_of(self, deployment: dict, replica: dict) -> ReplicaRun:
         """The replica as its backend knows it, on its own version's plan."""

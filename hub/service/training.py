@@ -43,7 +43,7 @@ class Training(Supervisor):
         self.checkpoints: dict[str, tuple[int, int | None]] = {}  # id -> (read up to, step)
 
     def directory(self, id: str) -> Path:
-        return self.context.settings.data_dir / "jobs" / id
+        return self.context.job_dir(id)
 
     def plan(self, job: dict) -> jobs.JobPlan:
         return jobs.plan_from_json(job["owner"], job["name"], job, self.context.catalog())

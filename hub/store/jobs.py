@@ -82,6 +82,13 @@ class JobQueries:
             db.execute(delete(JobEventRecord).where(JobEventRecord.job == id))
             db.execute(delete(JobRecord).where(JobRecord.id == id))
 
+    def forget_jobs_of(self, owner: str) -> None:
+        """A deleted user's jobs (ended: the hub stopped them first) and their events."""
+        with self.session() as db:
+            ids = list(db.scalars(select(JobRecord.id).where(JobRecord.owner == owner)))
+        for id in ids:
+            self.delete_job(id)
+
     def jobs_ended_before(self, moment: datetime) -> list[str]:
         """Finished jobs whose logs are past their retention."""
         with self.session() as db:

@@ -331,9 +331,10 @@ class Store(PeopleQueries, OperationQueries, JobQueries, DeploymentQueries, Audi
 
     def forget_user(self, hub_user: str) -> str | None:
         """A deleted hub user leaves nothing behind: key pairs, instance records (their SSH
-        settings with them), volume records, deployments; their account is retired.
+        settings with them), volume records, deployments, jobs; their account is retired.
         Returns it."""
         self.forget_deployments_of(hub_user)
+        self.forget_jobs_of(hub_user)
         with self.session() as db, db.begin():
             for model in (KeyPairRecord, InstanceRecord, VolumeRecord):
                 db.execute(delete(model).where(model.owner == hub_user))
