@@ -18,7 +18,7 @@ test: install lint
 	$(BIN)/pytest -ra --durations=15 $(PARALLEL)
 
 test-fast: install
-	$(BIN)/pytest -ra -m "not e2e"
+	$(BIN)/pytest -ra -m "not e2e" $(PARALLEL)
 
 lint: install
 	$(BIN)/ruff check .

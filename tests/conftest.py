@@ -40,7 +40,8 @@ FAKE_GPU = "python_3.11-cuda_12.4-py_3.11-debian_12-x86_64"
 
 GIVEN_PORTS: set[int] = set()
 # `make test` runs the modules on two pytest-xdist workers: each takes the ports of its own
-# residue, so that two workers never pick the same one
+# blocks of 1024, so that two workers never pick the same one (not by parity: Linux gives a
+# bind to port 0 ports of one parity)
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
@@ -53,7 +54,7 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in GIVEN_PORTS and port % WORKERS == WORKER:
+        if port not in GIVEN_PORTS and port // 1024 % WORKERS == WORKER:
             GIVEN_PORTS.add(port)
             return port
 
@@ -319,9 +320,10 @@ class Hub:
             return [f"/users/{u['name']}/servers/{n}" for u in users for n in u["servers"] if n]
 
         try:
-            # deployments outlive the hub too, and hold their volumes: they go first
-            for found in self.atelier("GET", "/deployments").json()["deployments"]:
-                self.atelier("DELETE", f"/deployments/{found['owner']}/{found['name']}")
+            # jobs and deployments outlive the hub too, and hold their volumes: they go first
+            for kind in ("jobs", "deployments"):
+                for found in self.atelier("GET", f"/{kind}").json()[kind]:
+                    self.atelier("DELETE", f"/{kind}/{found['owner']}/{found['name']}")
             for server in active():
                 self.api("DELETE", server)
             self.wait_for(lambda: not active(), 60, "every instance to stop")

@@ -155,3 +155,10 @@ def test_make_run_then_create_an_instance_from_the_home_page(started_as_the_read
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    # what the hub started (its proxy, its services) ends with it: the ports are free again
+    deadline = time.monotonic() + 30
+    while (busy := [port for port in DEFAULT_PORTS if in_use(port)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    assert not busy, f"ports {busy} still answer after make run was stopped"
