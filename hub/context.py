@@ -65,7 +65,8 @@ class Context:
         for job in store.jobs(owner):
             if job["status"] in ACTIVE:
                 ended = False
-                if not store.job(owner, job["name"])["stop_requested"]:
+                current = store.job(owner, job["name"])  # None: deleted meanwhile
+                if current is not None and not current["stop_requested"]:
                     store.update_job(job["id"], why, stop_requested=True)
         for deployment in store.deployments(owner):
             if not deployment["stopped"]:

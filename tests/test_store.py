@@ -148,3 +148,27 @@ def test_device_holds_are_one_allocator_for_every_process(url):
         hub.acquire("instance:bob:lab", "gpu.1xa100.8u64g", "a100", 1)
     Store(url).release_device_holds("instance:")  # the hub starts again
     assert service.available("job:j2", "gpu.1xa100.8u64g", "a100", 1) == [A100_0]
+
+
+def test_no_replica_is_added_to_a_stopped_or_deleted_deployment(url):
+    """A supervisor's step that read the deployment before its owner's delete stopped it
+    starts nothing: the store refuses the replica."""
+    store = Store(url)
+    made = store.create_deployment("ann", "digits", {"replicas": 1}, Limits())
+    assert store.add_replica(made["id"], 1) == 1
+    store.update_deployment(made["id"], "its owner is deleted", stopped=True)
+    assert store.add_replica(made["id"], 1) is None
+    store.forget_user("ann")
+    assert store.add_replica(made["id"], 1) is None
+    assert store.replicas(made["id"], live=False) == []
+
+
+def test_a_deleted_users_jobs_and_deployments_go_with_them(url):
+    store = Store(url)
+    for owner in ("ann", "bo"):
+        store.create_job(owner, "train", {"nodes": 1, "processes_per_node": 1}, Limits())
+        store.create_deployment(owner, "digits", {"replicas": 1}, Limits())
+    store.forget_user("ann")
+    assert (store.jobs("ann"), store.deployments("ann")) == ([], [])
+    assert [j["owner"] for j in store.jobs()] == ["bo"]
+    assert [d["owner"] for d in store.deployments()] == ["bo"]

@@ -77,24 +77,26 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
         checks.requester.set(self.actor())  # who deleted their volumes
         user = self.find_user(user_name)
         if user is not None and user.name != self.current_user.name:
-            for name, spawner in list(user.spawners.items()):
-                if spawner.active:
-                    await self.stop_single_user(user, name)
-            # JupyterHub answers after slow_stop_timeout (10 s) while a stop goes on: a busy
-            # machine's is let finish, up to the spawner's own escalation to SIGKILL
-            deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
-            while any(spawner.active for spawner in user.spawners.values()):
-                if asyncio.get_running_loop().time() > deadline:
-                    raise web.HTTPError(400, f"{user_name}'s instances are still stopping; retry")
-                await asyncio.sleep(0.1)
+            await self.stop_instances(user)
             await self.end_workloads(user_name)
+            await self.stop_instances(user)  # one started meanwhile
         await super().delete(user_name)
         account, forgotten = await asyncio.to_thread(self.context.forget_user, user_name)
-        for kind, name in forgotten:
-            action = audit.Action.DELETE_TRAIN_JOB if kind == "job" else audit.Action.DELETE_SERVICE
-            self.audit(action, user_name, name, "success", "its owner was deleted")
+        await asyncio.to_thread(self.audit_forgotten, user_name, forgotten)
         if account is not None:
             await asyncio.to_thread(self.context.backend.forget_user, user_name, account)
+
+    async def stop_instances(self, user) -> None:
+        for name, spawner in list(user.spawners.items()):
+            if spawner.active:
+                await self.stop_single_user(user, name)
+        # JupyterHub answers after slow_stop_timeout (10 s) while a stop goes on: a busy
+        # machine's is let finish, up to the spawner's own escalation to SIGKILL
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+        while any(spawner.active for spawner in user.spawners.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise web.HTTPError(400, f"{user.name}'s instances are still stopping; retry")
+            await asyncio.sleep(0.1)
 
     async def end_workloads(self, user_name: str) -> None:
         """The user's jobs and deployments stop as a stop of each would (the service's
@@ -107,3 +109,9 @@ class UserRecordsAPIHandler(InstanceChecks, UserAPIHandler):
                     400, f"{user_name}'s jobs and deployments are still stopping; retry"
                 )
             await asyncio.sleep(0.2)
+
+    def audit_forgotten(self, user_name: str, forgotten: list[tuple[str, str]]) -> None:
+        """Each job and deployment that went with its owner. Blocking."""
+        for kind, name in forgotten:
+            action = audit.Action.DELETE_TRAIN_JOB if kind == "job" else audit.Action.DELETE_SERVICE
+            self.audit(action, user_name, name, "success", "its owner was deleted")

@@ -140,6 +140,8 @@ class Serving(Supervisor):
     async def start(self, deployment: dict) -> None:
         id, version = deployment["id"], deployment["version"]
         number = self.store.add_replica(id, version)
+        if number is None:  # stopped since this step read it
+            return
         run = self.run_of(deployment, {"version": version, "number": number})
         run.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:

@@ -248,9 +248,13 @@ class DeploymentQueries:
             db.execute(delete(DeploymentRecord).where(DeploymentRecord.id == id))
 
     # replicas -------------------------------------------------------------------------------
-    def add_replica(self, id: str, version: int) -> int:
-        """A new replica of `version`, starting; its number (one more than any before)."""
+    def add_replica(self, id: str, version: int) -> int | None:
+        """A new replica of `version`, starting; its number (one more than any before). None
+        when the deployment is stopped or gone meanwhile (its owner deleted, say)."""
         with self.session() as db, db.begin():
+            deployment = db.get(DeploymentRecord, id)
+            if deployment is None or deployment.stopped:
+                return None
             numbers = select(func.max(ReplicaRecord.number)).where(ReplicaRecord.deployment == id)
             number = (db.scalar(numbers) or 0) + 1
             db.add(ReplicaRecord(deployment=id, number=number, version=version))
