@@ -203,7 +203,10 @@ class Hub:
 
     def token(self, user: str) -> str:
         """A new API token of a hub user, as `atelier token` mints it, in this process (the
-        command's own process would spend most of its time importing)."""
+        command's own process would spend most of its time importing) unless the hub has an
+        environment of its own (a backend on its PYTHONPATH, an engine's DOCKER_HOST)."""
+        if self.environment:
+            return self.cli("token", user).strip()
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
             assert cli.main(["--config", str(self.config), "token", user]) == 0
