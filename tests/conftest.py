@@ -162,7 +162,11 @@ class Hub:
             raise RuntimeError(f"hub did not start:\n{log[-3000:]}") from None
         password = self.dir / "data" / "admin-password"  # only with Atelier's own accounts
         self.admin_password = password.read_text().strip() if password.exists() else None
-        self.admin_token = self.token("admin")
+        try:
+            self.admin_token = self.token("admin")
+        except BaseException:
+            self.stop()  # a hub no fixture holds would outlive the run
+            raise
 
     def launch(self, preexec_fn=None) -> None:
         self.log = open(self.dir / "hub.log", "w")  # noqa: SIM115 - closed in stop()
