@@ -6,6 +6,7 @@ and asserts it is refused: a failing test is an open hole."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import subprocess
@@ -147,9 +148,10 @@ def sockets_of(pid: int) -> list[str]:
     listening socket's, which each connection it accepted shows too."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     paths = []
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
         fields = line.split()

@@ -1,6 +1,7 @@
 """SSH through the gateway with Debian's OpenSSH client (ssh, scp, sftp) into real instances."""
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -462,7 +463,10 @@ def test_every_refusal_is_refused_and_audited(hub, setup):
 
 def endpoint_socket(pid: int) -> Path:
     """The SSH endpoint socket that an instance's JupyterLab process listens on."""
-    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
         fields = line.split()  # Num RefCount Protocol Flags Type St Inode Path
         if len(fields) == 8 and f"socket:[{fields[6]}]" in held and fields[7].endswith(".sock"):
