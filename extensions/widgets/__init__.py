@@ -28,6 +28,7 @@ from atelier.widgets.deployments import DeploymentForm, DeploymentMonitor
 from atelier.widgets.render import (
     FINISHED,
     RESUMABLE,
+    TYPED,
     default_image,
     events_html,
     field_error,
@@ -222,22 +223,28 @@ class TrainingJobForm(widgets.VBox):
         )
         self.spec = widgets.Dropdown(description="Spec", layout=WIDE, style=LABELS)
         self.nodes = widgets.BoundedIntText(
-            value=1, min=1, max=MOST_PROCESSES, description="Nodes", style=LABELS
+            value=1, min=1, max=MOST_PROCESSES, description="Nodes", style=LABELS, **TYPED
         )
         self.processes_per_node = widgets.BoundedIntText(
-            value=1, min=1, max=MOST_PROCESSES, description="Processes per node", style=LABELS
+            value=1,
+            min=1,
+            max=MOST_PROCESSES,
+            description="Processes per node",
+            style=LABELS,
+            **TYPED,
         )
         self.script = widgets.Text(
-            value="train.py", description="Script", layout=WIDE, style=LABELS
+            value="train.py", description="Script", layout=WIDE, style=LABELS, **TYPED
         )
         self.hyperparameters = widgets.Textarea(
             description="Hyperparameters",
             placeholder="lr=0.01\nepochs=10\noptimizer=adam",
             layout={**WIDE, "height": "6em"},
             style=LABELS,
+            **TYPED,
         )
         self.name = widgets.Text(
-            description="Job name", placeholder="e.g. resnet-1", layout=WIDE, style=LABELS
+            description="Job name", placeholder="e.g. resnet-1", layout=WIDE, style=LABELS, **TYPED
         )
         self.submit_button = widgets.Button(description="Submit", button_style="primary")
         self.submit_button.on_click(lambda _: self.submit())

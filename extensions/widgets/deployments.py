@@ -27,6 +27,7 @@ import ipywidgets as widgets
 
 from atelier.sdk import AtelierError, Client
 from atelier.widgets.render import (
+    TYPED,
     answer_html,
     default_image,
     deployment_details_html,
@@ -74,15 +75,16 @@ class DeploymentMonitor(widgets.VBox):
         self.gone = False  # deleted: nothing more to follow
         self.status, self.error, self.details = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.events, self.new_key, self.answer = widgets.HTML(), widgets.HTML(), widgets.HTML()
-        self.key = widgets.Password(description="App key", layout=WIDE, style=LABELS)
+        self.key = widgets.Password(description="App key", layout=WIDE, style=LABELS, **TYPED)
         self.key_button = widgets.Button(description="Create key", button_style="info")
-        self.input_name = widgets.Text(value="x", description="Input name", style=LABELS)
+        self.input_name = widgets.Text(value="x", description="Input name", style=LABELS, **TYPED)
         self.inputs = widgets.Textarea(
             description="Inputs",
             placeholder='1.0, 2.0   or   [{"name": "x", "shape": [2, 1], "datatype": "FP32", '
             '"data": [1.0, 2.0]}]',
             layout={**WIDE, "height": "4em"},
             style=LABELS,
+            **TYPED,
         )
         self.send_button = widgets.Button(description="Send", button_style="primary")
         self.key_button.on_click(lambda _: self.create_key())
@@ -221,13 +223,17 @@ class DeploymentForm(widgets.VBox):
             style=LABELS,
         )
         self.model = widgets.Text(
-            description="Model directory", placeholder="models/my-model", layout=WIDE, style=LABELS
+            description="Model directory",
+            placeholder="models/my-model",
+            layout=WIDE,
+            style=LABELS,
+            **TYPED,
         )
         self.name = widgets.Text(
-            description="Name", placeholder="e.g. my-model", layout=WIDE, style=LABELS
+            description="Name", placeholder="e.g. my-model", layout=WIDE, style=LABELS, **TYPED
         )
         self.replicas = widgets.BoundedIntText(
-            value=1, min=1, max=MOST_REPLICAS, description="Replicas", style=LABELS
+            value=1, min=1, max=MOST_REPLICAS, description="Replicas", style=LABELS, **TYPED
         )
         self.deploy_button = widgets.Button(description="Deploy", button_style="primary")
         self.deploy_button.on_click(lambda _: self.deploy())

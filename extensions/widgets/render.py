@@ -31,6 +31,10 @@ DEPLOYMENT_COLORS = {
     "stopped": "#616161",
 }
 ERROR_COLOR = "#c62828"
+# A field's value reaches the kernel whole as the field loses focus, not a message a keystroke:
+# a busy kernel buffers the later keystrokes' and took a click on Deploy before them (a name
+# typed as "line" deployed as "l")
+TYPED = {"continuous_update": False}
 SERIES_COLORS = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f")
 HYPERPARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # as the hub accepts them
 INTEGER = re.compile(r"[+-]?[0-9]+")
