@@ -117,6 +117,15 @@ def login_events(hub, since_id: int = 0) -> list[dict]:
     return [e for e in reversed(events) if e["id"] > since_id]
 
 
+def audited_logins(hub, count: int) -> list[dict]:
+    """The first `count` login events, once written: a refusal is audited (and counted
+    against the address) when the gateway sees the connection close, after the client has
+    already exited."""
+    return hub.wait_for(
+        lambda: (events := login_events(hub))[count - 1 :] and events, 30, f"{count} logins"
+    )
+
+
 def last_event_id(hub) -> int:
     events = hub.atelier("GET", "/audit?limit=1").json()["events"]
     return events[0]["id"] if events else 0
@@ -651,8 +660,9 @@ def test_failed_logins_from_an_address_are_limited(envs_dir, tmp_path):
         assert client.ssh(f"{USER}+lab", "true").returncode == 0
         for _ in range(3):
             assert refused(stranger.ssh(f"{USER}+lab", "true"))
+        audited_logins(limited, 4)
         assert refused(client.ssh(f"{USER}+lab", "true"))
-        events = login_events(limited)
+        events = audited_logins(limited, 5)
         assert "too many failed logins from this address" in events[-1]["reason"]
         assert [e["result"] for e in events] == ["success"] + ["failure"] * 4
     finally:
